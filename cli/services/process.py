@@ -1,0 +1,73 @@
+"""Start a server as a child process and wait until its port answers; stop it without leaving orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {host}:{port} opened")
+        time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout:.0f}s")
+
+
+@dataclass
+class Child:
+    """A started server: its process, where it listens, and its log file for when it fails."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    log: Path
+    stop_signal: int = signal.SIGTERM
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, self.stop_signal)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+def spawn(
+    name: str, argv: list[str], log: Path, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Own process group, so stopping the child also stops anything it forked."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = log.open("ab")
+    return subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+    )

@@ -1,0 +1,87 @@
+"""The organisation tree and its budget rules: what `quota/` compiles into caps."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, ForeignKeyConstraint, Numeric
+from sqlmodel import Field, SQLModel
+
+from core.time import utcnow
+
+
+class Institution(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    name: str
+    currency: str = Field(max_length=3)
+    timezone: str
+    # [{id, start, end}] in the institution's calendar; semesters are read whole, never queried by date in SQL.
+    semesters: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Unit(SQLModel, table=True):
+    __table_args__ = (
+        ForeignKeyConstraint(["institution_id"], ["institution.id"], ondelete="CASCADE"),
+        ForeignKeyConstraint(
+            ["institution_id", "parent_id"], ["unit.institution_id", "unit.id"], ondelete="RESTRICT"
+        ),
+    )
+
+    institution_id: str = Field(primary_key=True, max_length=64)
+    id: str = Field(primary_key=True, max_length=128)
+    parent_id: str | None = Field(default=None, max_length=128, index=True)
+    kind: str = Field(max_length=32)
+    name: str | None = None
+    # None: the parent's period (spec 3: "a unit's period defaults to its parent's").
+    period: str | None = Field(default=None, max_length=16)
+    # None: every model the parent allows. A list narrows it; import checks it is a subset.
+    models: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    default_model: str | None = None
+    archived: bool = False
+    position: int = 0
+
+
+class BudgetRule(SQLModel, table=True):
+    """One rule per (unit, metric, scope). `scope='unit'` is the unit's allocation, `scope='member'` its member cap.
+
+    `amount` holds fixed caps as integers (micro-units for cost, tokens for tokens) so money never passes
+    through floats; `ratio` holds a percent (0..100) or a fair-share factor.
+    """
+
+    __tablename__ = "budget_rule"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["institution_id", "unit_id"], ["unit.institution_id", "unit.id"], ondelete="CASCADE"
+        ),
+    )
+
+    institution_id: str = Field(primary_key=True, max_length=64)
+    unit_id: str = Field(primary_key=True, max_length=128)
+    metric: str = Field(primary_key=True, max_length=16)  # cost | tokens
+    scope: str = Field(primary_key=True, max_length=16)  # unit | member
+    mode: str = Field(max_length=16)  # fixed | percent | fair_share
+    amount: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    ratio: Decimal | None = Field(default=None, sa_column=Column(Numeric(12, 6), nullable=True))
+
+
+class Extra(SQLModel, table=True):
+    """Funds a unit bought itself (a grant); spent only after allocation, never charged to ancestors."""
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["institution_id", "unit_id"], ["unit.institution_id", "unit.id"], ondelete="CASCADE"
+        ),
+    )
+
+    institution_id: str = Field(primary_key=True, max_length=64)
+    id: str = Field(primary_key=True, max_length=128)
+    unit_id: str = Field(max_length=128, index=True)
+    metric: str = Field(default="cost", max_length=16)
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    valid_from: date
+    valid_to: date
+    chargeback: str | None = None

@@ -1,0 +1,90 @@
+"""All configuration, read once from `EDUAIQ_*` environment variables.
+
+One pydantic-settings class so every process (gateway, admin API, consumer,
+worker, CLI) reads the same names, and the Helm chart can be checked against
+them. Secrets (provider keys, session secret) come only from the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PG_URL = re.compile(r"^postgres(ql)?://[^/\s]+/[^/\s?]+(\?.*)?$")
+_REDIS_URL = re.compile(r"^rediss?://[^/\s]+(/\d+)?$")
+_BOOTSTRAP = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d+(,[A-Za-z0-9_.\-\[\]:]+:\d+)*$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDUAIQ_", extra="ignore")
+
+    # Defaults are where `eduaiq dev` starts its embedded servers, so every other command run beside it
+    # (org import, export, quota check) reaches the same ones with no configuration at all.
+    database_url: str = "postgresql://eduaiq@127.0.0.1:54320/eduaiq"
+    redis_url: str = "redis://127.0.0.1:63790/0"
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_topic: str = "eduaiq.usage.v1"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+
+    state_dir: Path = Path.home() / ".eduaiq"
+    spool_dir: Path | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+    session_secret: str | None = None
+
+    reservation_ttl_seconds: int = Field(default=600, ge=5)
+    min_clamp_tokens: int = Field(default=16, ge=1)
+    key_cache_seconds: float = Field(default=2.0, ge=0, le=5)
+    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    upstream_read_timeout: float = Field(default=300.0, gt=0)
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg(cls, v: str) -> str:
+        if not _PG_URL.match(v):
+            raise ValueError("must look like postgresql://user@host:port/dbname")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: str) -> str:
+        if not _REDIS_URL.match(v):
+            raise ValueError("must look like redis://host:port/db")
+        return v
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _kafka(cls, v: str) -> str:
+        if not _BOOTSTRAP.match(v):
+            raise ValueError("must look like host:port[,host:port]")
+        return v
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or (self.state_dir / "spool")
+
+
+class SettingsError(Exception):
+    """A bad `EDUAIQ_*` value, already phrased as the one line an operator reads."""
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "EDUAIQ_" + str(first["loc"][0]).upper() if first["loc"] else "EDUAIQ_*"
+        raise SettingsError(f"bad setting {name}: {first['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
