@@ -6,5 +6,5 @@ from datetime import UTC, datetime
 
 
 def utcnow() -> datetime:
-    """Naive UTC: every timestamp column is `timestamp without time zone` holding UTC."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Aware UTC: every timestamp column is `timestamptz`, and local time only exists at the edges."""
+    return datetime.now(UTC)

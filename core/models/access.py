@@ -39,6 +39,8 @@ class Membership(SQLModel, table=True):
     unit_id: str = Field(primary_key=True, max_length=128)
     user_id: str = Field(primary_key=True, max_length=128, index=True)
     role: str = Field(max_length=32)  # student | ta | instructor | researcher | ...
+    # Who granted it: "file" rows are synced by `org import`; "sso" and "api" rows are never touched by it.
+    source: str = Field(default="api", max_length=8)
 
 
 class AdminScope(SQLModel, table=True):
@@ -58,6 +60,7 @@ class AdminScope(SQLModel, table=True):
     unit_id: str = Field(primary_key=True, max_length=128)
     user_id: str = Field(primary_key=True, max_length=128, index=True)
     role: str = Field(primary_key=True, max_length=32)  # admin | finance | auditor
+    source: str = Field(default="api", max_length=8)
 
 
 class ApiKey(SQLModel, table=True):

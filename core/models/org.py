@@ -19,6 +19,8 @@ class Institution(SQLModel, table=True):
     timezone: str
     # [{id, start, end}] in the institution's calendar; semesters are read whole, never queried by date in SQL.
     semesters: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Identity-provider settings (the institution file's `sso:` section); secrets stay in the environment.
+    sso: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 08:20:19.135528
+Create Date: 2026-11-23 08:22:36.048020
 """
 
 from collections.abc import Sequence
@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.Column("timezone", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("semesters", sa.JSON(), nullable=False),
+        sa.Column("sso", sa.JSON(), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
@@ -178,6 +179,7 @@ def upgrade() -> None:
         sa.Column("unit_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("user_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("role", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
         sa.ForeignKeyConstraint(
             ["institution_id", "unit_id"], ["unit.institution_id", "unit.id"], ondelete="CASCADE"
         ),
@@ -223,6 +225,7 @@ def upgrade() -> None:
         sa.Column("unit_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("user_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("role", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
         sa.ForeignKeyConstraint(
             ["institution_id", "unit_id"], ["unit.institution_id", "unit.id"], ondelete="CASCADE"
         ),

@@ -1,0 +1,153 @@
+"""The institution file as the database rows it stands for."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlmodel import SQLModel
+
+from admin_api.orgfile.schema import OrgFile, UnitNode
+from core.keys import hash_secret
+from core.models import (
+    AdminScope,
+    ApiKey,
+    BudgetRule,
+    Extra,
+    Institution,
+    Membership,
+    ModelOffer,
+    Provider,
+    Unit,
+    User,
+)
+from core.money import to_micro
+
+SCOPE_FIELDS = {"admins": "admin", "finance": "finance", "auditors": "auditor"}
+
+
+@dataclass
+class Desired:
+    """Rows per table, in an order that satisfies foreign keys when inserted."""
+
+    tables: dict[type[SQLModel], list[SQLModel]] = field(default_factory=dict)
+
+    def add(self, row: SQLModel) -> None:
+        self.tables.setdefault(type(row), []).append(row)
+
+
+def _metric_amount(metric: str, value: Decimal) -> int:
+    return to_micro(value) if metric == "cost" else int(value)
+
+
+def imported_key_id(secret: str) -> str:
+    """Deterministic, so importing the same key twice is one row, not two."""
+    return "org-" + hashlib.sha256(("key-id:" + secret).encode()).hexdigest()[:12]
+
+
+def desired_rows(org: OrgFile) -> Desired:
+    inst_id = org.institution.id
+    out = Desired()
+    out.add(
+        Institution(
+            id=inst_id,
+            name=org.institution.name,
+            currency=org.institution.currency,
+            timezone=org.institution.timezone,
+            semesters=[s.model_dump(mode="json") for s in org.institution.semesters],
+            sso=dict(org.sso),
+        )
+    )
+    for pos, prov in enumerate(org.providers):
+        out.add(Provider(institution_id=inst_id, id=prov.id, type=prov.type, base_url=prov.base_url,
+                         api_key_env=prov.api_key_env, position=pos))  # fmt: skip
+    for pos, prov in enumerate(org.providers):
+        for mpos, model in enumerate(prov.models):
+            price = model.price
+            if price is None:
+                raise ValueError(f"model {model.id} has no price")
+            out.add(
+                ModelOffer(
+                    institution_id=inst_id,
+                    provider_id=prov.id,
+                    id=model.id,
+                    upstream=model.upstream,
+                    vision=model.vision,
+                    max_output_tokens=model.max_output_tokens,
+                    input_price=to_micro(price.input_per_mtok),
+                    output_price=to_micro(price.output_per_mtok),
+                    cached_input_price=None
+                    if price.cached_input_per_mtok is None
+                    else to_micro(price.cached_input_per_mtok),
+                    position=pos * 1000 + mpos,
+                )
+            )
+    for user in org.users:
+        out.add(
+            User(
+                institution_id=inst_id,
+                id=user.id,
+                email=user.email,
+                name=user.name,
+                sso_subject=user.sso_subject,
+            )
+        )
+    for root in org.units:
+        _add_unit(out, inst_id, root, None, 0)
+    for key in org.keys:
+        digest = hash_secret(key.key)
+        out.add(ApiKey(id=imported_key_id(key.key), key_hash=digest, prefix=key.key[:12], institution_id=inst_id,
+                       user_id=key.user, unit_id=key.unit, name="institution file", created_by="org-file"))  # fmt: skip
+    return out
+
+
+def _add_unit(out: Desired, inst: str, node: UnitNode, parent: str | None, position: int) -> None:
+    budget = node.budget
+    out.add(
+        Unit(institution_id=inst, id=node.id, parent_id=parent, kind=node.kind, name=node.name,
+             period=budget.period if budget else None, models=node.models, default_model=node.default_model,
+             archived=False, position=position)
+    )  # fmt: skip
+    for metric in ("cost", "tokens"):
+        rule = getattr(budget, metric) if budget else None
+        if rule is not None:
+            if rule.fixed is not None:
+                out.add(BudgetRule(institution_id=inst, unit_id=node.id, metric=metric, scope="unit", mode="fixed",
+                                   amount=_metric_amount(metric, rule.fixed)))  # fmt: skip
+            else:
+                out.add(BudgetRule(institution_id=inst, unit_id=node.id, metric=metric, scope="unit", mode="percent",
+                                   ratio=rule.percent))  # fmt: skip
+        cap = getattr(node.member_cap, metric) if node.member_cap else None
+        if cap is not None:
+            if cap.fixed is not None:
+                out.add(BudgetRule(institution_id=inst, unit_id=node.id, metric=metric, scope="member", mode="fixed",
+                                   amount=_metric_amount(metric, cap.fixed)))  # fmt: skip
+            else:
+                out.add(BudgetRule(institution_id=inst, unit_id=node.id, metric=metric, scope="member",
+                                   mode="fair_share", ratio=cap.fair_share))  # fmt: skip
+    for extra in node.extras:
+        metric = "cost" if extra.cost is not None else "tokens"
+        amount = to_micro(extra.cost) if extra.cost is not None else int(extra.tokens or 0)
+        out.add(Extra(institution_id=inst, id=extra.id, unit_id=node.id, metric=metric, amount=amount,
+                      valid_from=extra.valid_from, valid_to=extra.valid_to, chargeback=extra.chargeback))  # fmt: skip
+    for member in node.members:
+        out.add(
+            Membership(
+                institution_id=inst, unit_id=node.id, user_id=member.user, role=member.role, source="file"
+            )
+        )
+    for field_name, role in SCOPE_FIELDS.items():
+        for uid in getattr(node, field_name):
+            out.add(AdminScope(institution_id=inst, unit_id=node.id, user_id=uid, role=role, source="file"))
+    for pos, child in enumerate(node.children):
+        _add_unit(out, inst, child, node.id, pos)
+
+
+def comparable(row: SQLModel) -> dict[str, Any]:
+    """Column values that matter for "did it change" (timestamps are bookkeeping, not content)."""
+    values = row.model_dump()
+    for name in ("created_at", "updated_at"):
+        values.pop(name, None)
+    return {k: (Decimal(v) if isinstance(v, Decimal) else v) for k, v in values.items()}

@@ -1,0 +1,153 @@
+"""The institution file's shape as pydantic models.
+
+Ranges (percent 0..100, positive amounts, known periods) are checked here so
+pydantic reports all of them at once with their locations; rules that relate
+one part of the file to another live in `checks.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Period = Literal["day", "week", "month", "semester", "year", "none"]
+ProviderType = Literal[
+    "openai-compatible", "openai", "anthropic", "gemini", "together", "vllm", "groq", "mistral", "deepseek"
+]
+Slug = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Semester(Strict):
+    id: str = Slug
+    start: date
+    end: date
+
+
+class Institution(Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")
+    name: str
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    timezone: str
+    semesters: list[Semester] = []
+
+
+class Price(Strict):
+    input_per_mtok: Decimal = Field(ge=0)
+    output_per_mtok: Decimal = Field(ge=0)
+    cached_input_per_mtok: Decimal | None = Field(default=None, ge=0)
+
+
+class Model(Strict):
+    id: str = Slug
+    upstream: str
+    vision: bool = False
+    price: Price | None = None
+    max_output_tokens: int = Field(default=4096, ge=1)
+
+
+class Provider(Strict):
+    id: str = Slug
+    type: ProviderType
+    base_url: str = Field(pattern=r"^https?://\S+$")
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    models: list[Model] = []
+
+
+class Amount(Strict):
+    """One metric's rule: `fixed` or `percent`; a metric left out is inherited."""
+
+    fixed: Decimal | None = Field(default=None, ge=0)
+    percent: Decimal | None = Field(default=None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Amount:
+        if (self.fixed is None) == (self.percent is None):
+            raise ValueError("give exactly one of fixed or percent")
+        return self
+
+
+class Budget(Strict):
+    period: Period | None = None
+    cost: Amount | None = None
+    tokens: Amount | None = None
+
+
+class MemberCapAmount(Strict):
+    fixed: Decimal | None = Field(default=None, ge=0)
+    fair_share: Decimal | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> MemberCapAmount:
+        if (self.fixed is None) == (self.fair_share is None):
+            raise ValueError("give exactly one of fixed or fair_share")
+        return self
+
+
+class MemberCap(Strict):
+    cost: MemberCapAmount | None = None
+    tokens: MemberCapAmount | None = None
+
+
+class ExtraFunds(Strict):
+    id: str = Slug
+    cost: Decimal | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+    valid_from: date
+    valid_to: date
+    chargeback: str | None = None
+
+    @model_validator(mode="after")
+    def _one_metric(self) -> ExtraFunds:
+        if (self.cost is None) == (self.tokens is None):
+            raise ValueError("give exactly one of cost or tokens")
+        return self
+
+
+class Member(Strict):
+    user: str
+    role: str = Field(pattern=r"^[a-z][a-z_\-]{0,31}$")
+
+
+class UnitNode(Strict):
+    id: str = Slug
+    kind: str = Field(pattern=r"^[a-z][a-z_\-]{0,31}$")
+    name: str | None = None
+    budget: Budget | None = None
+    member_cap: MemberCap | None = None
+    models: list[str] | None = None
+    default_model: str | None = None
+    extras: list[ExtraFunds] = []
+    members: list[Member] = []
+    admins: list[str] = []
+    finance: list[str] = []
+    auditors: list[str] = []
+    children: list[UnitNode] = []
+
+
+class User(Strict):
+    id: str = Slug
+    email: str | None = None
+    name: str | None = None
+    sso_subject: str | None = None
+
+
+class Key(Strict):
+    user: str
+    unit: str
+    key: str = Field(min_length=20)
+
+
+class OrgFile(Strict):
+    institution: Institution
+    providers: list[Provider] = []
+    units: list[UnitNode] = Field(min_length=1)
+    users: list[User] = []
+    keys: list[Key] = []
+    sso: dict[str, object] = {}

@@ -1,0 +1,163 @@
+"""Apply an institution file as a difference against the database, in one transaction.
+
+The file is declarative for what it names. Rows it no longer names are removed,
+with three exceptions finance and IT would insist on: units are archived, not
+deleted (their usage history stays readable); users are never deleted (the
+ledger names them); and API keys are only added or updated, never revoked by an
+import (revoking is an explicit act in the admin API). Memberships and admin
+scopes granted by SSO or through the admin API are not the file's to remove.
+Every change is written to the audit log with its before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import SQLModel
+
+from admin_api.orgfile.rows import comparable, desired_rows
+from admin_api.orgfile.schema import OrgFile
+from core.models import (
+    AdminScope,
+    ApiKey,
+    AuditEntry,
+    BudgetRule,
+    Extra,
+    Institution,
+    Membership,
+    ModelOffer,
+    Provider,
+    Unit,
+    User,
+)
+from core.time import utcnow
+
+ORDER: list[type[SQLModel]] = [
+    Institution,
+    Provider,
+    ModelOffer,
+    User,
+    Unit,
+    BudgetRule,
+    Extra,
+    Membership,
+    AdminScope,
+    ApiKey,
+]
+
+
+def _never(_: Any) -> bool:
+    return False
+
+
+def _always(_: Any) -> bool:
+    return True
+
+
+def _from_file(row: Any) -> bool:
+    return bool(row.source == "file")
+
+
+# What an import may do to a row the file no longer names.
+REMOVABLE: dict[type[SQLModel], Callable[[Any], bool]] = {
+    Institution: _never, Provider: _always, ModelOffer: _always, User: _never, Unit: _never,
+    BudgetRule: _always, Extra: _always, Membership: _from_file, AdminScope: _from_file, ApiKey: _never,
+}  # fmt: skip
+
+
+def _pk(row: SQLModel) -> tuple[Any, ...]:
+    table = type(row).__table__  # type: ignore[attr-defined]
+    return tuple(getattr(row, c.name) for c in table.primary_key.columns)
+
+
+def _label(row: SQLModel) -> str:
+    return f"{type(row).__tablename__}:{'/'.join(str(p) for p in _pk(row))}"
+
+
+@dataclass
+class ChangeReport:
+    created: dict[str, int] = field(default_factory=dict)
+    updated: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.lines)
+
+    def note(self, kind: str, row: SQLModel) -> None:
+        bucket = {"create": self.created, "update": self.updated}.get(kind, self.removed)
+        name = type(row).__tablename__
+        bucket[str(name)] = bucket.get(str(name), 0) + 1
+        self.lines.append(f"{kind} {_label(row)}")
+
+    def summary(self) -> str:
+        if not self.changed:
+            return "no changes"
+        parts = []
+        for verb, counts in (("created", self.created), ("updated", self.updated), ("removed", self.removed)):
+            if counts:
+                parts.append(verb + " " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())))
+        return "; ".join(parts)
+
+
+async def _existing(
+    session: AsyncSession, table: type[SQLModel], inst: str
+) -> dict[tuple[Any, ...], SQLModel]:
+    column = getattr(table, "id" if table is Institution else "institution_id")
+    rows = (await session.execute(select(table).where(column == inst))).scalars().all()
+    return {_pk(r): r for r in rows}
+
+
+async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-import") -> ChangeReport:
+    """Write the difference; the caller owns the transaction (commit, or roll back for a dry run)."""
+    inst = org.institution.id
+    desired = desired_rows(org)
+    report = ChangeReport()
+    audit: list[AuditEntry] = []
+
+    def record(kind: str, row: SQLModel, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        report.note(kind, row)
+        audit.append(AuditEntry(institution_id=inst, actor=actor, action=f"org.{kind}", target=_label(row),
+                                before=before, after=after))  # fmt: skip
+
+    existing_by_table: dict[type[SQLModel], dict[tuple[Any, ...], SQLModel]] = {}
+    for table in ORDER:
+        existing = existing_by_table[table] = await _existing(session, table, inst)
+        wanted = desired.tables.get(table, [])
+        for row in wanted:
+            current = existing.get(_pk(row))
+            if current is None:
+                session.add(row)
+                record("create", row, None, row.model_dump(mode="json"))
+            else:
+                before, after = comparable(current), comparable(row)
+                if before != after:
+                    snapshot = current.model_dump(mode="json")
+                    for name, value in after.items():
+                        setattr(current, name, value)
+                    if hasattr(current, "updated_at"):
+                        current.updated_at = utcnow()
+                    record("update", current, snapshot, current.model_dump(mode="json"))
+        await session.flush()
+
+    for table in reversed(ORDER):
+        wanted_keys = {_pk(r) for r in desired.tables.get(table, [])}
+        for key, row in existing_by_table[table].items():
+            if key in wanted_keys:
+                continue
+            if isinstance(row, Unit) and not row.archived:
+                snapshot = row.model_dump(mode="json")
+                row.archived = True
+                record("archive", row, snapshot, row.model_dump(mode="json"))
+            elif REMOVABLE[table](row):
+                record("remove", row, row.model_dump(mode="json"), None)
+                await session.delete(row)
+        await session.flush()
+    session.add_all(audit)
+    await session.flush()
+    return report

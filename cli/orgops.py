@@ -1,0 +1,46 @@
+"""Institution-file commands against the configured database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from admin_api.orgfile import ChangeReport, OrgFileError, apply_org, export_org, load_file
+from admin_api.orgfile.export import dump_yaml
+from core.db import make_async_engine, session_factory
+from core.models import Institution
+from core.settings import Settings
+
+
+async def import_file(
+    settings: Settings, path: Path, dry_run: bool = False
+) -> tuple[list[str], ChangeReport | None]:
+    try:
+        org = load_file(path)
+    except OrgFileError as exc:
+        return [f"{p}: {m}" for p, m in exc.problems], None
+    engine = make_async_engine(settings.database_url, pool_size=2)
+    try:
+        async with session_factory(engine)() as session:
+            async with session.begin():
+                report = await apply_org(session, org)
+                if dry_run:
+                    await session.rollback()
+        return [], report
+    finally:
+        await engine.dispose()
+
+
+async def export_file(settings: Settings, institution: str | None) -> str:
+    engine = make_async_engine(settings.database_url, pool_size=2)
+    try:
+        async with session_factory(engine)() as session:
+            if institution is None:
+                ids = (await session.execute(select(Institution))).scalars().all()
+                if len(ids) != 1:
+                    raise SystemExit(f"eduaiq: {len(ids)} institutions; name one with --institution")
+                institution = ids[0].id
+            return dump_yaml(await export_org(session, institution))
+    finally:
+        await engine.dispose()

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STATEU = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "stateu.yaml"
+
+
+@pytest.fixture(scope="session")
+def stateu_file() -> Path:
+    if not STATEU.exists():  # CI clones beside shared/; a copy ships for other layouts
+        return Path(__file__).with_name("stateu.yaml")
+    return STATEU
+
+
+def run_cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EDUAIQ_DATABASE_URL": db_url}
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
