@@ -1,0 +1,131 @@
+"""Passthrough to OpenAI-wire upstreams: OpenAI, Together.ai, Groq, Mistral, DeepSeek, vLLM, any base_url.
+
+This is the hot path, so the body gets only the edits routing needs (model
+name, usage forced on for streams, max_tokens clamp) and upstream bytes are
+forwarded as they arrive. Events are only split and parsed when a chunk
+might carry usage, so a typical content chunk costs two substring searches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from providers.adapters.base import Endpoint, PreparedRequest, api_key, effective_max_tokens
+from providers.config import DeploymentConfig
+from providers.sse import SSESplitter
+from providers.usage import NormalisedUsage, from_openai
+
+# Mistral's API refuses unknown fields and reports usage on its last chunk anyway.
+_NO_STREAM_OPTIONS = frozenset({"mistral"})
+
+
+def _usage_of(obj: Any) -> Mapping[str, Any] | None:
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        return usage
+    groq = obj.get("x_groq")  # Groq puts stream usage here
+    if isinstance(groq, dict) and isinstance(groq.get("usage"), dict):
+        u: dict[str, Any] = groq["usage"]
+        return u
+    return None
+
+
+class PassthroughStream:
+    """Forwards upstream SSE bytes; captures usage; drops the usage-only chunk unless wanted."""
+
+    __slots__ = ("_drop_usage_chunk", "_split", "usage")
+
+    def __init__(self, include_usage_chunk: bool) -> None:
+        self._drop_usage_chunk = not include_usage_chunk
+        self._split = SSESplitter()
+        self.usage: NormalisedUsage | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        if (
+            not self._split._buf
+            and data.endswith(b"\n\n")
+            and b'"usage"' not in data
+            and b'"x_groq"' not in data
+            and b"\r" not in data
+        ):
+            return data  # fast path: whole events, nothing to look at
+        out: list[bytes] = []
+        for ev in self._split.feed(data):
+            if b'"usage"' in ev or b'"x_groq"' in ev:
+                start = ev.find(b"{")
+                if start >= 0:
+                    try:
+                        obj = orjson.loads(ev[start:])
+                    except orjson.JSONDecodeError:
+                        obj = None
+                    usage = _usage_of(obj)
+                    if usage is not None:
+                        self.usage = from_openai(usage)
+                        if self._drop_usage_chunk and obj.get("choices") == []:
+                            continue
+            out.append(ev)
+            out.append(b"\n\n")
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        rest = self._split.rest()
+        if not rest:
+            return b""
+        return self.feed(rest + b"\n\n")
+
+
+class OpenAICompatAdapter:
+    def prepare(
+        self,
+        dep: DeploymentConfig,
+        body: Mapping[str, Any],
+        *,
+        stream: bool,
+        max_tokens: int | None,
+        endpoint: Endpoint,
+    ) -> PreparedRequest:
+        b = dict(body)
+        b["model"] = dep.upstream
+        if endpoint != "embeddings":
+            if stream:
+                b["stream"] = True
+                if dep.provider_type not in _NO_STREAM_OPTIONS:
+                    so = b.get("stream_options")
+                    so = dict(so) if isinstance(so, dict) else {}
+                    so["include_usage"] = True
+                    b["stream_options"] = so
+            else:
+                if b.get("stream"):
+                    b["stream"] = False
+                b.pop("stream_options", None)
+            limit = effective_max_tokens(body, max_tokens, dep.max_output_tokens)
+            if limit is not None:
+                if "max_completion_tokens" in b and endpoint == "chat/completions":
+                    b["max_completion_tokens"] = limit
+                    b.pop("max_tokens", None)
+                else:
+                    b["max_tokens"] = limit
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **dep.headers}
+        key = api_key(dep)
+        if key:
+            headers["Authorization"] = "Bearer " + key
+        return PreparedRequest(f"{dep.base_url}/{endpoint}", headers, orjson.dumps(b))
+
+    def stream_processor(self, dep: DeploymentConfig, *, include_usage_chunk: bool) -> PassthroughStream:
+        return PassthroughStream(include_usage_chunk)
+
+    def translate_body(self, dep: DeploymentConfig, data: bytes) -> tuple[bytes, NormalisedUsage | None]:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data, None
+        usage = _usage_of(obj)
+        return data, (from_openai(usage) if usage is not None else None)
+
+    def translate_error(self, status: int, data: bytes) -> bytes:
+        return data

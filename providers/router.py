@@ -1,0 +1,633 @@
+"""Choosing a deployment, falling back before the first byte, and streaming the answer through.
+
+A model id maps to an ordered chain of tiers: the model's own deployments
+grouped by priority (replicas of one server share a tier), then each model
+named in `fallbacks`. Within a tier the least loaded deployment goes first:
+vLLM replicas by what their /metrics said at the last scrape, corrected by
+what this process has started or finished since; other deployments by this
+process's own in-flight count. A deployment is skipped while its breaker is
+open. Connect errors, timeouts, 5xx and 429 move on to the next candidate as
+long as nothing has been sent to the caller; once `open()` returns, the
+caller owns the stream and a failure surfaces as UpstreamStreamError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from providers.adapters import Adapter, Endpoint, StreamProcessor, adapter_for
+from providers.breaker import CircuitBreaker, State
+from providers.config import DeploymentConfig, RoutingConfig
+from providers.errors import (
+    Attempt,
+    InvalidRequest,
+    ModelNotFound,
+    RetryableUpstreamError,
+    UpstreamStreamError,
+    UpstreamUnavailable,
+)
+from providers.metrics import LoadSample, parse_vllm_metrics
+from providers.prices import Price
+from providers.usage import NormalisedUsage
+
+_JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
+_SSE_HEADERS: Mapping[str, str] = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServedBy:
+    """Which deployment answered, and the price the budget must be charged at."""
+
+    deployment_id: str
+    provider_id: str
+    provider_type: str
+    model_id: str
+    upstream: str
+    price: Price
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the gateway needs before routing (policy, estimate): from the model's first deployment."""
+
+    id: str
+    upstream: str
+    provider_type: str
+    vision: bool
+    max_output_tokens: int | None
+    image_tokens: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentState:
+    deployment_id: str
+    breaker: State
+    load: LoadSample | None
+    inflight: int
+
+
+class _Server:
+    """One upstream base URL: load and in-flight count are per server, shared by its models."""
+
+    __slots__ = ("deployments", "inflight", "inflight_at_scrape", "key_env", "load", "probe_url", "vllm")
+
+    def __init__(self, probe_url: str | None, vllm: bool, key_env: str | None) -> None:
+        self.probe_url = probe_url
+        self.vllm = vllm
+        self.key_env = key_env
+        self.load: LoadSample | None = None
+        self.inflight = 0
+        self.inflight_at_scrape = 0
+        self.deployments: list[_Deployment] = []
+
+    def score(self) -> float:
+        if self.load is None:
+            return float(self.inflight)
+        return max(0.0, self.load.score + self.inflight - self.inflight_at_scrape)
+
+
+class _Deployment:
+    __slots__ = ("adapter", "breaker", "cfg", "client_timeout", "served_by", "server")
+
+    def __init__(self, cfg: DeploymentConfig, server: _Server, routing: RoutingConfig) -> None:
+        self.cfg = cfg
+        self.server = server
+        self.adapter: Adapter = adapter_for(cfg.provider_type)
+        self.breaker = CircuitBreaker(routing.breaker_failures, routing.breaker_cooldown)
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.timeouts.connect, sock_read=cfg.timeouts.read
+        )
+        self.served_by = ServedBy(
+            cfg.id, cfg.provider_id, cfg.provider_type, cfg.model_id, cfg.upstream, cfg.price
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Tier:
+    model_id: str
+    vision: bool
+    deployments: tuple[_Deployment, ...]
+
+
+class _Failed(Exception):
+    def __init__(self, attempt: Attempt, timeout: bool = False) -> None:
+        super().__init__(attempt.reason)
+        self.attempt = attempt
+        self.timeout = timeout
+
+
+class UpstreamResponse:
+    """An upstream answer the caller now owns.
+
+    Iterate it (`async for blob in resp`) for the bytes to send: the whole body
+    for non-streams; for streams, blobs of complete OpenAI SSE events (never
+    an event split across blobs), the usage-only chunk included only when
+    asked for. `usage` is set once iteration has finished (at once for
+    non-streams; None if the upstream never reported it). Call `aclose()` when
+    the client goes away: it drops the upstream connection so the model stops
+    generating. Iterating to the end or calling `aclose()` is required.
+    """
+
+    __slots__ = (
+        "_body",
+        "_done",
+        "_proc",
+        "_resp",
+        "_server",
+        "attempts",
+        "headers",
+        "served_by",
+        "status",
+        "stream",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        headers: Mapping[str, str],
+        stream: bool,
+        served_by: ServedBy,
+        attempts: tuple[Attempt, ...],
+        body: bytes | None,
+        usage: NormalisedUsage | None,
+        resp: aiohttp.ClientResponse | None,
+        proc: StreamProcessor | None,
+        server: _Server | None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.stream = stream
+        self.served_by = served_by
+        self.attempts = attempts
+        self.usage = usage
+        self._body = body
+        self._resp = resp
+        self._proc = proc
+        self._server = server
+        self._done = False
+        if resp is None:
+            self._finish(ok=True)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def _finish(self, *, ok: bool) -> None:
+        if self._server is not None:
+            self._server.inflight -= 1
+            self._server = None
+        if self._resp is not None:
+            if ok:
+                self._resp.release()
+            else:
+                self._resp.close()
+            self._resp = None
+
+    def __aiter__(self) -> UpstreamResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body = self._body
+        if body is not None:
+            self._body = None
+            return body
+        resp, proc = self._resp, self._proc
+        if self._done or resp is None or proc is None:
+            self._done = True
+            raise StopAsyncIteration
+        while True:
+            try:
+                chunk = await resp.content.readany()
+                out = proc.finish() if not chunk else proc.feed(chunk)
+            except (aiohttp.ClientError, OSError, TimeoutError, RetryableUpstreamError) as exc:
+                self._done = True
+                self._finish(ok=False)
+                raise UpstreamStreamError(
+                    f"upstream {self.served_by.deployment_id} failed mid-stream: {exc or type(exc).__name__}"
+                ) from exc
+            if not chunk:
+                self._done = True
+                self.usage = proc.usage
+                self._finish(ok=True)
+                if out:
+                    return out
+                raise StopAsyncIteration
+            if out:
+                return out
+
+    async def read(self) -> bytes:
+        """All remaining bytes (for non-streams: the body)."""
+        return b"".join([b async for b in self])
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            self._body = None
+            self._finish(ok=False)
+
+
+class Router:
+    """Routes model ids to deployments. One per process; `await start()` inside the serving loop."""
+
+    def __init__(
+        self,
+        deployments: Sequence[DeploymentConfig],
+        routing: RoutingConfig | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.routing = routing or RoutingConfig()
+        self._session = session
+        self._owns_session = session is None
+        self._task: asyncio.Task[None] | None = None
+        servers: dict[str, _Server] = {}
+        self._deployments: dict[str, _Deployment] = {}
+        by_model: dict[str, list[_Deployment]] = {}
+        for cfg in deployments:
+            server = servers.get(cfg.base_url)
+            if server is None:
+                probe = cfg.metrics_url
+                if probe is None and cfg.health_check:
+                    probe = cfg.base_url + "/models"
+                server = _Server(probe, cfg.metrics_url is not None, cfg.api_key_env)
+                servers[cfg.base_url] = server
+            dep = _Deployment(cfg, server, self.routing)
+            server.deployments.append(dep)
+            self._deployments[cfg.id] = dep
+            by_model.setdefault(cfg.model_id, []).append(dep)
+        self._servers = list(servers.values())
+        own: dict[str, list[_Tier]] = {}
+        for model_id, deps in by_model.items():
+            deps.sort(key=lambda d: (d.cfg.priority, d.cfg.order))
+            tiers: list[_Tier] = []
+            for d in deps:
+                if tiers and tiers[-1].deployments[0].cfg.priority == d.cfg.priority:
+                    tiers[-1] = _Tier(model_id, tiers[-1].vision, (*tiers[-1].deployments, d))
+                else:
+                    tiers.append(_Tier(model_id, d.cfg.vision, (d,)))
+            own[model_id] = tiers
+        self._chains: dict[str, tuple[_Tier, ...]] = {}
+        for model_id in own:
+            chain: list[_Tier] = []
+            seen: set[str] = set()
+            self._extend_chain(model_id, own, by_model, chain, seen)
+            self._chains[model_id] = tuple(chain)
+        self._models = {
+            m: ModelInfo(
+                m,
+                deps[0].cfg.upstream,
+                deps[0].cfg.provider_type,
+                deps[0].cfg.vision,
+                deps[0].cfg.max_output_tokens,
+                deps[0].cfg.image_tokens,
+            )
+            for m, deps in by_model.items()
+        }
+        self._rr = 0
+
+    def _extend_chain(
+        self,
+        model_id: str,
+        own: dict[str, list[_Tier]],
+        by_model: dict[str, list[_Deployment]],
+        chain: list[_Tier],
+        seen: set[str],
+    ) -> None:
+        if model_id in seen or model_id not in own:
+            return
+        seen.add(model_id)
+        chain.extend(own[model_id])
+        fallbacks: list[str] = []
+        for d in by_model[model_id]:
+            fallbacks.extend(f for f in d.cfg.fallbacks if f not in fallbacks)
+        for fb in fallbacks:
+            self._extend_chain(fb, own, by_model, chain, seen)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the shared connection pool and start scraping load and health in the background."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
+                auto_decompress=False,
+            )
+        if self._task is None and any(s.probe_url for s in self._servers):
+            await self.refresh()
+            self._task = asyncio.create_task(self._refresh_loop(), name="eduaiq-router-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Router:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- what the gateway asks before routing --------------------------------------------------
+    def model_ids(self) -> list[str]:
+        return list(self._models)
+
+    def model(self, model_id: str) -> ModelInfo:
+        info = self._models.get(model_id)
+        if info is None:
+            raise ModelNotFound(model_id)
+        return info
+
+    def price_ceiling(self, model_id: str, allowed_models: Collection[str] | None = None) -> Price:
+        """The dearest price anywhere in the chain: what a reservation must assume before routing."""
+        chain = self._chains.get(model_id)
+        if chain is None:
+            raise ModelNotFound(model_id)
+        price: Price | None = None
+        for tier in chain:
+            if (
+                allowed_models is not None
+                and tier.model_id != model_id
+                and tier.model_id not in allowed_models
+            ):
+                continue
+            for d in tier.deployments:
+                price = d.cfg.price if price is None else price.max_with(d.cfg.price)
+        assert price is not None
+        return price
+
+    def chain(self, model_id: str) -> list[list[str]]:
+        """Deployment ids tier by tier, for explaining a route."""
+        chain = self._chains.get(model_id)
+        if chain is None:
+            raise ModelNotFound(model_id)
+        return [[d.cfg.id for d in t.deployments] for t in chain]
+
+    def states(self) -> list[DeploymentState]:
+        return [
+            DeploymentState(d.cfg.id, d.breaker.state, d.server.load, d.server.inflight)
+            for d in self._deployments.values()
+        ]
+
+    def breaker_state(self, deployment_id: str) -> State:
+        return self._deployments[deployment_id].breaker.state
+
+    # -- routing -----------------------------------------------------------------------------------
+    def _rank(self, tier: _Tier, now: float) -> list[_Deployment]:
+        deps = [d for d in tier.deployments if d.breaker.available(now)]
+        if len(deps) <= 1:
+            return deps
+        self._rr += 1
+        n, rr = len(deps), self._rr
+        # A half-open deployment goes first: its one trial request is how its breaker closes.
+        keyed = sorted(
+            range(n),
+            key=lambda i: (deps[i].breaker.state != "half_open", deps[i].server.score(), (i + rr) % n),
+        )
+        return [deps[i] for i in keyed]
+
+    async def open(
+        self,
+        model_id: str,
+        body: Mapping[str, Any],
+        *,
+        stream: bool,
+        max_tokens: int | None = None,
+        endpoint: Endpoint = "chat/completions",
+        include_usage_chunk: bool | None = None,
+        allowed_models: Collection[str] | None = None,
+        needs_vision: bool = False,
+    ) -> UpstreamResponse:
+        """Send `body` to the best deployment of `model_id`, falling back along its chain.
+
+        `max_tokens` is the gateway's clamp; the smallest of it, the client's and
+        the model's limit is sent. `include_usage_chunk=None` forwards the
+        usage-only chunk exactly when the client asked (stream_options.include_usage).
+        `allowed_models` keeps cross-model fallbacks inside the caller's policy;
+        `needs_vision` skips fallbacks that cannot see images.
+        Raises ModelNotFound, InvalidRequest, or UpstreamUnavailable when every candidate
+        failed before the first byte. A 4xx other than 429 is returned, not raised.
+        """
+        chain = self._chains.get(model_id)
+        if chain is None:
+            raise ModelNotFound(model_id)
+        if self._session is None:
+            await self.start()
+        if include_usage_chunk is None:
+            so = body.get("stream_options")
+            include_usage_chunk = bool(so.get("include_usage")) if isinstance(so, Mapping) else False
+        attempts: list[Attempt] = []
+        timeouts = 0
+        tried = 0
+        now = time.monotonic()
+        for tier in chain:
+            if tier.model_id != model_id:
+                if allowed_models is not None and tier.model_id not in allowed_models:
+                    continue
+                if needs_vision and not tier.vision:
+                    continue
+            ranked = self._rank(tier, now)
+            for d in tier.deployments:
+                if d not in ranked:
+                    attempts.append(Attempt(d.cfg.id, "circuit breaker open"))
+            for dep in ranked:
+                try:
+                    return await self._try(
+                        dep, body, stream, max_tokens, endpoint, include_usage_chunk, attempts
+                    )
+                except InvalidRequest:
+                    if tried == 0:
+                        raise
+                    attempts.append(Attempt(dep.cfg.id, "request not translatable for this provider"))
+                except _Failed as f:
+                    attempts.append(f.attempt)
+                    timeouts += f.timeout
+                tried += 1
+                now = time.monotonic()
+        raise self._unavailable(model_id, attempts, tried, timeouts)
+
+    @staticmethod
+    def _unavailable(
+        model_id: str, attempts: list[Attempt], tried: int, timeouts: int
+    ) -> UpstreamUnavailable:
+        detail = "; ".join(f"{a.deployment_id}: {a.reason}" for a in attempts)
+        if tried == 0:
+            return UpstreamUnavailable(
+                503, f"no deployment of '{model_id}' is available ({detail})", tuple(attempts)
+            )
+        last = attempts[-1]
+        if last.status == 429 and all(a.status == 429 for a in attempts if a.status is not None):
+            status = 503
+        elif timeouts and timeouts == tried:
+            status = 504
+        else:
+            status = 502
+        return UpstreamUnavailable(
+            status, f"every deployment of '{model_id}' failed ({detail})", tuple(attempts)
+        )
+
+    async def _try(
+        self,
+        dep: _Deployment,
+        body: Mapping[str, Any],
+        stream: bool,
+        max_tokens: int | None,
+        endpoint: Endpoint,
+        include_usage_chunk: bool,
+        attempts: list[Attempt],
+    ) -> UpstreamResponse:
+        cfg = dep.cfg
+        req = dep.adapter.prepare(cfg, body, stream=stream, max_tokens=max_tokens, endpoint=endpoint)
+        session = self._session
+        assert session is not None
+        server = dep.server
+        dep.breaker.on_attempt(time.monotonic())
+        server.inflight += 1
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(cfg.timeouts.first_byte):
+                resp = await session.post(
+                    req.url, data=req.data, headers=req.headers, timeout=dep.client_timeout
+                )
+                status = resp.status
+                if status >= 500 or status == 429:
+                    detail = (await resp.content.read(_MAX_ERROR_BODY)).decode(errors="replace")[:200]
+                    raise _Failed(Attempt(cfg.id, f"HTTP {status}: {detail}", status))
+                if status >= 400:
+                    data = dep.adapter.translate_error(status, await resp.read())
+                    dep.breaker.on_success()
+                    resp.release()
+                    server.inflight -= 1
+                    return UpstreamResponse(
+                        status=status,
+                        headers=_JSON_HEADERS,
+                        stream=False,
+                        served_by=dep.served_by,
+                        attempts=tuple(attempts),
+                        body=data,
+                        usage=None,
+                        resp=None,
+                        proc=None,
+                        server=None,
+                    )
+                if not stream:
+                    data, usage = dep.adapter.translate_body(cfg, await resp.read())
+                    dep.breaker.on_success()
+                    resp.release()
+                    server.inflight -= 1
+                    return UpstreamResponse(
+                        status=status,
+                        headers=_JSON_HEADERS,
+                        stream=False,
+                        served_by=dep.served_by,
+                        attempts=tuple(attempts),
+                        body=data,
+                        usage=usage,
+                        resp=None,
+                        proc=None,
+                        server=None,
+                    )
+                proc = dep.adapter.stream_processor(cfg, include_usage_chunk=include_usage_chunk)
+                first = b""
+                eof = False
+                while not first:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        first = proc.finish()
+                        eof = True
+                        break
+                    first = proc.feed(chunk)
+        except _Failed:
+            self._fail(dep, resp)
+            raise
+        except TimeoutError as exc:
+            self._fail(dep, resp)
+            raise _Failed(Attempt(cfg.id, "timed out before the first byte"), timeout=True) from exc
+        except (aiohttp.ClientError, OSError, RetryableUpstreamError) as exc:
+            self._fail(dep, resp)
+            reason = str(exc) or type(exc).__name__
+            raise _Failed(Attempt(cfg.id, f"{type(exc).__name__}: {reason}"[:300])) from exc
+        except BaseException:
+            self._fail(dep, resp, count=False)
+            raise
+        dep.breaker.on_success()
+        out = UpstreamResponse(
+            status=status,
+            headers=_SSE_HEADERS,
+            stream=True,
+            served_by=dep.served_by,
+            attempts=tuple(attempts),
+            body=first or None,
+            usage=proc.usage if eof else None,
+            resp=None if eof else resp,
+            proc=proc,
+            server=None if eof else server,
+        )
+        if eof:
+            resp.release()
+            server.inflight -= 1
+        return out
+
+    @staticmethod
+    def _fail(dep: _Deployment, resp: aiohttp.ClientResponse | None, *, count: bool = True) -> None:
+        dep.server.inflight -= 1
+        if count:
+            dep.breaker.on_failure(time.monotonic())
+        if resp is not None:
+            resp.close()
+
+    # -- background load and health ----------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Scrape every probed server once (the background task calls this every refresh_interval)."""
+        await asyncio.gather(*(self._probe(s) for s in self._servers if s.probe_url))
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.routing.refresh_interval)
+            await self.refresh()
+
+    async def _probe(self, server: _Server) -> None:
+        session = self._session
+        assert session is not None and server.probe_url is not None
+        headers: dict[str, str] = {}
+        key = os.environ.get(server.key_env) if server.key_env else None
+        if key:
+            headers["Authorization"] = "Bearer " + key
+        inflight = server.inflight
+        try:
+            async with session.get(
+                server.probe_url,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.routing.probe_timeout),
+            ) as r:
+                if r.status != 200:
+                    raise aiohttp.ClientResponseError(r.request_info, r.history, status=r.status)
+                text = await r.text() if server.vllm else ""
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            server.load = None
+            now = time.monotonic()
+            for d in server.deployments:
+                d.breaker.on_probe_failure(now)
+            return
+        if server.vllm:
+            server.load = parse_vllm_metrics(text)
+            server.inflight_at_scrape = inflight
+        now = time.monotonic()
+        for d in server.deployments:
+            d.breaker.on_probe_success(now)
