@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from admin_api.orgfile.checks import Problem, cross_checks
 from admin_api.orgfile.schema import OrgFile
+from providers.config import compile_deployments
+from providers.errors import ConfigError
 
 
 class OrgFileError(Exception):
@@ -43,6 +45,11 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _split(problem: str) -> Problem:
+    path, _, message = problem.partition(": ")
+    return (path, message) if message else ("providers", problem)
+
+
 def parse_document(doc: Any) -> OrgFile:
     if not isinstance(doc, dict):
         raise OrgFileError([("(file)", "must be a YAML mapping with institution, units, users, ...")])
@@ -53,6 +60,11 @@ def parse_document(doc: Any) -> OrgFile:
     except ValidationError as exc:
         problems += [(_path(e["loc"]), _message(dict(e))) for e in exc.errors()]
     problems += cross_checks(doc)
+    if model is not None:
+        try:
+            compile_deployments(model.providers, currency=model.institution.currency)
+        except ConfigError as exc:
+            problems += [_split(p) for p in exc.problems]
     if problems or model is None:
         raise OrgFileError(_dedupe(problems))
     return model

@@ -24,6 +24,7 @@ from core.models import (
     User,
 )
 from core.money import to_micro
+from providers.config import ProviderConfig, compile_deployments
 
 SCOPE_FIELDS = {"admins": "admin", "finance": "finance", "auditors": "auditor"}
 
@@ -60,30 +61,8 @@ def desired_rows(org: OrgFile) -> Desired:
             sso=dict(org.sso),
         )
     )
-    for pos, prov in enumerate(org.providers):
-        out.add(Provider(institution_id=inst_id, id=prov.id, type=prov.type, base_url=prov.base_url,
-                         api_key_env=prov.api_key_env, position=pos))  # fmt: skip
-    for pos, prov in enumerate(org.providers):
-        for mpos, model in enumerate(prov.models):
-            price = model.price
-            if price is None:
-                raise ValueError(f"model {model.id} has no price")
-            out.add(
-                ModelOffer(
-                    institution_id=inst_id,
-                    provider_id=prov.id,
-                    id=model.id,
-                    upstream=model.upstream,
-                    vision=model.vision,
-                    max_output_tokens=model.max_output_tokens,
-                    input_price=to_micro(price.input_per_mtok),
-                    output_price=to_micro(price.output_per_mtok),
-                    cached_input_price=None
-                    if price.cached_input_per_mtok is None
-                    else to_micro(price.cached_input_per_mtok),
-                    position=pos * 1000 + mpos,
-                )
-            )
+    for row in provider_rows(inst_id, org.providers, org.institution.currency):
+        out.add(row)
     for user in org.users:
         out.add(
             User(
@@ -100,6 +79,36 @@ def desired_rows(org: OrgFile) -> Desired:
         digest = hash_secret(key.key)
         out.add(ApiKey(id=imported_key_id(key.key), key_hash=digest, prefix=key.key[:12], institution_id=inst_id,
                        user_id=key.user, unit_id=key.unit, name="institution file", created_by="org-file"))  # fmt: skip
+    return out
+
+
+_PROVIDER_COLUMNS = {"id", "type", "base_url", "api_key_env", "models"}
+_MODEL_COLUMNS = {"id", "upstream", "vision", "max_output_tokens", "price"}
+
+
+def provider_rows(inst: str, providers: list[ProviderConfig], currency: str) -> list[SQLModel]:
+    """Provider and model rows; prices resolved now (contract, else the bundled default) so the hot path
+    and the ledger never depend on a price map that may change under them."""
+    deployments = {(d.provider_id, d.model_id): d for d in compile_deployments(providers, currency=currency)}
+    out: list[SQLModel] = []
+    for pos, prov in enumerate(providers):
+        options = prov.model_dump(mode="json", exclude=_PROVIDER_COLUMNS, exclude_defaults=True)
+        out.append(Provider(institution_id=inst, id=prov.id, type=prov.type, base_url=prov.base_url or "",
+                            api_key_env=prov.api_key_env, position=pos, options=options))  # fmt: skip
+    for pos, prov in enumerate(providers):
+        for mpos, model in enumerate(prov.models):
+            price = deployments[(prov.id, model.id)].price
+            out.append(
+                ModelOffer(
+                    institution_id=inst, provider_id=prov.id, id=model.id, upstream=model.upstream_name,
+                    vision=model.vision, max_output_tokens=model.max_output_tokens or 4096,
+                    input_price=price.input_per_mtok, output_price=price.output_per_mtok,
+                    cached_input_price=price.cached_input_per_mtok,
+                    price_source="contract" if model.price is not None else "default",
+                    position=pos * 1000 + mpos,
+                    options=model.model_dump(mode="json", exclude=_MODEL_COLUMNS, exclude_defaults=True),
+                )
+            )  # fmt: skip
     return out
 
 

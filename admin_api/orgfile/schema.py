@@ -2,7 +2,8 @@
 
 Ranges (percent 0..100, positive amounts, known periods) are checked here so
 pydantic reports all of them at once with their locations; rules that relate
-one part of the file to another live in `checks.py`.
+one part of the file to another live in `checks.py`. The `providers:` section
+is the router's own `ProviderConfig`, so the file and the router cannot drift.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from providers.config import ProviderConfig
 
 Period = Literal["day", "week", "month", "semester", "year", "none"]
 ProviderType = Literal[
@@ -36,28 +39,6 @@ class Institution(Strict):
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     timezone: str
     semesters: list[Semester] = []
-
-
-class Price(Strict):
-    input_per_mtok: Decimal = Field(ge=0)
-    output_per_mtok: Decimal = Field(ge=0)
-    cached_input_per_mtok: Decimal | None = Field(default=None, ge=0)
-
-
-class Model(Strict):
-    id: str = Slug
-    upstream: str
-    vision: bool = False
-    price: Price | None = None
-    max_output_tokens: int = Field(default=4096, ge=1)
-
-
-class Provider(Strict):
-    id: str = Slug
-    type: ProviderType
-    base_url: str = Field(pattern=r"^https?://\S+$")
-    api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
-    models: list[Model] = []
 
 
 class Amount(Strict):
@@ -146,7 +127,7 @@ class Key(Strict):
 
 class OrgFile(Strict):
     institution: Institution
-    providers: list[Provider] = []
+    providers: list[ProviderConfig] = []  # one definition of the section, shared with the router
     units: list[UnitNode] = Field(min_length=1)
     users: list[User] = []
     keys: list[Key] = []

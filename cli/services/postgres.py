@@ -21,6 +21,8 @@ from cli.services.process import Child, spawn, wait_for_port
 
 SUPERUSER = "eduaiq"
 _AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+# Changing user clears the parent-death signal; setpriv sets it again after the switch.
+_SERVER_AS_NOBODY = [*_AS_NOBODY, "--pdeathsig", "SIGTERM"]
 
 
 def pg_bin_dir() -> Path:
@@ -81,7 +83,8 @@ def start_postgres(state_dir: Path, port: int, host: str = "127.0.0.1") -> Child
     stale = data / "postmaster.pid"
     if stale.exists():
         stale.unlink()  # a previous run was killed; the port check below catches a live one
-    argv = [*_prefix(), str(pg_bin_dir() / "postgres"), "-D", str(data), "-h", host, "-p", str(port),
+    prefix = _SERVER_AS_NOBODY if os.geteuid() == 0 else []
+    argv = [*prefix, str(pg_bin_dir() / "postgres"), "-D", str(data), "-h", host, "-p", str(port),
             "-k", str(sock), "-c", "fsync=on", "-c", "max_connections=200"]  # fmt: skip
     log = state_dir / "logs" / "postgres.log"
     proc = spawn("postgres", argv, log, env={**os.environ, "LC_ALL": "C"})

@@ -62,12 +62,25 @@ class Child:
             self.proc.wait(5)
 
 
+def die_with_parent() -> None:
+    """Runs in the child before exec: its own process group (so a stop reaches what it forks), and the
+    kernel sends it SIGTERM if our process dies, even by SIGKILL: nothing is left running behind us."""
+    import ctypes
+
+    os.setsid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def spawn(
     name: str, argv: list[str], log: Path, *, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Own process group, so stopping the child also stops anything it forked."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = log.open("ab")
     return subprocess.Popen(
-        argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+        env=env,
     )

@@ -41,4 +41,7 @@ class ModelOffer(SQLModel, table=True):
     input_price: int = Field(sa_column=Column(BigInteger, nullable=False))
     output_price: int = Field(sa_column=Column(BigInteger, nullable=False))
     cached_input_price: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # "contract" when the institution set the price, "default" when it came from the bundled price map.
+    price_source: str = Field(default="contract", max_length=16)
     position: int = 0
+    options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

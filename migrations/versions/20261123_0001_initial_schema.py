@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 08:22:36.048020
+Create Date: 2026-11-23 08:27:55.912324
 """
 
 from collections.abc import Sequence
@@ -246,7 +246,9 @@ def upgrade() -> None:
         sa.Column("input_price", sa.BigInteger(), nullable=False),
         sa.Column("output_price", sa.BigInteger(), nullable=False),
         sa.Column("cached_input_price", sa.BigInteger(), nullable=True),
+        sa.Column("price_source", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("options", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(
             ["institution_id", "provider_id"], ["provider.institution_id", "provider.id"], ondelete="CASCADE"
         ),
