@@ -7,6 +7,7 @@ left out, as they would be in a file someone wrote by hand.
 from __future__ import annotations
 
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -109,7 +110,7 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "institution": {"id": inst.id, "name": inst.name, "currency": inst.currency, "timezone": inst.timezone,
                         "semesters": inst.semesters},
-        "providers": [_provider_doc(p, offers[p.id]) for p in providers],
+        "providers": [_plain(p.to_config(offers[p.id], default_prices=False)) for p in providers],
         "units": [unit_doc(r) for r in children[None]],
         "users": [
             {k: v for k, v in {"id": u.id, "email": u.email, "name": u.name, "sso_subject": u.sso_subject}.items()
@@ -122,23 +123,13 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
     return doc
 
 
-def _provider_doc(p: Provider, offers: list[ModelOffer]) -> dict[str, Any]:
-    models = []
-    for o in offers:
-        model: dict[str, Any] = {"id": o.id, "upstream": o.upstream, "vision": o.vision,
-                                 "max_output_tokens": o.max_output_tokens}  # fmt: skip
-        if o.price_source == "contract":
-            model["price"] = {"input_per_mtok": _amount("cost", o.input_price),
-                              "output_per_mtok": _amount("cost", o.output_price)}  # fmt: skip
-            if o.cached_input_price is not None:
-                model["price"]["cached_input_per_mtok"] = _amount("cost", o.cached_input_price)
-        models.append({**model, **o.options})
-    doc: dict[str, Any] = {"id": p.id, "type": p.type}
-    if p.base_url:
-        doc["base_url"] = p.base_url
-    if p.api_key_env:
-        doc["api_key_env"] = p.api_key_env
-    return {**doc, **p.options, "models": models}
+def _plain(value: Any) -> Any:
+    """Decimals as plain numbers, so the YAML reads 0.05 rather than a tagged object."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return plain_number(value) if isinstance(value, Decimal) else value
 
 
 def dump_yaml(doc: dict[str, Any]) -> str:

@@ -7,6 +7,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, ForeignKeyConstraint
 from sqlmodel import Field, SQLModel
 
+from core.money import from_micro
+
 
 class Provider(SQLModel, table=True):
     __table_args__ = (ForeignKeyConstraint(["institution_id"], ["institution.id"], ondelete="CASCADE"),)
@@ -18,6 +20,16 @@ class Provider(SQLModel, table=True):
     api_key_env: str | None = None  # the secret itself stays in the environment
     position: int = 0
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+    def to_config(self, offers: list[ModelOffer], *, default_prices: bool) -> dict[str, Any]:
+        """The provider as the institution file's `providers:` entry (the router's config shape)."""
+        doc: dict[str, Any] = {"id": self.id, "type": self.type}
+        if self.base_url:
+            doc["base_url"] = self.base_url
+        if self.api_key_env:
+            doc["api_key_env"] = self.api_key_env
+        models = [o.to_config(with_price=default_prices or o.price_source == "contract") for o in offers]
+        return {**doc, **self.options, "models": models}
 
 
 class ModelOffer(SQLModel, table=True):
@@ -45,3 +57,14 @@ class ModelOffer(SQLModel, table=True):
     price_source: str = Field(default="contract", max_length=16)
     position: int = 0
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+    def to_config(self, *, with_price: bool) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": self.id, "upstream": self.upstream, "vision": self.vision,
+                               "max_output_tokens": self.max_output_tokens}  # fmt: skip
+        if with_price:
+            price: dict[str, Any] = {"input_per_mtok": from_micro(self.input_price),
+                                     "output_per_mtok": from_micro(self.output_price)}  # fmt: skip
+            if self.cached_input_price is not None:
+                price["cached_input_per_mtok"] = from_micro(self.cached_input_price)
+            doc["price"] = price
+        return {**doc, **self.options}
