@@ -1,0 +1,142 @@
+"""The consumer stores each event once, with rollups that match the ledger, whatever is redelivered."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg2
+
+from core.settings import Settings
+from tests.usage.helpers import (
+    consumer_thread,
+    expected_by_unit,
+    ledger_count,
+    make_event,
+    query,
+    rollup_totals_by_unit,
+    totals_by_unit,
+    wait_for,
+)
+from usage import ledger
+from usage.producer import UsageProducer
+
+
+def test_events_reach_the_ledger_once_with_matching_rollups(usage_settings: Settings, unique_id: str) -> None:
+    events = [make_event(f"{unique_id}-{i % 3}", i) for i in range(3000)]
+    producer = UsageProducer(usage_settings)
+    try:
+        with consumer_thread(usage_settings, f"g-{unique_id}") as stats:
+            for e in events:
+                producer.emit(e)
+            assert producer.flush(60)
+            wait_for(lambda: ledger_count(usage_settings.database_url) >= len(events), 60, "ledger rows")
+        assert stats.inserted == len(events)
+    finally:
+        producer.close()
+    url = usage_settings.database_url
+    assert ledger_count(url) == len(events)
+    expected = expected_by_unit(events)
+    assert totals_by_unit(url) == expected
+    assert rollup_totals_by_unit(url, "hour") == expected
+    assert rollup_totals_by_unit(url, "day") == expected
+
+
+def test_a_second_group_rereading_the_whole_topic_changes_nothing(
+    usage_settings: Settings, unique_id: str
+) -> None:
+    """Redelivery of every message (a new group starts from the earliest offset) is a no-op, rollups included."""
+    events = [make_event(unique_id, i) for i in range(1500)]
+    producer = UsageProducer(usage_settings)
+    try:
+        for e in events:
+            producer.emit(e)
+        assert producer.flush(60)
+    finally:
+        producer.close()
+    url = usage_settings.database_url
+    with consumer_thread(usage_settings, f"first-{unique_id}", exit_when_idle=1.0):
+        wait_for(lambda: ledger_count(url) == len(events), 60, "first pass")
+    before = (totals_by_unit(url), rollup_totals_by_unit(url, "hour"), rollup_totals_by_unit(url, "day"))
+    with consumer_thread(usage_settings, f"second-{unique_id}") as again:
+        wait_for(lambda: again.received >= len(events), 60, "second pass to re-read the topic")
+    assert again.inserted == 0
+    assert again.duplicates == len(events)
+    assert (
+        totals_by_unit(url),
+        rollup_totals_by_unit(url, "hour"),
+        rollup_totals_by_unit(url, "day"),
+    ) == before
+    assert rollup_totals_by_unit(url, "day") == expected_by_unit(events)
+
+
+def test_concurrent_writers_of_overlapping_batches_count_each_event_once(
+    usage_settings: Settings, unique_id: str
+) -> None:
+    """Two consumers racing on the same events (a rebalance) on real PostgreSQL: one row, one rollup share each."""
+    events = [make_event(unique_id, i) for i in range(2000)]
+    url = usage_settings.database_url
+    barrier = threading.Barrier(4)
+    inserted: list[int] = []
+    lock = threading.Lock()
+
+    def writer(part: list) -> None:
+        conn = psycopg2.connect(url)
+        try:
+            barrier.wait()
+            with conn.cursor() as cur:
+                n = ledger.store(cur, part)
+            conn.commit()
+            with lock:
+                inserted.append(n)
+        finally:
+            conn.close()
+
+    # Four writers, each with an overlapping window of the events, in different orders.
+    parts = [events[0:1200], list(reversed(events[800:2000])), events[400:1600], events[::2] + events[1::2]]
+    threads = [threading.Thread(target=writer, args=(p,)) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(inserted) == len(events)
+    assert ledger_count(url) == len(events)
+    assert rollup_totals_by_unit(url, "hour") == expected_by_unit(events)
+    assert rollup_totals_by_unit(url, "day") == expected_by_unit(events)
+
+
+def test_rows_keep_every_field_and_record_when_they_were_ingested(
+    usage_settings: Settings, unique_id: str
+) -> None:
+    e = make_event(
+        unique_id,
+        7,
+        extras_paid=[
+            {"extra_id": "nsf-123", "unit_id": "u2", "metric": "cost", "amount": 400, "chargeback": "GR-1"}
+        ],
+        funding={"cost": {"up": {"u2": 600}, "extras": {"nsf-123": 400}}},
+        overage_micro=3,
+        image_tokens=40,
+        cached_tokens=10,
+        binding_unit=None,
+    )
+    url = usage_settings.database_url
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        assert ledger.store(cur, [e]) == 1
+        assert ledger.store(cur, [e]) == 0
+    conn.commit()
+    conn.close()
+    row = query(
+        url,
+        "select request_id, path, funding, extras_paid, overage_micro, image_tokens, cached_tokens, started_at, "
+        "ended_at, ingested_at from usage_event where event_id = %s",
+        e.event_id,
+    )[0]
+    assert row[0] == e.request_id
+    assert row[1] == e.path
+    assert row[2] == e.funding
+    assert row[3] == [x.model_dump() for x in e.extras_paid]
+    assert (row[4], row[5], row[6]) == (3, 40, 10)
+    assert row[7] == e.started_at
+    assert row[8] == e.ended_at
+    assert row[9] >= row[8]

@@ -1,0 +1,259 @@
+"""Publishing usage events off the request path, with a durable spool when the broker is away.
+
+The gateway calls `emit(event)`, which only puts the event on an in-memory queue.
+One background thread owns the Kafka producer (idempotent, acks=all, keyed by
+institution) and works in one of two modes:
+
+- direct: take a batch from the queue, send it, wait for the acknowledgements;
+  whatever was not acknowledged is appended to the spool, in order, and the
+  producer switches to spooling.
+- spooling: every batch goes to the spool, so no event overtakes one spooled
+  before it; meanwhile the thread reconnects and replays the spool oldest first,
+  deleting rows only once acknowledged. When the spool is empty it goes direct.
+
+A message can reach Kafka twice (acknowledged, but the ack was lost, then
+replayed); the ledger's unique event id makes that harmless. What is lost on a
+hard crash (SIGKILL) is only what sat in the in-memory queue, a few milliseconds
+of events; a clean shutdown (`close`) sends or spools everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
+
+from core.settings import Settings
+from usage.events import UsageEvent, encode, kafka_key
+from usage.kafka_client import client_config, ensure_topic
+from usage.spool import Spool
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes | None, bytes]
+
+
+@dataclass(frozen=True)
+class ProducerStats:
+    emitted: int
+    sent: int
+    spooled: int
+    replayed: int
+    pending: int
+    direct: bool
+
+
+class UsageProducer:
+    """Owns one background sender thread; make one per process and share it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        spool_dir: Path | None = None,
+        topic: str | None = None,
+        batch_max: int = 2000,
+        send_timeout: float = 5.0,
+        retry_interval: float = 1.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self._settings = settings
+        self._topic = topic or settings.kafka_topic
+        self._batch_max = batch_max
+        self._send_timeout = send_timeout
+        self._retry_interval = retry_interval
+        self._connect_timeout_ms = int(connect_timeout * 1000)
+        self._spool = Spool(spool_dir or settings.spool_path)
+        self._queue: queue.SimpleQueue[UsageEvent] = queue.SimpleQueue()
+        self._producer: KafkaProducer | None = None
+        self._direct = False
+        self._next_attempt = 0.0
+        self._stopping = threading.Event()
+        self._closed = False
+        self._cond = threading.Condition()
+        self._emitted = 0
+        self._handled = 0
+        self._sent = 0
+        self._spooled = 0
+        self._replayed = 0
+        self._thread = threading.Thread(target=self._run, name="usage-producer", daemon=True)
+        self._thread.start()
+
+    # -- the request path -------------------------------------------------------------------------
+
+    def emit(self, event: UsageEvent) -> None:
+        """Never blocks on the network: the event is queued for the sender thread."""
+        if self._closed:
+            raise RuntimeError("usage producer is closed")
+        with self._cond:
+            self._emitted += 1
+        self._queue.put(event)
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event emitted so far is acknowledged by the broker or safely spooled."""
+        with self._cond:
+            target = self._emitted
+            return self._cond.wait_for(lambda: self._handled >= target, timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send or spool everything pending, then stop. Called before consumers are asked to drain."""
+        self._closed = True
+        self._stopping.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error(
+                "usage producer did not stop within %.0fs; %d events still queued",
+                timeout,
+                self._queue.qsize(),
+            )
+            return
+        self._spool.close()
+
+    def stats(self) -> ProducerStats:
+        with self._cond:
+            return ProducerStats(
+                emitted=self._emitted,
+                sent=self._sent,
+                spooled=self._spooled,
+                replayed=self._replayed,
+                pending=self._emitted - self._handled,
+                direct=self._direct,
+            )
+
+    # -- the sender thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stopping.is_set()
+            if not stopping and time.monotonic() >= self._next_attempt:
+                self._replay_round()
+            batch = self._take(0.0 if stopping else 0.05)
+            if batch:
+                if self._direct:
+                    self._send_direct(batch)
+                else:
+                    self._to_spool([(kafka_key(e), encode(e)) for e in batch])
+                with self._cond:
+                    self._handled += len(batch)
+                    self._cond.notify_all()
+            elif stopping:
+                break
+        if self._producer is not None:
+            self._producer.close(timeout=self._send_timeout)
+            self._producer = None
+
+    def _take(self, wait: float) -> list[UsageEvent]:
+        try:
+            first = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self._batch_max:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _send_direct(self, batch: list[UsageEvent]) -> None:
+        records = [(kafka_key(e), encode(e)) for e in batch]
+        done = self._send(records)
+        with self._cond:
+            self._sent += done
+        if done < len(records):
+            # Everything after the first unacknowledged record is spooled too, to keep the order.
+            self._to_spool(records[done:])
+            self._go_spooling()
+
+    def _send(self, records: Sequence[Record]) -> int:
+        """Send and wait; return how many records, from the start, the broker acknowledged."""
+        producer = self._producer
+        if producer is None:
+            return 0
+        futures: list[FutureRecordMetadata] = []
+        try:
+            for key, payload in records:
+                futures.append(producer.send(self._topic, key=key, value=payload))
+            producer.flush(timeout=self._send_timeout)
+        except KafkaError as exc:
+            log.warning("kafka send failed: %s", exc)
+        acked = 0
+        for fut in futures:
+            if not (fut.is_done and fut.succeeded()):
+                break
+            acked += 1
+        return acked
+
+    def _to_spool(self, records: Sequence[Record]) -> None:
+        self._spool.append(records)
+        with self._cond:
+            self._spooled += len(records)
+
+    def _go_spooling(self) -> None:
+        log.warning("kafka unavailable: spooling usage events to %s", self._spool.path)
+        self._direct = False
+        if self._producer is not None:
+            self._producer.close(timeout=0)
+            self._producer = None
+        self._next_attempt = time.monotonic() + self._retry_interval
+
+    def _connect(self) -> bool:
+        try:
+            ensure_topic(self._settings, self._topic, bootstrap_timeout_ms=self._connect_timeout_ms)
+            self._producer = KafkaProducer(
+                **client_config(self._settings, bootstrap_timeout_ms=self._connect_timeout_ms),
+                **self._producer_options(),
+            )
+            return True
+        except KafkaError as exc:
+            log.info("kafka not reachable yet: %s", exc)
+            return False
+
+    def _producer_options(self) -> dict[str, Any]:
+        return {
+            "enable_idempotence": True,
+            "acks": "all",
+            "linger_ms": 5,
+            "batch_size": 256 * 1024,
+            "max_block_ms": int(self._send_timeout * 1000),
+            "request_timeout_ms": int(self._send_timeout * 1000),
+        }
+
+    def _replay_round(self) -> None:
+        """Reconnect if needed, then move one chunk of the spool to Kafka; go direct once it is empty."""
+        if self._producer is None and not self._connect():
+            self._next_attempt = time.monotonic() + self._retry_interval
+            return
+        if self._spool.is_empty():
+            if not self._direct:
+                log.info("kafka reachable: sending usage events directly")
+            self._direct = True
+            # Other processes sharing the spool may append later; look again now and then.
+            self._next_attempt = time.monotonic() + 5 * self._retry_interval
+            return
+        with self._spool.replay_lock() as mine:
+            if not mine:
+                self._next_attempt = time.monotonic() + self._retry_interval
+                return
+            rows = self._spool.peek(self._batch_max)
+            acked = self._send([(key, payload) for _, key, payload in rows])
+            if acked:
+                self._spool.delete_through(rows[acked - 1][0])
+                with self._cond:
+                    self._replayed += acked
+            if acked < len(rows):
+                self._go_spooling()
+                return
+        # More to replay: come back at once (after spooling the next batch from the queue).
+        self._next_attempt = 0.0
