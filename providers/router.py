@@ -433,6 +433,7 @@ class Router:
             so = body.get("stream_options")
             include_usage_chunk = bool(so.get("include_usage")) if isinstance(so, Mapping) else False
         attempts: list[Attempt] = []
+        skipped: list[Attempt] = []
         timeouts = 0
         tried = 0
         now = time.monotonic()
@@ -443,9 +444,9 @@ class Router:
                 if needs_vision and not tier.vision:
                     continue
             ranked = self._rank(tier, now)
-            for d in tier.deployments:
-                if d not in ranked:
-                    attempts.append(Attempt(d.cfg.id, "circuit breaker open"))
+            skipped.extend(
+                Attempt(d.cfg.id, "circuit breaker open") for d in tier.deployments if d not in ranked
+            )
             for dep in ranked:
                 try:
                     return await self._try(
@@ -460,27 +461,26 @@ class Router:
                     timeouts += f.timeout
                 tried += 1
                 now = time.monotonic()
-        raise self._unavailable(model_id, attempts, tried, timeouts)
+        raise self._unavailable(model_id, attempts, skipped, tried, timeouts)
 
     @staticmethod
     def _unavailable(
-        model_id: str, attempts: list[Attempt], tried: int, timeouts: int
+        model_id: str, attempts: list[Attempt], skipped: list[Attempt], tried: int, timeouts: int
     ) -> UpstreamUnavailable:
-        detail = "; ".join(f"{a.deployment_id}: {a.reason}" for a in attempts)
+        everything = tuple(attempts + skipped)
+        detail = "; ".join(f"{a.deployment_id}: {a.reason}" for a in everything)
         if tried == 0:
             return UpstreamUnavailable(
-                503, f"no deployment of '{model_id}' is available ({detail})", tuple(attempts)
+                503, f"no deployment of '{model_id}' is available ({detail})", everything
             )
-        last = attempts[-1]
-        if last.status == 429 and all(a.status == 429 for a in attempts if a.status is not None):
+        statuses = [a.status for a in attempts if a.status is not None]
+        if statuses and all(s == 429 for s in statuses) and len(statuses) == len(attempts):
             status = 503
         elif timeouts and timeouts == tried:
             status = 504
         else:
             status = 502
-        return UpstreamUnavailable(
-            status, f"every deployment of '{model_id}' failed ({detail})", tuple(attempts)
-        )
+        return UpstreamUnavailable(status, f"every deployment of '{model_id}' failed ({detail})", everything)
 
     async def _try(
         self,
