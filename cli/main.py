@@ -113,5 +113,68 @@ def org_export(
         sys.stdout.write(text)
 
 
+def _uvicorn(app: Any, host: str, port: int, workers: int = 1, factory: str | None = None) -> None:
+    import uvicorn
+
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False,
+                               "loop": "uvloop", "http": "httptools", "timeout_graceful_shutdown": 20}  # fmt: skip
+    if workers > 1 and factory:
+        uvicorn.run(factory, factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(app, **options)
+
+
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker processes (one per core is right)")] = 1,
+) -> None:
+    """Serve the OpenAI-compatible data plane (/v1, /healthz, /readyz, /metrics)."""
+    from gateway.app import create_asgi
+
+    settings = settings_or_exit()
+    _uvicorn(create_asgi(settings), host, port, workers, "gateway.app:create_asgi")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    dev_login: Annotated[
+        bool, typer.Option("--dev-login", help="allow /auth/dev/login (never in production)")
+    ] = False,
+) -> None:
+    """Serve everything on one origin: /v1, /api/v1, /auth and the dashboard at /."""
+    from cli.web import create_one_origin
+
+    _uvicorn(create_one_origin(settings_or_exit(), dev_login=dev_login), host, port)
+
+
+@app.command()
+def dev(
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="where embedded servers keep their data")
+    ] = Path("~/.eduaiq"),
+    org: Annotated[
+        Path | None, typer.Option("--org", help="institution file (default: a demo university)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8000,
+) -> None:
+    """Start the whole system on this machine (embedded servers where EDUAIQ_* URLs are not set)."""
+    from cli.dev import run_dev
+
+    run_dev(settings_or_exit(), state_dir, org, host, port)
+
+
+@app.command()
+def consume() -> None:
+    """Write usage events from Kafka into the PostgreSQL ledger (a consumer group member)."""
+    from usage.consumer import run_consumer
+
+    run_consumer(settings_or_exit())
+
+
 def main() -> None:
     app()

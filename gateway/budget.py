@@ -1,0 +1,125 @@
+"""Stages 4 and 7: reserve before calling the model, settle with what it reported.
+
+This module only translates between the gateway and `quota/`: it picks the
+numbers to reserve, turns a refusal into a 429 a student can read, and turns
+a settlement into the fields of the usage event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from core.money import format_micro
+from gateway.catalog import InstitutionView
+from gateway.errors import ApiError
+from gateway.meter import Outcome
+from providers.prices import Price
+from quota import QuotaEngine, Refusal, Reservation, Settlement
+
+
+def _money(micro: int, currency: str) -> str:
+    value = Decimal(format_micro(micro)).quantize(Decimal("0.01") if micro >= 10_000 else Decimal("0.000001"))
+    return f"{currency} {value}"
+
+
+def _amount(metric: str, micro_or_tokens: int, currency: str) -> str:
+    return _money(micro_or_tokens, currency) if metric == "cost" else f"{micro_or_tokens:,} tokens"
+
+
+def _when(at: datetime | None, tz: str) -> str:
+    if at is None:
+        return (
+            "It does not reset: this is a one-off allowance; ask your instructor or administrator for more."
+        )
+    local = at.astimezone(ZoneInfo(tz))
+    return f"It resets on {local:%A %d %B %Y at %H:%M} ({tz})."
+
+
+def refusal_error(refusal: Refusal, view: InstitutionView) -> ApiError:
+    what = "AI budget" if refusal.metric == "cost" else "token allowance"
+    if refusal.is_member_cap:
+        unit = view.units.get(refusal.binding_unit)
+        owner = f"Your personal {what} in {unit.name if unit else refusal.binding_unit}"
+    else:
+        owner = f"The {what} of {refusal.binding_name}"
+    left = _amount(refusal.metric, refusal.available, view.currency)
+    need = _amount(refusal.metric, refusal.needed, view.currency)
+    message = (
+        f"{owner} has run out for this period: {left} left, and this request needs at least {need}. "
+        f"{_when(refusal.resets_at, view.timezone)}"
+    )
+    headers = {"x-should-retry": "false", "x-eduaiq-binding-unit": refusal.binding_unit}
+    if refusal.resets_at is not None:
+        headers["x-eduaiq-budget-reset"] = refusal.resets_at.isoformat()
+    return ApiError(429, message, code="insufficient_quota", type_="insufficient_quota", headers=headers)
+
+
+async def reserve(
+    engine: QuotaEngine,
+    view: InstitutionView,
+    outcome: Outcome,
+    *,
+    input_bound: int,
+    max_output: int,
+    price: Price,
+) -> Reservation:
+    result = await engine.reserve(
+        view.id,
+        outcome.unit_id or "",
+        outcome.user_id or "",
+        input_tokens=input_bound,
+        max_output_tokens=max_output,
+        price_in=price.input_per_mtok,
+        price_out=price.output_per_mtok,
+        request_id=outcome.request_id,
+    )
+    if isinstance(result, Refusal):
+        outcome.status = "refused"
+        outcome.binding_unit = result.binding_unit
+        raise refusal_error(result, view)
+    if result.clamped:
+        outcome.status = "clamped"
+    return result
+
+
+def budget_headers(r: Reservation, view: InstitutionView, requested: int) -> list[tuple[bytes, bytes]]:
+    """What is left before this request, at the unit that limits it most (the binding unit)."""
+    out: list[tuple[bytes, bytes]] = []
+    cost = r.remaining.get("cost")
+    if cost is not None:
+        out.append((b"x-eduaiq-budget-remaining", format_micro(cost.room).encode()))
+        out.append((b"x-eduaiq-budget-currency", view.currency.encode()))
+        out.append((b"x-eduaiq-budget-unit", cost.node.encode()))
+    tokens = r.remaining.get("tokens")
+    if tokens is not None:
+        out.append((b"x-eduaiq-budget-remaining-tokens", str(tokens.room).encode()))
+    if r.clamped:
+        out.append((b"x-eduaiq-max-tokens-clamped", f"{requested}->{r.output_tokens}".encode()))
+    return out
+
+
+async def settle(
+    engine: QuotaEngine,
+    view: InstitutionView,
+    r: Reservation,
+    outcome: Outcome,
+    input_tokens: int,
+    output_tokens: int,
+) -> Settlement:
+    s = await engine.settle(r, input_tokens, output_tokens)
+    outcome.input_tokens, outcome.output_tokens = input_tokens, output_tokens
+    outcome.cost_micro = s.cost
+    outcome.overage_micro = s.overage.get("cost", 0)
+    if s.charge is not None:
+        outcome.funding = asdict(s.charge)
+        outcome.funding["path"] = list(s.charge.path)
+        outcome.funding["period_keys"] = list(s.charge.period_keys)
+        outcome.extras_paid = [
+            {"extra_id": xid, "unit_id": s.charge.path[j], "metric": metric, "amount": amount,
+             "chargeback": view.chargebacks.get(xid)}
+            for metric, takes in s.charge.extras.items() for xid, j, amount in takes
+        ]  # fmt: skip
+    return s

@@ -1,0 +1,146 @@
+"""What the hot path knows about each institution, compiled from PostgreSQL once, not per request.
+
+Per institution: its units (names, kinds, effective model lists), its budget
+spec for `quota/`, and its model router. The admin API and `org import`
+publish an institution id on the invalidation channel after a change; every
+replica then reloads that institution and swaps the view in one assignment, so
+a request sees either the old configuration or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from core.models import BudgetRule, Extra, Institution, Membership, ModelOffer, Provider, Unit
+from providers.build import build_router
+from providers.policy import effective_models
+from providers.router import Router
+from quota.model import InstitutionSpec
+from quota.sources import spec_from_rows
+
+
+@dataclass(frozen=True, slots=True)
+class UnitInfo:
+    id: str
+    parent: str | None
+    kind: str
+    name: str
+    models: tuple[str, ...]
+    default_model: str | None
+
+
+@dataclass(slots=True)
+class InstitutionView:
+    id: str
+    name: str
+    currency: str
+    timezone: str
+    units: dict[str, UnitInfo]
+    spec: InstitutionSpec
+    router: Router
+    chargebacks: dict[str, str | None]  # extra id -> grant or cost centre, for the usage event
+
+    def path(self, unit_id: str) -> list[UnitInfo]:
+        """The unit and its ancestors, nearest first (the member node is quota's business)."""
+        out = []
+        current: str | None = unit_id
+        while current is not None:
+            unit = self.units[current]
+            out.append(unit)
+            current = unit.parent
+        return out
+
+
+async def _rows(session: AsyncSession, table: Any, inst_id: str) -> list[Any]:
+    stmt = select(table).where(table.institution_id == inst_id)
+    return list((await session.execute(stmt)).scalars().all())
+
+
+def _unit_infos(units: list[Unit], catalogue: tuple[str, ...]) -> dict[str, UnitInfo]:
+    by_parent: dict[str | None, list[Unit]] = defaultdict(list)
+    for u in units:
+        by_parent[u.parent_id].append(u)
+    out: dict[str, UnitInfo] = {}
+    stack: list[tuple[Unit, tuple[str, ...]]] = [(u, catalogue) for u in by_parent[None]]
+    while stack:
+        unit, parent_models = stack.pop()
+        models = effective_models(unit.models, parent_models)
+        out[unit.id] = UnitInfo(
+            unit.id, unit.parent_id, unit.kind, unit.name or unit.id, models, unit.default_model
+        )
+        stack.extend((child, models) for child in by_parent[unit.id])
+    return out
+
+
+async def load_institution(
+    session: AsyncSession, inst_id: str, http: aiohttp.ClientSession | None
+) -> InstitutionView | None:
+    inst = await session.get(Institution, inst_id)
+    if inst is None:
+        return None
+    units = await _rows(session, Unit, inst_id)
+    providers = sorted(await _rows(session, Provider, inst_id), key=lambda p: p.position)
+    offers: dict[str, list[ModelOffer]] = defaultdict(list)
+    for o in sorted(await _rows(session, ModelOffer, inst_id), key=lambda o: o.position):
+        offers[o.provider_id].append(o)
+    configs = [p.to_config(offers[p.id], default_prices=True) for p in providers]
+    catalogue = tuple(dict.fromkeys(o.id for p in providers for o in offers[p.id]))
+    members = Counter(m.unit_id for m in await _rows(session, Membership, inst_id))
+    spec = spec_from_rows(
+        inst,
+        units,
+        await _rows(session, BudgetRule, inst_id),
+        await _rows(session, Extra, inst_id),
+        dict(members),
+    )
+    router = build_router(configs, currency=inst.currency, session=http)
+    chargebacks = {x.id: x.chargeback for u in spec.units for x in u.extras}
+    return InstitutionView(
+        inst.id,
+        inst.name,
+        inst.currency,
+        inst.timezone,
+        _unit_infos(units, catalogue),
+        spec,
+        router,
+        chargebacks,
+    )
+
+
+class Catalog:
+    """All institutions of this deployment, each replaceable on its own."""
+
+    def __init__(self, engine: AsyncEngine, http: aiohttp.ClientSession | None) -> None:
+        self._engine = engine
+        self._http = http
+        self.views: dict[str, InstitutionView] = {}
+
+    async def load_all(self) -> None:
+        async with AsyncSession(self._engine) as session:
+            ids = (await session.execute(select(Institution))).scalars().all()
+        for inst in ids:
+            await self.reload(inst.id)
+
+    async def reload(self, inst_id: str) -> InstitutionView | None:
+        async with AsyncSession(self._engine) as session:
+            view = await load_institution(session, inst_id, self._http)
+        old = self.views.get(inst_id)
+        if view is None:
+            self.views.pop(inst_id, None)
+        else:
+            await view.router.start()
+            self.views[inst_id] = view
+        if old is not None:
+            await old.router.close()
+        return view
+
+    async def close(self) -> None:
+        for view in self.views.values():
+            await view.router.close()
+        self.views.clear()

@@ -1,0 +1,278 @@
+"""The /v1 endpoints. Each reads as the list of stages a request goes through:
+
+auth -> policy -> estimate -> quota.reserve -> route -> stream -> quota.settle -> meter
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import orjson
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import budget
+from gateway.auth import Principal
+from gateway.catalog import InstitutionView
+from gateway.errors import ApiError
+from gateway.estimate import (
+    chat_prompt_bound,
+    completion_prompt_bound,
+    embedding_input_bound,
+    image_tokens,
+    prompt_tokens,
+)
+from gateway.meter import Outcome, emit
+from gateway.observe import METRICS
+from gateway.policy import resolve_model
+from gateway.requests import ParsedRequest, parse_chat, parse_completion, parse_embedding, parse_json
+from gateway.runtime import Runtime
+from gateway.stream import RelayResponse, StreamResult
+from providers.errors import InvalidRequest, ModelNotFound, ProviderError, UpstreamUnavailable
+from providers.router import UpstreamResponse
+from providers.usage import NormalisedUsage
+from quota import Reservation
+
+log = logging.getLogger(__name__)
+_PARSERS = {"chat": parse_chat, "completion": parse_completion, "embedding": parse_embedding}
+_ENDPOINTS = {"chat": "chat/completions", "completion": "completions", "embedding": "embeddings"}
+DEFAULT_MAX_OUTPUT = 4096
+
+
+def _runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def _view(rt: Runtime, principal: Principal) -> InstitutionView:
+    view = rt.catalog.views.get(principal.institution_id) if rt.catalog else None
+    if view is None or principal.unit_id not in view.units:
+        raise ApiError(503, "this gateway has not loaded your institution yet; retry in a moment",
+                       code="institution_not_loaded")  # fmt: skip
+    return view
+
+
+def _outcome(principal: Principal, view: InstitutionView) -> Outcome:
+    path = view.path(principal.unit_id)
+    return Outcome(
+        request_id="req_" + uuid.uuid4().hex,
+        institution_id=view.id,
+        user_id=principal.user_id,
+        key_id=principal.key_id,
+        unit_id=principal.unit_id,
+        path=[u.id for u in path],
+        kinds=[u.kind for u in path],
+    )
+
+
+def _provider_error(exc: ProviderError) -> ApiError:
+    if isinstance(exc, ModelNotFound):
+        return ApiError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, InvalidRequest):
+        return ApiError(400, str(exc), code="invalid_request")
+    if isinstance(exc, UpstreamUnavailable):
+        return ApiError(exc.status, f"the model is unavailable right now: {exc}", code="upstream_unavailable")
+    return ApiError(502, f"the model's server failed: {exc}", code="upstream_error")
+
+
+def _bound(parsed: ParsedRequest, view: InstitutionView, model: str, rt: Runtime) -> tuple[int, int]:
+    """(prompt upper bound incl. images, image tokens)."""
+    if parsed.kind == "chat":
+        info = view.router.model(model)
+        images = image_tokens(parsed.body, info.image_tokens, info.vision, model, rt.settings.max_image_bytes)
+        return chat_prompt_bound(parsed.body) + images, images
+    if parsed.kind == "completion":
+        return completion_prompt_bound(parsed.body), 0
+    return embedding_input_bound(parsed.body), 0
+
+
+def _fallback_usage(parsed: ParsedRequest, images: int, produced: int) -> NormalisedUsage:
+    """When the provider never reported usage (an aborted stream): a realistic prompt count, and one
+    token per streamed event, which is how vLLM and OpenAI stream."""
+    return NormalisedUsage(input=prompt_tokens(parsed.body) + images, output=produced, image=images)
+
+
+async def _finish(
+    rt: Runtime, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage
+) -> None:
+    """Settle and meter; never raises (the answer has already gone to the client)."""
+    try:
+        o.image_tokens = max(o.image_tokens, usage.image)
+        o.cached_tokens = usage.cached_input
+        await budget.settle(rt.quota, view, r, o, usage.input, usage.output)
+        METRICS.tokens.labels("input").inc(usage.input)
+        METRICS.tokens.labels("output").inc(usage.output)
+    except Exception:
+        log.exception(
+            "settle failed for %s; the reservation expires and the ledger reconciles it", o.request_id
+        )
+    finally:
+        _emit(rt, o)
+
+
+def _emit(rt: Runtime, o: Outcome) -> None:
+    try:
+        if rt.producer is not None:
+            emit(rt.producer, o)
+    except Exception:
+        log.exception("could not record usage event %s", o.request_id)
+
+
+async def handle(request: Request, kind: str) -> Response:
+    rt = _runtime(request)
+    outcome: Outcome | None = None
+    reservation: Reservation | None = None
+    try:
+        principal = await rt.keys.authenticate(request.headers.get("authorization"))
+        view = _view(rt, principal)
+        outcome = _outcome(principal, view)
+        parsed = _PARSERS[kind](parse_json(await request.body(), rt.settings.max_body_bytes))
+        model, allowed = resolve_model(view, principal.unit_id, parsed.model)
+        outcome.model_id = model
+        input_bound, images = _bound(parsed, view, model, rt)
+        outcome.image_tokens = images
+        if kind == "embedding":
+            max_out = 0
+        else:
+            max_out = parsed.max_tokens or view.router.model(model).max_output_tokens or DEFAULT_MAX_OUTPUT
+        price = view.router.price_ceiling(model, allowed)
+        reservation = await budget.reserve(rt.quota, view, outcome, input_bound=input_bound,
+                                           max_output=max_out, price=price)  # fmt: skip
+        upstream = await view.router.open(
+            model, parsed.body, stream=parsed.stream, endpoint=_ENDPOINTS[kind],  # type: ignore[arg-type]
+            max_tokens=reservation.output_tokens if kind != "embedding" else None,
+            allowed_models=allowed, needs_vision=images > 0,
+        )  # fmt: skip
+    except (ApiError, ProviderError) as exc:
+        error = exc if isinstance(exc, ApiError) else _provider_error(exc)
+        if reservation is not None:
+            await rt.quota.release(reservation)
+        METRICS.count(kind, error.status, error.code)
+        if outcome is not None:
+            if outcome.status != "refused":
+                outcome.status = "upstream_error" if error.status >= 500 else "bad_request"
+            _emit(rt, outcome)
+        return error.response()
+
+    served = upstream.served_by
+    outcome.provider_id, outcome.deployment_id = served.provider_id, served.deployment_id
+    headers = [
+        *budget.budget_headers(reservation, view, max_out),
+        (b"x-request-id", outcome.request_id.encode()),
+    ]
+    if not upstream.ok:
+        return await _upstream_refused(rt, upstream, reservation, outcome, headers, kind)
+    METRICS.count(kind, 200, None)
+    if parsed.stream:
+        return _relay(rt, view, upstream, reservation, outcome, parsed, images, headers)
+    body = await upstream.read()
+    usage = upstream.usage or _fallback_usage(parsed, images, 0)
+    response = Response(body, media_type="application/json",
+                        background=BackgroundTask(_finish, rt, view, reservation, outcome, usage))  # fmt: skip
+    response.raw_headers.extend(headers)
+    return response
+
+
+async def _upstream_refused(
+    rt: Runtime,
+    upstream: UpstreamResponse,
+    r: Reservation,
+    o: Outcome,
+    headers: list[tuple[bytes, bytes]],
+    kind: str,
+) -> Response:
+    """The model's server refused the request itself (e.g. prompt too long): its error, nothing charged."""
+    body = await upstream.read()
+    await rt.quota.release(r)
+    o.status = "bad_request"
+    _emit(rt, o)
+    METRICS.count(kind, upstream.status, "upstream_refused")
+    response = Response(body, status_code=upstream.status, media_type="application/json")
+    response.raw_headers.extend(headers)
+    return response
+
+
+def _relay(
+    rt: Runtime,
+    view: InstitutionView,
+    upstream: UpstreamResponse,
+    r: Reservation,
+    o: Outcome,
+    parsed: ParsedRequest,
+    images: int,
+    headers: list[tuple[bytes, bytes]],
+) -> Response:
+    async def done(result: StreamResult) -> None:
+        usage = upstream.usage
+        if usage is None:
+            usage = _fallback_usage(parsed, images, result.events)
+        if result.client_gone:
+            o.status = "client_abort"
+        elif result.error is not None:
+            o.status = "upstream_error"
+        await _finish(rt, view, r, o, usage)
+
+    return RelayResponse(upstream, headers, done)  # type: ignore[return-value]
+
+
+async def chat_completions(request: Request) -> Response:
+    return await handle(request, "chat")
+
+
+async def completions(request: Request) -> Response:
+    return await handle(request, "completion")
+
+
+async def embeddings(request: Request) -> Response:
+    return await handle(request, "embedding")
+
+
+MODEL_CREATED = 1735689600  # a fixed date: clients only need an integer, and a stable one
+
+
+async def list_models(request: Request) -> Response:
+    rt = _runtime(request)
+    try:
+        principal = await rt.keys.authenticate(request.headers.get("authorization"))
+        view = _view(rt, principal)
+    except ApiError as exc:
+        return exc.response()
+    data = []
+    for model_id in view.units[principal.unit_id].models:
+        try:
+            info = view.router.model(model_id)
+        except ModelNotFound:
+            continue
+        data.append(
+            {"id": model_id, "object": "model", "created": MODEL_CREATED, "owned_by": info.provider_type}
+        )
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+async def me(request: Request) -> Response:
+    """The caller and the remaining budget of every unit on their path, with reset times."""
+    rt = _runtime(request)
+    try:
+        principal = await rt.keys.authenticate(request.headers.get("authorization"))
+        view = _view(rt, principal)
+        explanation = await rt.quota.explain(view.id, principal.unit_id, principal.user_id)
+    except ApiError as exc:
+        return exc.response()
+    unit = view.units[principal.unit_id]
+    body = {
+        "object": "eduaiq.me",
+        "user": principal.user_id,
+        "institution": {"id": view.id, "name": view.name, "currency": view.currency},
+        "unit": {"id": unit.id, "name": unit.name, "kind": unit.kind},
+        "models": list(unit.models),
+        "budget": explanation.to_dict() if hasattr(explanation, "to_dict") else _plain(explanation),
+    }
+    return Response(orjson.dumps(body, default=str), media_type="application/json")
+
+
+def _plain(value: object) -> object:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value

@@ -1,0 +1,93 @@
+"""Everything one gateway process holds for its lifetime, built at start-up and closed at shutdown.
+
+The hot path reads only memory and Redis: keys are cached here, institutions
+are compiled into the catalog, budgets live in Redis. PostgreSQL is read on a
+key-cache miss and when configuration changes; Kafka is written by the
+producer's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from redis.asyncio import Redis
+
+from core.db import make_async_engine
+from core.settings import Settings
+from gateway.auth import KeyCache
+from gateway.catalog import Catalog
+from gateway.ledger_source import make_loader
+from quota import QuotaEngine
+from usage.producer import UsageProducer
+
+log = logging.getLogger(__name__)
+CATALOG_CHANNEL = "eduaiq:catalog"
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = make_async_engine(settings.database_url)
+        self.keys = KeyCache(self.db, settings.key_cache_seconds)
+        self.redis = Redis.from_url(settings.redis_url, decode_responses=True)
+        self.http: aiohttp.ClientSession | None = None
+        self.catalog: Catalog | None = None
+        self.producer: UsageProducer | None = None
+        self.quota = QuotaEngine(
+            self.redis,
+            reservation_ttl=settings.reservation_ttl_seconds,
+            min_output_tokens=settings.min_clamp_tokens,
+            loader=make_loader(self.db, self._drain_own_events),
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _drain_own_events(self) -> None:
+        if self.producer is not None:
+            await asyncio.to_thread(self.producer.flush, 10.0)
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        self.http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self.catalog = Catalog(self.db, self.http)
+        # An institution whose budgets are not in Redis yet (first start, or Redis lost its data) is
+        # compiled and rebuilt from the ledger by the quota engine on its first request.
+        await self.catalog.load_all()
+        self.producer = UsageProducer(self.settings)
+        self._tasks = [
+            asyncio.create_task(self.quota.run_sweeper(), name="quota-sweeper"),
+            asyncio.create_task(self.quota.listen_invalidations(), name="quota-invalidations"),
+            asyncio.create_task(self._listen_catalog(), name="catalog-invalidations"),
+        ]
+
+    async def _listen_catalog(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(CATALOG_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message" and self.catalog is not None:
+                        await self.catalog.reload(str(message["data"]))
+                        self.keys.forget()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis restarting: keep listening once it is back
+                log.warning("catalog invalidation listener lost Redis; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.catalog is not None:
+            await self.catalog.close()
+        if self.producer is not None:
+            await asyncio.to_thread(self.producer.close)
+        if self.http is not None:
+            await self.http.close()
+        await self.quota.close()
+        await self.db.dispose()
