@@ -87,6 +87,8 @@ class ProviderConfig(BaseModel):
     health_check: bool | None = None
     metrics_url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    stream_usage: Literal["reported", "counted"] = "reported"
+    """`counted` for OpenAI-compatible servers that send no usage in streams (llama-cpp-python)."""
     models: list[ModelConfig] = Field(default_factory=list)
 
     @field_validator("base_url", "metrics_url")
@@ -144,6 +146,7 @@ class DeploymentConfig(BaseModel):
     timeouts: TimeoutConfig
     health_check: bool
     metrics_url: str | None
+    stream_usage: Literal["reported", "counted"] = "reported"
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -290,6 +293,7 @@ def compile_deployments(
                         timeouts=p.timeouts,
                         health_check=health,
                         metrics_url=metrics_url,
+                        stream_usage=p.stream_usage,
                     )
                 )
                 order += 1

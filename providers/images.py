@@ -18,7 +18,7 @@ Rules (`RULES` by name; `rule_for_model` guesses from the upstream name):
 - molmo (Molmo-7B-D): up to 12 336px crops plus the global view, 169 tokens
   each (144 pooled patches + column tokens); conservative.
 - anthropic: ceil(w*h/750) after resizing to a 1568px long edge and ~1.15 MP.
-- gemini: 258 when both sides <= 384, else 258 per 768x768 tile.
+- gemini: 258 when both sides <= 384, else fit in 3072x3072 and 258 per 768x768 tile.
 - conservative: any other family: a flat 2048 tokens per image.
 When only a URL is known (https) and the caller gives no size, the rule's
 worst case is used.
@@ -135,9 +135,9 @@ def _gemini() -> ImageRule:
     def count(w: int, h: int, detail: str) -> int:
         if w <= 384 and h <= 384:
             return 258
-        return 258 * math.ceil(w / 768) * math.ceil(h / 768)
+        s = min(1.0, 3072 / max(w, h))  # Gemini scales images to fit 3072x3072 first
+        return 258 * math.ceil(math.floor(w * s) / 768) * math.ceil(math.floor(h * s) / 768)
 
-    # Gemini downscales large images; 16 tiles (3072x3072) bounds the unknown-size case.
     return ImageRule("gemini", count, lambda detail: 258 * 16)
 
 

@@ -131,7 +131,8 @@ class UpstreamResponse:
     for non-streams; for streams, blobs of complete OpenAI SSE events (never
     an event split across blobs), the usage-only chunk included only when
     asked for. `usage` is set once iteration has finished (at once for
-    non-streams; None if the upstream never reported it). Call `aclose()` when
+    non-streams; None if the upstream never reported it; counted and flagged
+    `usage_estimated` for `stream_usage: counted` providers). Call `aclose()` when
     the client goes away: it drops the upstream connection so the model stops
     generating. Iterating to the end or calling `aclose()` is required.
     """
@@ -148,6 +149,7 @@ class UpstreamResponse:
         "status",
         "stream",
         "usage",
+        "usage_estimated",
     )
 
     def __init__(
@@ -170,6 +172,7 @@ class UpstreamResponse:
         self.served_by = served_by
         self.attempts = attempts
         self.usage = usage
+        self.usage_estimated = False
         self._body = body
         self._resp = resp
         self._proc = proc
@@ -218,6 +221,7 @@ class UpstreamResponse:
             if not chunk:
                 self._done = True
                 self.usage = proc.usage
+                self.usage_estimated = proc.usage_estimated
                 self._finish(ok=True)
                 if out:
                     return out
@@ -413,6 +417,7 @@ class Router:
         include_usage_chunk: bool | None = None,
         allowed_models: Collection[str] | None = None,
         needs_vision: bool = False,
+        prompt_tokens_hint: int | None = None,
     ) -> UpstreamResponse:
         """Send `body` to the best deployment of `model_id`, falling back along its chain.
 
@@ -420,7 +425,9 @@ class Router:
         the model's limit is sent. `include_usage_chunk=None` forwards the
         usage-only chunk exactly when the client asked (stream_options.include_usage).
         `allowed_models` keeps cross-model fallbacks inside the caller's policy;
-        `needs_vision` skips fallbacks that cannot see images.
+        `needs_vision` skips fallbacks that cannot see images. `prompt_tokens_hint` (the
+        gateway's estimate) becomes the input count for providers configured with
+        `stream_usage: counted`; `resp.usage_estimated` then says so.
         Raises ModelNotFound, InvalidRequest, or UpstreamUnavailable when every candidate
         failed before the first byte. A 4xx other than 429 is returned, not raised.
         """
@@ -450,7 +457,14 @@ class Router:
             for dep in ranked:
                 try:
                     return await self._try(
-                        dep, body, stream, max_tokens, endpoint, include_usage_chunk, attempts
+                        dep,
+                        body,
+                        stream,
+                        max_tokens,
+                        endpoint,
+                        include_usage_chunk,
+                        prompt_tokens_hint,
+                        attempts,
                     )
                 except InvalidRequest:
                     if tried == 0:
@@ -490,6 +504,7 @@ class Router:
         max_tokens: int | None,
         endpoint: Endpoint,
         include_usage_chunk: bool,
+        prompt_tokens_hint: int | None,
         attempts: list[Attempt],
     ) -> UpstreamResponse:
         cfg = dep.cfg
@@ -543,7 +558,9 @@ class Router:
                         proc=None,
                         server=None,
                     )
-                proc = dep.adapter.stream_processor(cfg, include_usage_chunk=include_usage_chunk)
+                proc = dep.adapter.stream_processor(
+                    cfg, include_usage_chunk=include_usage_chunk, prompt_tokens_hint=prompt_tokens_hint
+                )
                 first = b""
                 eof = False
                 while not first:
@@ -580,6 +597,7 @@ class Router:
             server=None if eof else server,
         )
         if eof:
+            out.usage_estimated = proc.usage_estimated
             resp.release()
             server.inflight -= 1
         return out

@@ -48,6 +48,8 @@ class DemoOptions:
     embedding_dims: int = 32
     kv_metric: Literal["kv_cache_usage_perc", "gpu_cache_usage_perc"] = "kv_cache_usage_perc"
     api_key: str | None = None
+    stream_usage: bool = True
+    """False: never send usage in streams, like llama-cpp-python's server."""
 
 
 @dataclass
@@ -285,7 +287,7 @@ class DemoModel:
         else:
             events.extend(chunk({"content": t}) for t in tokens)
         events.append(chunk({}, finish))
-        if include_usage:
+        if include_usage and opts.stream_usage:
             u = dict(base)
             u["choices"] = []
             u["usage"] = usage
@@ -330,7 +332,7 @@ class DemoModel:
 
         events = [chunk(t) for t in tokens]
         events.append(chunk("", finish))
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and opts.stream_usage:
             u = dict(base)
             u["choices"] = []
             u["usage"] = usage

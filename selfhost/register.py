@@ -28,6 +28,8 @@ class DiscoveredModel:
     catalogue_id: str | None
     vision: bool
     image_tokens: str | None
+    stream_usage: str | None = None
+    """"reported" / "counted" when probed (register(..., probe_stream_usage=True)), else None."""
 
     def model_entry(
         self, input_per_mtok: Decimal | float, output_per_mtok: Decimal | float
@@ -51,14 +53,41 @@ def v1_url(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
+async def _reports_stream_usage(
+    s: aiohttp.ClientSession,
+    base: str,
+    model: str,
+    headers: dict[str, str],
+    client_timeout: aiohttp.ClientTimeout,
+) -> bool:
+    """One 1-token streamed chat: does the server put usage in streams when asked?"""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with s.post(base + "/chat/completions", json=body, headers=headers, timeout=client_timeout) as r:
+        if r.status != 200:
+            raise RegisterError(f"{base}/chat/completions answered HTTP {r.status}: {(await r.text())[:200]}")
+        return b'"usage":{' in (await r.read()).replace(b" ", b"")
+
+
 async def register(
     url: str,
     *,
     api_key: str | None = None,
     request_timeout: float = 5.0,
+    probe_stream_usage: bool = False,
     session: aiohttp.ClientSession | None = None,
 ) -> list[DiscoveredModel]:
-    """Read `url`'s /v1/models (and /metrics, to tell vLLM apart) and match each model to the catalogue."""
+    """Read `url`'s /v1/models (and /metrics, to tell vLLM apart) and match each model to the catalogue.
+
+    `probe_stream_usage` also sends each model a 1-token streamed chat to learn
+    whether the server reports usage in streams; servers that do not (e.g.
+    llama-cpp-python) need `stream_usage: counted` in their provider entry.
+    """
     base = v1_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     own = session is None
@@ -79,12 +108,28 @@ async def register(
                     kind = "vllm"
         except (aiohttp.ClientError, TimeoutError):
             pass
+        data = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(data, list):
+            raise RegisterError(f"{base}/models did not return an OpenAI model list")
+        probed: dict[str, bool] = {}
+        if probe_stream_usage:
+            for item in data:
+                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                    try:
+                        probed[item["id"]] = await _reports_stream_usage(
+                            s,
+                            base,
+                            item["id"],
+                            headers,
+                            aiohttp.ClientTimeout(total=max(request_timeout, 30)),
+                        )
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        raise RegisterError(
+                            f"probing {item['id']} failed: {exc or type(exc).__name__}"
+                        ) from exc
     finally:
         if own:
             await s.close()
-    data = listing.get("data") if isinstance(listing, dict) else None
-    if not isinstance(data, list):
-        raise RegisterError(f"{base}/models did not return an OpenAI model list")
     cat = load_catalogue()
     out: list[DiscoveredModel] = []
     for item in data:
@@ -104,6 +149,9 @@ async def register(
                 catalogue_id=entry.id if entry else None,
                 vision=entry.vision if entry else False,
                 image_tokens=entry.image_tokens.rule if entry and entry.image_tokens else None,
+                stream_usage=None
+                if item["id"] not in probed
+                else ("reported" if probed[item["id"]] else "counted"),
             )
         )
     return out
@@ -128,4 +176,6 @@ def provider_entry(
     }
     if api_key_env:
         entry["api_key_env"] = api_key_env
+    if any(m.stream_usage == "counted" for m in models):
+        entry["stream_usage"] = "counted"
     return entry

@@ -227,6 +227,7 @@ class AnthropicStream:
         "_split",
         "_tools",
         "usage",
+        "usage_estimated",
     )
 
     def __init__(self, model: str, include_usage_chunk: bool) -> None:
@@ -244,6 +245,7 @@ class AnthropicStream:
         self._raw_usage: dict[str, Any] = {}
         self._done = False
         self.usage: NormalisedUsage | None = None
+        self.usage_estimated = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         c = dict(self._base)
@@ -360,7 +362,9 @@ class AnthropicAdapter:
             headers["x-api-key"] = key
         return PreparedRequest(f"{dep.base_url}/messages", headers, orjson.dumps(req))
 
-    def stream_processor(self, dep: DeploymentConfig, *, include_usage_chunk: bool) -> AnthropicStream:
+    def stream_processor(
+        self, dep: DeploymentConfig, *, include_usage_chunk: bool, prompt_tokens_hint: int | None = None
+    ) -> AnthropicStream:
         return AnthropicStream(dep.upstream, include_usage_chunk)
 
     def translate_body(self, dep: DeploymentConfig, data: bytes) -> tuple[bytes, NormalisedUsage | None]:

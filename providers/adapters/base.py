@@ -33,6 +33,7 @@ class StreamProcessor(Protocol):
     """Fed raw upstream bytes as they arrive; returns the OpenAI SSE bytes to forward (maybe b"")."""
 
     usage: NormalisedUsage | None
+    usage_estimated: bool
 
     def feed(self, data: bytes) -> bytes: ...
 
@@ -52,7 +53,9 @@ class Adapter(Protocol):
         endpoint: Endpoint,
     ) -> PreparedRequest: ...
 
-    def stream_processor(self, dep: DeploymentConfig, *, include_usage_chunk: bool) -> StreamProcessor: ...
+    def stream_processor(
+        self, dep: DeploymentConfig, *, include_usage_chunk: bool, prompt_tokens_hint: int | None = None
+    ) -> StreamProcessor: ...
 
     def translate_body(self, dep: DeploymentConfig, data: bytes) -> tuple[bytes, NormalisedUsage | None]:
         """A 2xx non-stream body, as OpenAI bytes, and its usage."""

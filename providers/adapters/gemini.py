@@ -218,7 +218,17 @@ def from_gemini_response(resp: Mapping[str, Any], model: str) -> tuple[dict[str,
 
 
 class GeminiStream:
-    __slots__ = ("_base", "_finish", "_include_usage", "_meta", "_seen", "_split", "_tools", "usage")
+    __slots__ = (
+        "_base",
+        "_finish",
+        "_include_usage",
+        "_meta",
+        "_seen",
+        "_split",
+        "_tools",
+        "usage",
+        "usage_estimated",
+    )
 
     def __init__(self, model: str, include_usage_chunk: bool) -> None:
         self._split = SSESplitter()
@@ -234,6 +244,7 @@ class GeminiStream:
         self._meta: Mapping[str, Any] = {}
         self._seen = False
         self.usage: NormalisedUsage | None = None
+        self.usage_estimated = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         c = dict(self._base)
@@ -327,7 +338,9 @@ class GeminiAdapter:
         action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
         return PreparedRequest(f"{dep.base_url}/models/{dep.upstream}{action}", headers, orjson.dumps(req))
 
-    def stream_processor(self, dep: DeploymentConfig, *, include_usage_chunk: bool) -> GeminiStream:
+    def stream_processor(
+        self, dep: DeploymentConfig, *, include_usage_chunk: bool, prompt_tokens_hint: int | None = None
+    ) -> GeminiStream:
         return GeminiStream(dep.upstream, include_usage_chunk)
 
     def translate_body(self, dep: DeploymentConfig, data: bytes) -> tuple[bytes, NormalisedUsage | None]:

@@ -36,18 +36,42 @@ def _usage_of(obj: Any) -> Mapping[str, Any] | None:
 
 
 class PassthroughStream:
-    """Forwards upstream SSE bytes; captures usage; drops the usage-only chunk unless wanted."""
+    """Forwards upstream SSE bytes; captures usage; drops the usage-only chunk unless wanted.
 
-    __slots__ = ("_drop_usage_chunk", "_split", "usage")
+    With `count_tokens` (provider option `stream_usage: counted`, for servers
+    such as llama-cpp-python's that never put usage in a stream) every event
+    is parsed and each content or tool-call delta counts as one output token,
+    which is how these servers stream; input comes from the caller's hint.
+    Reported usage still wins when the server does send it.
+    """
 
-    def __init__(self, include_usage_chunk: bool) -> None:
+    __slots__ = (
+        "_count",
+        "_drop_usage_chunk",
+        "_hint",
+        "_include_usage",
+        "_split",
+        "_tokens",
+        "usage",
+        "usage_estimated",
+    )
+
+    def __init__(
+        self, include_usage_chunk: bool, count_tokens: bool = False, prompt_tokens_hint: int | None = None
+    ) -> None:
+        self._include_usage = include_usage_chunk
         self._drop_usage_chunk = not include_usage_chunk
+        self._count = count_tokens
+        self._hint = prompt_tokens_hint
+        self._tokens = 0
         self._split = SSESplitter()
         self.usage: NormalisedUsage | None = None
+        self.usage_estimated = False
 
     def feed(self, data: bytes) -> bytes:
         if (
-            not self._split._buf
+            not self._count
+            and not self._split._buf
             and data.endswith(b"\n\n")
             and b'"usage"' not in data
             and b'"x_groq"' not in data
@@ -56,6 +80,11 @@ class PassthroughStream:
             return data  # fast path: whole events, nothing to look at
         out: list[bytes] = []
         for ev in self._split.feed(data):
+            if self._count:
+                if ev.startswith(b"data: [DONE]") and self.usage is None:
+                    out.append(self._counted_usage())
+                else:
+                    self._count_event(ev)
             if b'"usage"' in ev or b'"x_groq"' in ev:
                 start = ev.find(b"{")
                 if start >= 0:
@@ -66,17 +95,41 @@ class PassthroughStream:
                     usage = _usage_of(obj)
                     if usage is not None:
                         self.usage = from_openai(usage)
+                        self.usage_estimated = False
                         if self._drop_usage_chunk and obj.get("choices") == []:
                             continue
             out.append(ev)
             out.append(b"\n\n")
         return b"".join(out)
 
+    def _count_event(self, ev: bytes) -> None:
+        start = ev.find(b"{")
+        if start < 0:
+            return
+        try:
+            obj = orjson.loads(ev[start:])
+        except orjson.JSONDecodeError:
+            return
+        for choice in obj.get("choices") or () if isinstance(obj, dict) else ():
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls") or choice.get("text"):
+                self._tokens += 1
+
+    def _counted_usage(self) -> bytes:
+        """Usage from counting, and the usage chunk the client asked for but the server never sent."""
+        self.usage = NormalisedUsage(input=self._hint or 0, output=self._tokens)
+        self.usage_estimated = True
+        if not self._include_usage:
+            return b""
+        chunk = {"object": "chat.completion.chunk", "choices": [], "usage": self.usage.to_openai()}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
     def finish(self) -> bytes:
         rest = self._split.rest()
-        if not rest:
-            return b""
-        return self.feed(rest + b"\n\n")
+        out = self.feed(rest + b"\n\n") if rest else b""
+        if self._count and self.usage is None:
+            out += self._counted_usage()
+        return out
 
 
 class OpenAICompatAdapter:
@@ -116,8 +169,10 @@ class OpenAICompatAdapter:
             headers["Authorization"] = "Bearer " + key
         return PreparedRequest(f"{dep.base_url}/{endpoint}", headers, orjson.dumps(b))
 
-    def stream_processor(self, dep: DeploymentConfig, *, include_usage_chunk: bool) -> PassthroughStream:
-        return PassthroughStream(include_usage_chunk)
+    def stream_processor(
+        self, dep: DeploymentConfig, *, include_usage_chunk: bool, prompt_tokens_hint: int | None = None
+    ) -> PassthroughStream:
+        return PassthroughStream(include_usage_chunk, dep.stream_usage == "counted", prompt_tokens_hint)
 
     def translate_body(self, dep: DeploymentConfig, data: bytes) -> tuple[bytes, NormalisedUsage | None]:
         try:

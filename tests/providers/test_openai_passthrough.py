@@ -195,3 +195,42 @@ async def test_unknown_model_raises(demo: DemoModelHandle, router_factory: Route
     router = await router_factory(campus(demo))
     with pytest.raises(ModelNotFound):
         await router.open("nope", {"model": "nope", "messages": []}, stream=False)
+
+
+async def test_servers_without_stream_usage_get_output_counted_and_flagged(
+    demo_factory: DemoFactory, router_factory: RouterFactory
+) -> None:
+    quiet = await demo_factory(stream_usage=False)  # like llama-cpp-python's server
+    provider = vllm_provider("campus", quiet.base_url, [priced("small", "demo-chat")], stream_usage="counted")
+    router = await router_factory([provider])
+    msgs = [{"role": "user", "content": "count my tokens please"}]
+    reference = await router.open("small", {"model": "small", "messages": msgs}, stream=False)
+    expected = orjson.loads(await reference.read())["usage"]
+
+    body = {"model": "small", "messages": msgs, "stream": True, "stream_options": {"include_usage": True}}
+    resp = await router.open("small", body, stream=True, prompt_tokens_hint=123)
+    _, chunks = await collect(resp)
+    assert resp.usage is not None and resp.usage_estimated
+    assert resp.usage.output == expected["completion_tokens"]
+    assert resp.usage.input == 123
+    [u] = usage_chunks(chunks)  # the client asked for usage: it gets the counted one before [DONE]
+    assert u["usage"]["completion_tokens"] == expected["completion_tokens"]
+
+    plain = await router.open("small", {**body, "stream_options": None}, stream=True, prompt_tokens_hint=5)
+    _, chunks = await collect(plain)
+    assert (
+        usage_chunks(chunks) == []
+        and plain.usage is not None
+        and plain.usage.output == expected["completion_tokens"]
+    )
+
+
+async def test_reported_usage_wins_over_counting(
+    demo: DemoModelHandle, router_factory: RouterFactory
+) -> None:
+    provider = vllm_provider("campus", demo.base_url, [priced("small", "demo-chat")], stream_usage="counted")
+    router = await router_factory([provider])
+    body = {"model": "small", "messages": [{"role": "user", "content": "abcdefgh"}], "stream": True}
+    resp = await router.open("small", body, stream=True, prompt_tokens_hint=999)
+    await collect(resp)
+    assert resp.usage is not None and not resp.usage_estimated and resp.usage.input == 2
