@@ -41,6 +41,22 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+# An institution signing in by SAML (with a signing key pair) and OIDC (confidential client).
+SSO_SECTION: dict[str, Any] = {
+    "saml": {
+        "entity_id": "https://idp.example.edu/idp/shibboleth",
+        "sso_url": "https://idp.example.edu/idp/profile/SAML2/Redirect/SSO",
+        "x509_cert": "MIIC" + "A" * 40,
+        "sp_cert": "MIIC" + "B" * 40,
+        "sp_private_key_env": "STATEU_SAML_SP_KEY",
+    },
+    "oidc": {
+        "issuer": "https://login.example.edu",
+        "client_id": "eduaiq",
+        "client_secret_env": "STATEU_OIDC_SECRET",
+    },
+}
+
 # Every external-service option switched to its other mode, so each template
 # branch is rendered and validated at least once.
 EXTERNAL_SERVICES: dict[str, Any] = {
@@ -56,7 +72,11 @@ EXTERNAL_SERVICES: dict[str, Any] = {
         },
     },
     "caBundle": {"configMap": "campus-ca", "key": "ca-bundle.crt"},
-    "sso": {"existingSecret": "eduaiq-saml"},
+    "ssoKeys": [
+        {"env": "STATEU_SAML_SP_KEY", "secretName": "eduaiq-sso", "key": "saml-sp.key"},
+        {"env": "STATEU_OIDC_SECRET", "secretName": "eduaiq-sso", "key": "oidc-client-secret"},
+    ],
+    "org": {"file": {"sso": SSO_SECTION}},
     "settings": {"upstream_read_timeout": 300, "max_body_bytes": 33554432, "key_cache_seconds": 1.5},
     "gateway": {"spool": {"persistence": {"enabled": True, "storageClass": "fast-ssd"}}},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},

@@ -87,7 +87,10 @@ def test_the_gateway_provider_points_at_the_model_service(gpu: Rendered, model: 
     ]
     (provider,) = providers
     (entry,) = provider["models"]
-    assert entry["upstream"] == model["model"]
+    # The gateway asks the server for the name it serves the model under.
+    (container,) = containers(model_deployment(gpu, model["name"]))
+    served = container["args"][container["args"].index("--served-model-name") + 1]
+    assert entry["upstream"] == served == model["name"]
     for key, value in model["catalogue"].items():
         assert entry[key] == value
     # base_url is http://<service>.<namespace>.svc:<port>/v1 of a Service selecting this model's pods.

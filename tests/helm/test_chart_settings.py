@@ -162,6 +162,30 @@ def test_a_provider_key_without_a_secret_refuses_to_render() -> None:
         render_chart({"providerKeys": [{"env": "OTHER_KEY", "secretName": "s", "key": "k"}]})
 
 
+def test_sso_secrets_reach_only_the_admin_api_from_secrets() -> None:
+    rendered = render_chart(VALUE_SETS["external-services"])
+    sso = imported_org(rendered)["sso"]
+    names = {sso["saml"]["sp_private_key_env"], sso["oidc"]["client_secret_env"]}
+    admin = env_of(main_container(rendered.workload("admin-api")))
+    for name in names:
+        assert admin[name]["valueFrom"]["secretKeyRef"]["name"] == "eduaiq-sso"
+    for component in APP_COMPONENTS:
+        if component != "admin-api":
+            assert not names & set(env_of(main_container(rendered.workload(component)))), component
+
+
+@pytest.mark.parametrize(
+    ("sso", "named"),
+    [
+        ({"saml": {"sp_private_key_env": "SP_KEY"}}, "sso.saml.sp_private_key_env names SP_KEY"),
+        ({"oidc": {"client_secret_env": "OIDC_SECRET"}}, "sso.oidc.client_secret_env names OIDC_SECRET"),
+    ],
+)
+def test_an_sso_secret_without_a_secret_refuses_to_render(sso: dict[str, Any], named: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=re.escape(named)):
+        render_chart({"org": {"file": {"sso": sso}}})
+
+
 def test_required_connection_values_refuse_to_render() -> None:
     with pytest.raises(helm.HelmRenderError, match=r"kafka\.bootstrap is required"):
         render_chart({"kafka": {"bootstrap": ""}})

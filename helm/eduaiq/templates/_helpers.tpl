@@ -270,7 +270,7 @@ added by files/merge_org.py inside the import Job, with the image's own PyYAML.
 {{- $sh := .Values.selfHosted }}
 {{- $providers := list }}
 {{- range $sh.models }}
-{{- $model := dict "id" .name "upstream" (default .model .servedModelName) }}
+{{- $model := dict "id" .name "upstream" (default .name .servedModelName) }}
 {{- $model = merge $model (deepCopy (default dict .catalogue)) }}
 {{- $url := printf "http://%s.%s.svc:%v/v1" (include "eduaiq.vllmName" (dict "root" $ "model" .)) $.Release.Namespace $sh.port }}
 {{- $provider := dict "id" (printf "%s%s" $sh.providerIdPrefix (include "eduaiq.modelSlug" .name)) "type" $sh.providerType "base_url" $url "models" (list $model) }}
@@ -283,10 +283,11 @@ added by files/merge_org.py inside the import Job, with the image's own PyYAML.
 {{- end }}
 
 {{/*
-Fails the render when the institution file names a key variable no Secret
-provides: the gateway would otherwise start and fail every request to it.
+Fails the render when the institution file names a secret variable no Secret
+provides: the gateway (provider keys) or the admin API (SSO keys) would
+otherwise start and fail every request that needs it.
 */}}
-{{- define "eduaiq.checkProviderKeys" -}}
+{{- define "eduaiq.checkKeyEnv" -}}
 {{- if and .Values.org.enabled (not .Values.org.existingConfigMap) }}
 {{- $doc := include "eduaiq.orgDocument" . | fromYaml }}
 {{- if hasKey $doc "Error" }}
@@ -306,6 +307,16 @@ provides: the gateway would otherwise start and fail every request to it.
 {{- range $providers }}
 {{- if and .api_key_env (not (has .api_key_env $known)) }}
 {{- fail (printf "provider %q reads its key from %s, but providerKeys maps no Secret to it" .id .api_key_env) }}
+{{- end }}
+{{- end }}
+{{- $sso := default dict $doc.sso }}
+{{- $ssoKnown := list }}
+{{- range .Values.ssoKeys }}
+{{- $ssoKnown = append $ssoKnown .env }}
+{{- end }}
+{{- range $path, $name := dict "sso.saml.sp_private_key_env" (dig "saml" "sp_private_key_env" "" $sso) "sso.oidc.client_secret_env" (dig "oidc" "client_secret_env" "" $sso) }}
+{{- if and $name (not (has $name $ssoKnown)) }}
+{{- fail (printf "%s names %s, but ssoKeys maps no Secret to it" $path $name) }}
 {{- end }}
 {{- end }}
 {{- end }}
