@@ -1,0 +1,124 @@
+"""GPT4All 3.10, as its source does it: exact request bytes, its line parser, and the aborted naming request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import psycopg2
+import pytest
+
+from tests.gateway.harness import Stack, gateway_stack
+
+
+@pytest.fixture(scope="module")
+def slow(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path_factory.mktemp("g4a"), consumer=True,
+                       upstream_args=("--chunk-delay-ms", "40", "--reply-tokens", "60")) as s:  # fmt: skip
+        yield s
+
+
+def gpt4all_request(host: str, port: int, key: str, messages: list[dict[str, str]]) -> bytes:
+    """QJsonDocument(Compact) sorts keys; Qt's QNetworkAccessManager adds its own headers."""
+    root = {"messages": [{"content": m["content"], "role": m["role"]} for m in messages], "model": "demo-chat",
+            "stream": True, "temperature": 0.7, "top_p": 0.4}  # fmt: skip
+    body = json.dumps(root, separators=(",", ":"), sort_keys=True).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\nConnection: Keep-Alive\r\n"
+        "Accept-Encoding: gzip, deflate\r\nAccept-Language: en-US,*\r\nUser-Agent: Mozilla/5.0\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Gpt4AllParseError(AssertionError):
+    pass
+
+
+async def converse(
+    base: str, key: str, messages: list[dict[str, str]], stop_after_words: int | None
+) -> tuple[int, str, bool]:
+    """(status, text, finished): parse like GPT4All: every non-empty line must be `data: ` + JSON or [DONE]."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(gpt4all_request(host, int(port), key, messages))
+    await writer.drain()
+    status_line = await reader.readline()
+    status = int(status_line.split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    assert headers.get("transfer-encoding") == "chunked" or status != 200
+    text, finished, buffer = "", False, b""
+    try:
+        while not finished:
+            size_line = await reader.readline()
+            size = int(size_line.strip() or b"0", 16)
+            if size == 0:
+                break
+            buffer += await reader.readexactly(size)
+            await reader.readexactly(2)
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                line = raw.decode()
+                if not line:
+                    continue
+                if not line.startswith("data: "):
+                    raise Gpt4AllParseError(f"GPT4All would show 'invalid json' for line {line!r}")
+                payload = line.removeprefix("data: ")
+                if payload == "[DONE]":
+                    finished = True
+                    break
+                chunk = json.loads(payload)
+                text += chunk["choices"][0]["delta"].get("content") or "" if chunk.get("choices") else ""
+                if stop_after_words is not None and len(text.split()) >= stop_after_words:
+                    return status, text, False  # GPT4All aborts the naming request here
+        assert buffer.strip(b"\n") == b"", f"a partial last line (no newline): {buffer!r}"
+        return status, text, finished
+    finally:
+        writer.close()
+
+
+def test_chat_then_aborted_naming_request_is_charged_for_what_was_produced(slow: Stack) -> None:
+    key = slow.key("alice")
+    first = [{"role": "user", "content": "What is a linked list?"}]
+    status, answer, finished = asyncio.run(converse(slow.base_url, key, first, None))
+    assert status == 200 and finished and answer
+
+    naming = [*first, {"role": "assistant", "content": answer},
+              {"role": "user", "content": "Describe the above conversation in seven words or less."}]  # fmt: skip
+    status, title, finished = asyncio.run(converse(slow.base_url, key, naming, stop_after_words=3))
+    assert status == 200 and not finished and len(title.split()) >= 3
+
+    rows = _ledger_rows(slow, expected=2)
+    complete, aborted = rows
+    assert complete["status"] == "ok" and aborted["status"] == "client_abort"
+    # charged for what the provider produced: at least the words GPT4All saw, far less than the whole reply
+    assert 3 <= aborted["output_tokens"] < 60
+    assert complete["output_tokens"] == 60
+    assert aborted["cost_micro"] > 0
+    me = httpx.get(slow.base_url + "/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
+    member_cost = me["budget"]["nodes"][0]["metrics"]["cost"]
+    assert member_cost["reserved"] == 0
+    assert member_cost["used"] == complete["cost_micro"] + aborted["cost_micro"]
+
+
+def _ledger_rows(stack: Stack, expected: int, timeout: float = 30) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = psycopg2.connect(stack.db_url)
+        with conn.cursor() as cur:
+            cur.execute("select status, output_tokens, cost_micro from usage_event where institution_id=%s "
+                        "order by started_at", (stack.institution,))  # fmt: skip
+            rows = [{"status": s, "output_tokens": o, "cost_micro": c} for s, o, c in cur.fetchall()]
+        conn.close()
+        if len(rows) >= expected or time.monotonic() > deadline:
+            assert len(rows) == expected, rows
+            return rows
+        time.sleep(0.3)
