@@ -82,25 +82,22 @@ def test_settings_load_from_the_rendered_environment(
     assert settings.kafka_bootstrap == env["EDUAIQ_KAFKA_BOOTSTRAP"]
 
 
-def test_database_url_is_composed_from_parts_and_the_password_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_database_url_is_composed_from_parts_and_the_password_secret() -> None:
     values = {
-        "database": {
-            "host": "pg.campus",
-            "port": 6432,
-            "name": "ledger",
-            "user": "gw",
-            "query": "ssl=require",
-        }
+        "database": {"host": "pg.campus", "port": 6432, "name": "ledger", "user": "gw", "sslMode": "require"}
     }
     env = kubelet_env(app_container(render_chart(values), "gateway"))
     assert env["PGPASSWORD"] == "stand-in-eduaiq-postgresql-password"
-    assert env["EDUAIQ_DATABASE_URL"] == (
-        "postgresql://gw:stand-in-eduaiq-postgresql-password@pg.campus:6432/ledger?ssl=require"
+    assert (
+        env["EDUAIQ_DATABASE_URL"]
+        == "postgresql://gw:stand-in-eduaiq-postgresql-password@pg.campus:6432/ledger"
     )
+    # TLS goes through libpq's variable, which psycopg2 and asyncpg both read.
+    assert env["PGSSLMODE"] == "require"
     without = render_chart({"database": {"passwordInUrl": False}})
     env = kubelet_env(app_container(without, "gateway"))
     assert env["EDUAIQ_DATABASE_URL"] == "postgresql://eduaiq@postgresql:5432/eduaiq"
-    assert "PGPASSWORD" in env
+    assert "PGPASSWORD" in env and "PGSSLMODE" not in env
 
 
 def test_external_services_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,6 +115,7 @@ def test_external_services_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -
     assert env["EDUAIQ_MAX_BODY_BYTES"] == "33554432"
     assert env["EDUAIQ_KEY_CACHE_SECONDS"] == "1.5"
     ca = env["SSL_CERT_FILE"]
+    assert env["PGSSLROOTCERT"] == ca
     assert any(ca.startswith(m["mountPath"] + "/") for m in container["volumeMounts"])
 
 
@@ -184,6 +182,18 @@ def test_sso_secrets_reach_only_the_admin_api_from_secrets() -> None:
 def test_an_sso_secret_without_a_secret_refuses_to_render(sso: dict[str, Any], named: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(named)):
         render_chart({"org": {"file": {"sso": sso}}})
+
+
+@pytest.mark.parametrize(
+    "sso", ["sso:\n", "sso: {saml: null, cas: {server_url: 'https://cas.example.edu/cas/'}}\n"]
+)
+def test_institutions_without_sso_secrets_render(sso: str) -> None:
+    content = (
+        "institution: {id: u, name: U, currency: USD, timezone: UTC}\nunits: [{id: u, kind: university}]\n"
+        + sso
+    )
+    rendered = render_chart({"org": {"content": content}})
+    assert imported_org(rendered)["institution"]["id"] == "u"
 
 
 def test_required_connection_values_refuse_to_render() -> None:

@@ -95,9 +95,16 @@ $(NAME) are listed before the variable using them, as Kubernetes requires.
 {{- else }}
 {{ include "eduaiq.secretEnv" (dict "env" "PGPASSWORD" "secret" $db.passwordSecret.name "key" $db.passwordSecret.key) }}
 {{- $auth := ternary (printf "%s:$(PGPASSWORD)" $db.user) $db.user $db.passwordInUrl }}
-{{- $query := ternary (printf "?%s" $db.query) "" (ne $db.query "") }}
 - name: EDUAIQ_DATABASE_URL
-  value: {{ printf "postgresql://%s@%s:%v/%s%s" $auth (required "database.host is required" $db.host) $db.port $db.name $query | quote }}
+  value: {{ printf "postgresql://%s@%s:%v/%s" $auth (required "database.host is required" $db.host) $db.port $db.name | quote }}
+{{- end }}
+{{- with $db.sslMode }}
+- name: PGSSLMODE
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.caBundle.configMap }}
+- name: PGSSLROOTCERT
+  value: /etc/eduaiq/ca/{{ .Values.caBundle.key }}
 {{- end }}
 {{- $r := .Values.redis }}
 {{- if $r.urlSecret.name }}
@@ -237,12 +244,13 @@ livenessProbe:
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 3
+# /readyz pings Redis and PostgreSQL with a 2 s bound each.
 readinessProbe:
   httpGet:
     path: /readyz
     port: http
   periodSeconds: 5
-  timeoutSeconds: 3
+  timeoutSeconds: 5
   failureThreshold: 2
 {{- end }}
 
@@ -309,12 +317,17 @@ otherwise start and fail every request that needs it.
 {{- fail (printf "provider %q reads its key from %s, but providerKeys maps no Secret to it" .id .api_key_env) }}
 {{- end }}
 {{- end }}
-{{- $sso := default dict $doc.sso }}
+{{- $sso := $doc.sso }}
+{{- if not (kindIs "map" $sso) }}{{ $sso = dict }}{{ end }}
+{{- $saml := $sso.saml }}
+{{- if not (kindIs "map" $saml) }}{{ $saml = dict }}{{ end }}
+{{- $oidc := $sso.oidc }}
+{{- if not (kindIs "map" $oidc) }}{{ $oidc = dict }}{{ end }}
 {{- $ssoKnown := list }}
 {{- range .Values.ssoKeys }}
 {{- $ssoKnown = append $ssoKnown .env }}
 {{- end }}
-{{- range $path, $name := dict "sso.saml.sp_private_key_env" (dig "saml" "sp_private_key_env" "" $sso) "sso.oidc.client_secret_env" (dig "oidc" "client_secret_env" "" $sso) }}
+{{- range $path, $name := dict "sso.saml.sp_private_key_env" $saml.sp_private_key_env "sso.oidc.client_secret_env" $oidc.client_secret_env }}
 {{- if and $name (not (has $name $ssoKnown)) }}
 {{- fail (printf "%s names %s, but ssoKeys maps no Secret to it" $path $name) }}
 {{- end }}
