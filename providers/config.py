@@ -48,7 +48,8 @@ class PriceConfig(BaseModel):
 
 
 class TimeoutConfig(BaseModel):
-    """Seconds. `first_byte` bounds connect + headers + first event: the window in which falling back is safe."""
+    """Seconds. `first_byte` bounds connect + headers + first event of a stream: the window in which
+    falling back is safe. `read` bounds each wait between stream chunks, and a whole non-stream answer."""
 
     model_config = ConfigDict(extra="forbid")
 

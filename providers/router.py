@@ -516,7 +516,8 @@ class Router:
         server.inflight += 1
         resp: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(cfg.timeouts.first_byte):
+            # A non-stream answer's first byte is its last: it gets the read timeout as a whole.
+            async with asyncio.timeout(cfg.timeouts.first_byte if stream else cfg.timeouts.read):
                 resp = await session.post(
                     req.url, data=req.data, headers=req.headers, timeout=dep.client_timeout
                 )

@@ -1,6 +1,7 @@
 """OpenAI chat format <-> Gemini generateContent / streamGenerateContent?alt=sse.
 
-Own translation for the same reason as anthropic.py (see bench_translate.py).
+Own translation, measured as in anthropic.py: request 141 us (litellm) vs 5 us,
+stream 90 us per event (litellm's Gemini chunk_parser) vs 3 us here.
 Gemini's stream has no end marker: the connection closing is the end, so
 the finish chunk, the usage chunk and `[DONE]` are written in `finish()`.
 """
@@ -344,7 +345,11 @@ class GeminiAdapter:
         return GeminiStream(dep.upstream, include_usage_chunk)
 
     def translate_body(self, dep: DeploymentConfig, data: bytes) -> tuple[bytes, NormalisedUsage | None]:
-        body, usage = from_gemini_response(orjson.loads(data), dep.upstream)
+        try:
+            resp = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise RetryableUpstreamError("gemini answered 200 with a body that is not JSON") from None
+        body, usage = from_gemini_response(resp, dep.upstream)
         return orjson.dumps(body), usage
 
     def translate_error(self, status: int, data: bytes) -> bytes:

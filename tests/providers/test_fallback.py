@@ -176,6 +176,28 @@ async def test_everything_timing_out_is_a_504(
     campus.fail(mode="hang")
     together.fail(mode="hang")
     with pytest.raises(UpstreamUnavailable) as err:
-        await router.open("llama-3.1-8b", BODY, stream=False, allowed_models={"llama-3.1-8b"})
+        await router.open(
+            "llama-3.1-8b", {**BODY, "stream": True}, stream=True, allowed_models={"llama-3.1-8b"}
+        )
     assert err.value.status == 504
     assert all("timed out" in a.reason for a in err.value.attempts)
+
+
+async def test_image_requests_skip_fallbacks_that_cannot_see(
+    demo_factory: DemoFactory, router_factory: RouterFactory
+) -> None:
+    campus, text_only, vision = [await demo_factory() for _ in range(3)]
+    providers = [
+        {"id": "campus", "type": "vllm", "base_url": campus.base_url,
+         "models": [priced("qwen-vl", "demo-vision", vision=True, fallbacks=["llama", "gpt-4o"])]},
+        {"id": "small", "type": "vllm", "base_url": text_only.base_url, "models": [priced("llama", "demo-chat")]},
+        {"id": "big", "type": "vllm", "base_url": vision.base_url,
+         "models": [priced("gpt-4o", "demo-vision", 2.5, 10, vision=True)]},
+    ]  # fmt: skip
+    router = await router_factory(providers)
+    campus.fail(503)
+    body = {"model": "qwen-vl", "messages": [{"role": "user", "content": "x"}]}
+    resp = await router.open("qwen-vl", body, stream=False, needs_vision=True)
+    assert resp.served_by.model_id == "gpt-4o" and text_only.received == []
+    resp = await router.open("qwen-vl", body, stream=False)
+    assert resp.served_by.model_id == "llama"
