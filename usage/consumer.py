@@ -203,6 +203,7 @@ def _connect_consumer(
                 max_poll_interval_ms=15 * 60 * 1000,
                 max_poll_records=batch_max,
                 fetch_max_wait_ms=100,
+                max_partition_fetch_bytes=8 * 1024 * 1024,
             )
             consumer.subscribe([topic], listener=listener)
             return consumer

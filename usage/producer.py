@@ -75,6 +75,7 @@ class UsageProducer:
         self._spool = Spool(spool_dir or settings.spool_path)
         self._queue: queue.SimpleQueue[UsageEvent] = queue.SimpleQueue()
         self._producer: KafkaProducer | None = None
+        self._carry: list[UsageEvent] = []
         self._direct = False
         self._next_attempt = 0.0
         self._stopping = threading.Event()
@@ -135,23 +136,40 @@ class UsageProducer:
 
     def _run(self) -> None:
         while True:
-            stopping = self._stopping.is_set()
-            if not stopping and time.monotonic() >= self._next_attempt:
-                self._replay_round()
-            batch = self._take(0.0 if stopping else 0.05)
-            if batch:
-                if self._direct:
-                    self._send_direct(batch)
-                else:
-                    self._to_spool([(kafka_key(e), encode(e)) for e in batch])
-                with self._cond:
-                    self._handled += len(batch)
-                    self._cond.notify_all()
-            elif stopping:
-                break
+            try:
+                if not self._step():
+                    break
+            except Exception:
+                # The thread must outlive any surprise: a dead sender would silently drop every later event.
+                log.exception("usage producer step failed; going on")
+                self._stopping.wait(self._retry_interval)
         if self._producer is not None:
-            self._producer.close(timeout=self._send_timeout)
+            try:
+                self._producer.close(timeout=self._send_timeout)
+            except KafkaError:
+                _abandon(self._producer)
             self._producer = None
+
+    def _step(self) -> bool:
+        """One turn of the sender loop; False once stopping with nothing left to hand over."""
+        stopping = self._stopping.is_set()
+        if not stopping and time.monotonic() >= self._next_attempt:
+            self._replay_round()
+        # A batch that failed half-way (a spool write error) is kept and retried, never dropped.
+        if not self._carry:
+            self._carry = self._take(0.0 if stopping else 0.05)
+        if not self._carry:
+            return not stopping
+        batch = self._carry
+        if self._direct:
+            self._send_direct(batch)
+        else:
+            self._to_spool([(kafka_key(e), encode(e)) for e in batch])
+        self._carry = []
+        with self._cond:
+            self._handled += len(batch)
+            self._cond.notify_all()
+        return True
 
     def _take(self, wait: float) -> list[UsageEvent]:
         try:
@@ -204,7 +222,7 @@ class UsageProducer:
         log.warning("kafka unavailable: spooling usage events to %s", self._spool.path)
         self._direct = False
         if self._producer is not None:
-            self._producer.close(timeout=0)
+            _abandon(self._producer)
             self._producer = None
         self._next_attempt = time.monotonic() + self._retry_interval
 
@@ -257,3 +275,19 @@ class UsageProducer:
                 return
         # More to replay: come back at once (after spooling the next batch from the queue).
         self._next_attempt = 0.0
+
+
+def _abandon(producer: KafkaProducer) -> None:
+    """Drop a producer and whatever it still holds (those records are already spooled).
+
+    kafka-python's `close(timeout=0)` first flushes and raises when records are pending,
+    leaving its I/O thread running and retrying forever; force-closing the sender is the
+    only way to stop it.
+    """
+    try:
+        producer.close(timeout=0)
+    except KafkaError:
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True

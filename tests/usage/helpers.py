@@ -151,3 +151,50 @@ def settings_for(database_url: str, bootstrap: str, topic: str, state_dir: Path)
     return Settings(
         database_url=database_url, kafka_bootstrap=bootstrap, kafka_topic=topic, state_dir=state_dir
     )
+
+
+class Load:
+    """Emits events continuously from a thread (the gateway under load), remembering each one."""
+
+    def __init__(self, producer: Any, institutions: list[str], per_second: int = 2000) -> None:
+        self.events: list[UsageEvent] = []
+        self._producer = producer
+        self._institutions = institutions
+        self._interval = 0.01
+        self._per_tick = max(1, per_second // 100)
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            if not self._running.wait(0.05):
+                continue
+            with self._lock:
+                for _ in range(self._per_tick):
+                    e = make_event(self._institutions[seq % len(self._institutions)], seq)
+                    self._producer.emit(e)
+                    self.events.append(e)
+                    seq += 1
+            time.sleep(self._interval)
+
+    def pause(self) -> None:
+        """Returns once no emit is in progress."""
+        self._running.clear()
+        with self._lock:
+            pass
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> list[UsageEvent]:
+        self._stop.set()
+        self._thread.join(30)
+        return self.events
+
+    def count(self) -> int:
+        return len(self.events)
