@@ -6,8 +6,9 @@ For the gateway author — the whole API in one place
 Build once per process (control plane compiles, hot path only reads)::
 
     from providers import build_router, RoutingConfig
+    http = new_client_session()   # optional: one pool shared by several routers (one per institution)
     router = build_router(org["providers"], currency=org["institution"]["currency"],
-                          routing=RoutingConfig(), session=shared_aiohttp_session_or_None)
+                          routing=RoutingConfig(), session=http)
     await router.start()          # connection pool + background /metrics scrape & health checks
     ...
     await router.close()          # closes the session only if the router made it
@@ -110,7 +111,14 @@ from providers.errors import (
 from providers.images import RULES, ImageTokens, count_image_tokens, rule_for_model
 from providers.policy import ModelDecision, check_model, effective_models
 from providers.prices import Price, cost_micros, litellm_price
-from providers.router import DeploymentState, ModelInfo, Router, ServedBy, UpstreamResponse
+from providers.router import (
+    DeploymentState,
+    ModelInfo,
+    Router,
+    ServedBy,
+    UpstreamResponse,
+    new_client_session,
+)
 from providers.usage import NormalisedUsage
 
 __all__ = [
@@ -148,6 +156,7 @@ __all__ = [
     "count_image_tokens",
     "effective_models",
     "litellm_price",
+    "new_client_session",
     "parse_providers",
     "rule_for_model",
 ]

@@ -240,6 +240,18 @@ class UpstreamResponse:
             self._finish(ok=False)
 
 
+def new_client_session() -> aiohttp.ClientSession:
+    """The upstream connection pool to share per process (must be made inside the running loop).
+
+    No connection cap (aiohttp's default of 100 would queue streams behind each
+    other), DNS cached, bodies passed through undecoded.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
+        auto_decompress=False,
+    )
+
+
 class Router:
     """Routes model ids to deployments. One per process; `await start()` inside the serving loop."""
 
@@ -321,10 +333,7 @@ class Router:
     async def start(self) -> None:
         """Open the shared connection pool and start scraping load and health in the background."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
-                auto_decompress=False,
-            )
+            self._session = new_client_session()
         if self._task is None and any(s.probe_url for s in self._servers):
             await self.refresh()
             self._task = asyncio.create_task(self._refresh_loop(), name="eduaiq-router-refresh")
@@ -635,9 +644,10 @@ class Router:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.routing.probe_timeout),
             ) as r:
-                if r.status != 200:
+                # Any answer below 500 means the server is up (a 404 /metrics is still a live vLLM).
+                if r.status >= 500:
                     raise aiohttp.ClientResponseError(r.request_info, r.history, status=r.status)
-                text = await r.text() if server.vllm else ""
+                text = await r.text() if server.vllm and r.status == 200 else ""
         except (aiohttp.ClientError, OSError, TimeoutError):
             server.load = None
             now = time.monotonic()
