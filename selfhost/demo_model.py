@@ -412,6 +412,9 @@ class DemoModel:
                 if delay > 0 and i < len(events) - 1:
                     await asyncio.sleep(delay)
             res.end_stream()
+        except asyncio.CancelledError:  # the connection dropped while we waited: generation stops here
+            self.state.counts["client_disconnects"] += 1
+            raise
         finally:
             self.state.inflight -= 1
 

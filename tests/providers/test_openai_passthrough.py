@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import orjson
 import pytest
 
-from providers import ModelNotFound
+from providers import ModelNotFound, UpstreamStreamError
 from selfhost.demo_model import DemoModelHandle
 from selfhost.demo_replies import DEMO_IMAGE_RULE
 from tests.providers.conftest import DemoFactory, RouterFactory, priced, vllm_provider
@@ -234,3 +235,37 @@ async def test_reported_usage_wins_over_counting(
     resp = await router.open("small", body, stream=True, prompt_tokens_hint=999)
     await collect(resp)
     assert resp.usage is not None and not resp.usage_estimated and resp.usage.input == 2
+
+
+async def test_aclose_while_reading_stops_the_upstream_and_frees_the_slot(
+    demo_factory: DemoFactory, router_factory: RouterFactory
+) -> None:
+    slow = await demo_factory(chunk_delay_ms=50, reply_tokens=30)
+    router = await router_factory([vllm_provider("campus", slow.base_url, [priced("small", "demo-chat")])])
+    resp = await router.open(
+        "small", {"model": "small", "messages": [{"role": "user", "content": "x"}]}, stream=True
+    )
+    assert router.states()[0].inflight == 1
+    first = await resp.__anext__()
+    assert first.startswith(b"data: ")
+
+    async def read_rest() -> list[bytes]:
+        out = []
+        try:
+            async for blob in resp:
+                out.append(blob)
+        except UpstreamStreamError:
+            pass
+        return out
+
+    reader = asyncio.create_task(read_rest())
+    await asyncio.sleep(0.12)
+    await resp.aclose()  # the client went away, as the gateway's disconnect watcher does
+    rest = await asyncio.wait_for(reader, 5)
+    assert b"[DONE]" not in b"".join(rest)
+    assert router.states()[0].inflight == 0
+    for _ in range(100):
+        if slow.state.counts["client_disconnects"]:
+            break
+        await asyncio.sleep(0.05)
+    assert slow.state.counts["client_disconnects"] == 1  # the upstream saw the disconnect and stopped
