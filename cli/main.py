@@ -25,6 +25,10 @@ app = typer.Typer(
 )
 org_app = typer.Typer(no_args_is_help=True, help="The institution file: import and export.")
 app.add_typer(org_app, name="org")
+quota_app = typer.Typer(
+    no_args_is_help=True, help="Budget counters in Redis against the ledger in PostgreSQL."
+)
+app.add_typer(quota_app, name="quota")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,10 +51,15 @@ def operator_errors(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from sqlalchemy.exc import OperationalError
+
         try:
             return fn(*args, **kwargs)
-        except ConnectionError as exc:
+        except (ConnectionError, RedisConnectionError) as exc:
             fail(f"cannot connect: {exc}")
+        except OperationalError as exc:
+            fail(f"database: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}")
         except OSError as exc:
             if exc.errno in (111, 113):  # refused, unreachable
                 fail(f"cannot connect: {exc.strerror}")
@@ -111,6 +120,47 @@ def org_export(
         out.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+
+
+def _institutions(settings: Settings, only: str | None) -> list[str]:
+    from cli.orgops import institution_ids
+
+    ids = asyncio.run(institution_ids(settings))
+    if only is not None:
+        if only not in ids:
+            fail(f"no institution {only!r}")
+        return [only]
+    return ids
+
+
+@quota_app.command("rebuild")
+@operator_errors
+def quota_rebuild(institution: Annotated[str | None, typer.Option("--institution", "-i")] = None) -> None:
+    """Recompute every budget counter in Redis from the ledger (after Redis lost its data)."""
+    from cli.quotaops import apply_budgets
+
+    settings = settings_or_exit()
+    for inst in _institutions(settings, institution):
+        done = asyncio.run(apply_budgets(settings, inst, rebuild=True))
+        typer.echo(f"{inst}: {done.action}")
+
+
+@quota_app.command("check")
+@operator_errors
+def quota_check(institution: Annotated[str | None, typer.Option("--institution", "-i")] = None) -> None:
+    """Compare Redis counters with the ledger; exit 1 and list every difference when they drift."""
+    from cli.quotaops import apply_budgets
+
+    settings = settings_or_exit()
+    drifted = False
+    for inst in _institutions(settings, institution):
+        done = asyncio.run(apply_budgets(settings, inst, check=True))
+        for line in done.drift:
+            typer.echo(f"{inst}: {line}")
+        drifted = drifted or bool(done.drift)
+        typer.echo(f"{inst}: {'drift' if done.drift else 'counters match the ledger'}")
+    if drifted:
+        raise typer.Exit(1)
 
 
 def _uvicorn(app: Any, host: str, port: int, workers: int = 1, factory: str | None = None) -> None:

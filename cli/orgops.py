@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import select
 
 from admin_api.orgfile import ChangeReport, OrgFileError, apply_org, export_org, load_file
 from admin_api.orgfile.export import dump_yaml
+from cli.quotaops import apply_budgets
 from core.db import make_async_engine, session_factory
 from core.models import Institution
 from core.settings import Settings
@@ -27,6 +29,13 @@ async def import_file(
                 report = await apply_org(session, org)
                 if dry_run:
                     await session.rollback()
+        if not dry_run:
+            try:
+                await apply_budgets(settings, org.institution.id)
+            except RedisConnectionError as exc:
+                report.lines.append(
+                    f"warning: budgets not applied to Redis ({exc}); run `eduaiq quota rebuild`"
+                )
         return [], report
     finally:
         await engine.dispose()
@@ -42,5 +51,14 @@ async def export_file(settings: Settings, institution: str | None) -> str:
                     raise SystemExit(f"eduaiq: {len(ids)} institutions; name one with --institution")
                 institution = ids[0].id
             return dump_yaml(await export_org(session, institution))
+    finally:
+        await engine.dispose()
+
+
+async def institution_ids(settings: Settings) -> list[str]:
+    engine = make_async_engine(settings.database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            return [i.id for i in (await session.execute(select(Institution))).scalars().all()]
     finally:
         await engine.dispose()

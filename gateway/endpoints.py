@@ -77,6 +77,18 @@ def _provider_error(exc: ProviderError) -> ApiError:
     return ApiError(502, f"the model's server failed: {exc}", code="upstream_error")
 
 
+def _as_api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ProviderError):
+        return _provider_error(exc)
+    # Our own dependencies failing (Redis, PostgreSQL) is not the client's fault and not a crash to hide:
+    # a 503 the SDKs retry, with the cause in our log.
+    log.exception("request failed inside the gateway")
+    return ApiError(503, "the gateway is temporarily unable to serve this request; please retry",
+                    code="gateway_unavailable")  # fmt: skip
+
+
 def _bound(parsed: ParsedRequest, view: InstitutionView, model: str, rt: Runtime) -> tuple[int, int]:
     """(prompt upper bound incl. images, image tokens)."""
     if parsed.kind == "chat":
@@ -143,12 +155,15 @@ async def handle(request: Request, kind: str) -> Response:
         upstream = await view.router.open(
             model, parsed.body, stream=parsed.stream, endpoint=_ENDPOINTS[kind],  # type: ignore[arg-type]
             max_tokens=reservation.output_tokens if kind != "embedding" else None,
-            allowed_models=allowed, needs_vision=images > 0,
+            allowed_models=allowed, needs_vision=images > 0, prompt_tokens_hint=input_bound,
         )  # fmt: skip
-    except (ApiError, ProviderError) as exc:
-        error = exc if isinstance(exc, ApiError) else _provider_error(exc)
+    except Exception as exc:
+        error = _as_api_error(exc)
         if reservation is not None:
-            await rt.quota.release(reservation)
+            try:
+                await rt.quota.release(reservation)
+            except Exception:  # the hold expires by itself; the sweeper releases it
+                log.exception("could not release reservation %s", reservation.id)
         METRICS.count(kind, error.status, error.code)
         if outcome is not None:
             if outcome.status != "refused":

@@ -13,18 +13,19 @@ import contextlib
 import logging
 
 import aiohttp
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
+from core.channels import CATALOG_CHANNEL
 from core.db import make_async_engine
 from core.settings import Settings
 from gateway.auth import KeyCache
 from gateway.catalog import Catalog
-from gateway.ledger_source import make_loader
+from providers.router import new_client_session
 from quota import QuotaEngine
+from quota.sources import make_loader
 from usage.producer import UsageProducer
 
 log = logging.getLogger(__name__)
-CATALOG_CHANNEL = "eduaiq:catalog"
 
 
 class Runtime:
@@ -32,7 +33,10 @@ class Runtime:
         self.settings = settings
         self.db = make_async_engine(settings.database_url)
         self.keys = KeyCache(self.db, settings.key_cache_seconds)
-        self.redis = Redis.from_url(settings.redis_url, decode_responses=True)
+        # Blocking pool: a burst waits a moment for a connection instead of failing with "too many".
+        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10,
+                                               decode_responses=True)  # fmt: skip
+        self.redis = Redis(connection_pool=pool)
         self.http: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
         self.producer: UsageProducer | None = None
@@ -49,8 +53,7 @@ class Runtime:
             await asyncio.to_thread(self.producer.flush, 10.0)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self.http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self.http = new_client_session()
         self.catalog = Catalog(self.db, self.http)
         # An institution whose budgets are not in Redis yet (first start, or Redis lost its data) is
         # compiled and rebuilt from the ledger by the quota engine on its first request.

@@ -1,21 +1,29 @@
-"""Budget specs from the database rows the institution file and the admin API write.
+"""What the budget engine reads from PostgreSQL: specs from the institution's rows, charges from the ledger.
 
-The engine works on plain `InstitutionSpec`s; this is the one place that reads
-them from PostgreSQL, used by the gateway's catalog, the admin API after an
-edit, and `eduaiq quota rebuild`.
+The engine works on plain `InstitutionSpec`s and `Charge`s; this is the one
+place that reads them from PostgreSQL, used by the gateway's catalog, the
+admin API after an edit, and `eduaiq quota rebuild/check`.
+
+When Redis has lost its counters they are rebuilt from the ledger: every
+settled request's `funding` (its `Charge`, stored as-is in the usage event)
+replays into exactly the counters it once changed. The caller passes
+`before_read` to make sure recent requests have reached the ledger first.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import date
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.models import BudgetRule, Extra, Institution, Membership, Unit
 from quota.model import ExtraSpec, InstitutionSpec, MemberCap, Metric, Rule, Semester, UnitSpec, validate
+from quota.periods import Calendar, window
+from quota.results import Charge
 
 
 def spec_from_rows(
@@ -83,3 +91,51 @@ async def load_spec(session: AsyncSession, inst_id: str) -> InstitutionSpec:
         await rows(Extra),
         dict(Counter(m.unit_id for m in members)),
     )
+
+
+def charge_from_json(doc: dict[str, Any]) -> Charge:
+    return Charge(
+        institution=str(doc["institution"]),
+        path=tuple(doc["path"]),
+        period_keys=tuple(doc["period_keys"]),
+        allocation={k: int(v) for k, v in doc["allocation"].items()},
+        extras={k: tuple((str(x[0]), int(x[1]), int(x[2])) for x in v) for k, v in doc["extras"].items()},
+    )
+
+
+def earliest_open_window(spec: InstitutionSpec, now: datetime) -> datetime | None:
+    """The oldest start among the periods now running: ledger rows before it cannot count. None: all time."""
+    cal = Calendar(spec.timezone, spec.semesters, spec.year_start_month)
+    starts: list[datetime] = []
+    for unit in spec.units:
+        start = window(spec.effective_period(unit.id), now, cal).start
+        if start is None:  # a one-off allowance: its counters hold everything ever charged
+            return None
+        starts.append(start)
+    return min(starts) if starts else now
+
+
+def make_loader(
+    engine: AsyncEngine, before_read: Callable[[], Awaitable[None]] | None = None
+) -> Callable[[str], Awaitable[tuple[InstitutionSpec, Iterable[Charge]]]]:
+    async def load(institution: str) -> tuple[InstitutionSpec, Iterable[Charge]]:
+        if before_read is not None:
+            await before_read()
+        async with AsyncSession(engine) as session:
+            spec = await load_spec(session, institution)
+            charges = await load_charges(session, spec)
+        return spec, charges
+
+    return load
+
+
+async def load_charges(session: AsyncSession, spec: InstitutionSpec) -> list[Charge]:
+    """Every charge that can still count: those since the oldest period now running."""
+    since = earliest_open_window(spec, datetime.now(UTC))
+    query = "select funding from usage_event where institution_id = :i and funding::text <> '{}'"
+    params: dict[str, Any] = {"i": spec.id}
+    if since is not None:
+        query += " and ended_at >= :since"
+        params["since"] = since
+    rows = (await session.execute(text(query), params)).scalars().all()
+    return [charge_from_json(r) for r in rows]
