@@ -1,0 +1,110 @@
+"""The admin API application: the control plane under /api/v1, sign-in under /auth.
+
+`create_app` is the one entry point (the CLI's server command and the tests
+call it). Nothing connects at build time; the lifespan closes the pools.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from admin_api.errors import install_error_handlers
+from admin_api.routes import ROUTERS
+from admin_api.sso import (
+    InstitutionSSO,
+    LoaderRegistry,
+    SSOConfigError,
+    SSORegistry,
+    make_sso_router,
+    mount_sso,
+    parse_sso_section,
+)
+from admin_api.state import AdminState
+from core.db import make_async_engine, session_factory
+from core.models import Institution
+from core.settings import Settings
+from quota import Loader, QuotaEngine
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+DESCRIPTION = """
+The EduAiQ control plane: units and their budgets, rosters, admins, model policy, providers and prices,
+API keys, personal access tokens, usage, budget explanations and the audit log.
+
+Authenticate with the session cookie set by sign-in (`/auth/...`; state-changing requests also send the
+`X-CSRF-Token` header) or with a personal access token: `Authorization: Bearer pat-...`.
+
+Money is in integer micro-units of the institution's currency (1 USD = 1000000); prices are micro-units
+per 1M tokens. Errors are `{"error": {"code", "message", "details"}}`.
+"""
+
+
+def _registry(state: AdminState) -> SSORegistry:
+    async def load(institution_id: str) -> InstitutionSSO | None:
+        async with state.sessions() as session:
+            inst = await session.get(Institution, institution_id)
+        if inst is None or not inst.sso:
+            return None
+        try:
+            return parse_sso_section(institution_id, inst.sso)
+        except SSOConfigError as exc:  # the importer checks it; a hand-edited row must not break sign-in
+            log.error("institution %s: unusable sso settings: %s", institution_id, exc)
+            return None
+
+    return LoaderRegistry(load)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    dev_login: bool = False,
+    quota_loader: Loader | None = None,
+    sso_registry: SSORegistry | None = None,
+) -> FastAPI:
+    """The admin API.
+
+    `dev_login` enables `/auth/dev/login?user=...` (and an ephemeral session secret when none is set).
+    `quota_loader` is the same ledger loader the gateway gives quota: with it, an edit made while Redis
+    has lost its data rebuilds counters from the ledger instead of compiling caps over empty counters.
+    """
+    engine = make_async_engine(settings.database_url)
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    quota = QuotaEngine.from_url(
+        settings.redis_url,
+        reservation_ttl=settings.reservation_ttl_seconds,
+        min_output_tokens=settings.min_clamp_tokens,
+        loader=quota_loader,
+    )
+    state = AdminState(settings, engine, session_factory(engine), redis, quota, quota_loader)
+    sso_router = make_sso_router(
+        registry=sso_registry or _registry(state), db=state.sessions, redis=redis, settings=settings,
+        dev_mode=dev_login,
+    )  # fmt: skip
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await sso_router.service.aclose()
+        await state.close()
+
+    app = FastAPI(
+        title="EduAiQ admin API",
+        version="1",
+        description=DESCRIPTION,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.eduaiq_admin = state
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    mount_sso(app, sso_router)
+    return app

@@ -1,0 +1,175 @@
+"""Course rosters: adding, changing and removing members, one at a time or from a CSV file.
+
+A CSV import is checked whole before anything is written, like the
+institution file: one bad line and nothing changes, every problem is listed
+by line. Unknown users are created from the row (a registrar's export names
+students who have never signed in yet); existing users' profiles are left as
+SSO and the institution file set them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import col, select
+
+from admin_api.access import MEMBER_ROLES
+from admin_api.context import Ctx
+from admin_api.errors import invalid
+from admin_api.ids import SLUG
+from core.models import ApiKey, Membership, User
+
+ROLE_PATTERN = "^(" + "|".join(MEMBER_ROLES) + ")$"
+MAX_CSV_BYTES = 2 * 1024 * 1024
+MAX_CSV_ROWS = 20_000
+_SLUG = re.compile(SLUG)
+_EMAIL = re.compile(r"^[^@\s]{1,128}@[^@\s]{1,190}$")
+
+
+class Profile(BaseModel):
+    """Used only when the user does not exist yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(default=None, pattern=_EMAIL.pattern, max_length=320)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    sso_subject: str | None = Field(default=None, min_length=1, max_length=320)
+
+
+@dataclass
+class RosterRow:
+    line: int
+    user_id: str
+    role: str
+    profile: Profile
+
+
+@dataclass
+class ImportResult:
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    users_created: list[str] = field(default_factory=list)
+
+
+def parse_roster_csv(data: bytes) -> list[RosterRow]:
+    """Rows of a roster CSV (header: user, role, email, name, sso_subject; `user_id` also accepted)."""
+    if len(data) > MAX_CSV_BYTES:
+        raise invalid("the CSV file is larger than 2 MB", code="csv_too_large")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise invalid("the CSV file must be UTF-8", code="csv_invalid") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if "user" not in fields and "user_id" not in fields:
+        raise invalid("the CSV needs a header row with a 'user' column", [{"path": "line 1", "message":
+                      "missing column 'user'"}], code="csv_invalid")  # fmt: skip
+    reader.fieldnames = fields
+    problems: list[dict[str, str]] = []
+    rows: list[RosterRow] = []
+    seen: dict[str, int] = {}
+    try:
+        records = list(reader)
+    except csv.Error as exc:
+        raise invalid(f"the CSV file cannot be read: {exc}", code="csv_invalid") from None
+    if len(records) > MAX_CSV_ROWS:
+        raise invalid(f"at most {MAX_CSV_ROWS} rows per import", code="csv_too_large")
+    for i, rec in enumerate(records, start=2):
+        where = f"line {i}"
+        values = {k: (v or "").strip() for k, v in rec.items() if isinstance(k, str) and isinstance(v, str)}
+        user = values.get("user") or values.get("user_id", "")
+        role = values.get("role") or "student"
+        if not _SLUG.match(user):
+            problems.append({"path": f"{where}.user", "message": f"not a valid user id: {user!r}"})
+            continue
+        if role not in MEMBER_ROLES:
+            problems.append(
+                {"path": f"{where}.role", "message": f"role must be one of {', '.join(MEMBER_ROLES)}"}
+            )
+        if user in seen:
+            problems.append({"path": f"{where}.user", "message": f"{user!r} is already on line {seen[user]}"})
+        seen.setdefault(user, i)
+        email, name, subject = (
+            values.get("email") or None,
+            values.get("name") or None,
+            values.get("sso_subject"),
+        )
+        if email is not None and (not _EMAIL.match(email) or len(email) > 320):
+            problems.append({"path": f"{where}.email", "message": f"not an e-mail address: {email!r}"})
+            email = None
+        if name is not None and len(name) > 200:
+            problems.append({"path": f"{where}.name", "message": "longer than 200 characters"})
+            name = None
+        if subject is not None and len(subject) > 320:
+            problems.append({"path": f"{where}.sso_subject", "message": "longer than 320 characters"})
+            subject = None
+        rows.append(RosterRow(i, user, role, Profile(email=email, name=name, sso_subject=subject or None)))
+    if problems:
+        raise invalid(
+            f"{len(problems)} problem(s) in the CSV; nothing was imported", problems, code="csv_invalid"
+        )
+    return rows
+
+
+async def ensure_users(ctx: Ctx, wanted: dict[str, Profile]) -> list[str]:
+    """Create the users that do not exist yet; refuse a subject another user already signs in with."""
+    inst = ctx.institution_id
+    ids = list(wanted)
+    stmt = select(User).where(User.institution_id == inst, col(User.id).in_(ids))
+    existing = {u.id for u in (await ctx.session.execute(stmt)).scalars().all()}
+    missing = [uid for uid in ids if uid not in existing]
+    subjects = {wanted[uid].sso_subject: uid for uid in missing if wanted[uid].sso_subject}
+    if subjects:
+        stmt = select(User).where(User.institution_id == inst, col(User.sso_subject).in_(list(subjects)))
+        taken = (await ctx.session.execute(stmt)).scalars().all()
+        if taken:
+            raise invalid("some sign-in subjects already belong to other users",
+                          [{"path": subjects[str(u.sso_subject)], "message": f"sso_subject belongs to {u.id!r}"}
+                           for u in taken], code="sso_subject_taken")  # fmt: skip
+    for uid in missing:
+        p = wanted[uid]
+        user = User(institution_id=inst, id=uid, email=p.email, name=p.name, sso_subject=p.sso_subject)
+        ctx.session.add(user)
+        ctx.audit_row("user.create", None, user, org=False)
+    await ctx.session.flush()
+    return missing
+
+
+async def members_of(ctx: Ctx, unit_id: str) -> dict[str, Membership]:
+    stmt = select(Membership).where(
+        Membership.institution_id == ctx.institution_id, Membership.unit_id == unit_id
+    )
+    return {m.user_id: m for m in (await ctx.session.execute(stmt)).scalars().all()}
+
+
+async def set_role(ctx: Ctx, unit_id: str, user_id: str, role: str, current: Membership | None) -> str:
+    """Add or change one membership; returns 'added', 'changed' or 'unchanged'."""
+    if current is None:
+        row = Membership(institution_id=ctx.institution_id, unit_id=unit_id, user_id=user_id, role=role,
+                         source="api")  # fmt: skip
+        ctx.session.add(row)
+        ctx.audit_row("member.add", None, row)
+        return "added"
+    if current.role == role:
+        return "unchanged"
+    before = current.model_copy()
+    current.role = role
+    ctx.audit_row("member.update", before, current)
+    return "changed"
+
+
+async def remove(ctx: Ctx, member: Membership) -> None:
+    """Remove a membership; its API keys go with it (the key table references the membership), so each
+    is written to the audit log first."""
+    stmt = select(ApiKey).where(ApiKey.institution_id == member.institution_id, ApiKey.unit_id == member.unit_id,
+                                ApiKey.user_id == member.user_id)  # fmt: skip
+    for key in (await ctx.session.execute(stmt)).scalars().all():
+        ctx.audit_row("key.delete", key, None, org=False)
+    ctx.audit_row("member.remove", member, None)
+    await ctx.session.delete(member)

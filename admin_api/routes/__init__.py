@@ -1,0 +1,35 @@
+"""The /api/v1 routes, one module per resource; each module's `router` is mounted by `admin_api.app`."""
+
+from fastapi import APIRouter
+
+from admin_api.routes import (
+    admins,
+    audit,
+    budgets,
+    catalog,
+    explain,
+    extras,
+    health,
+    keys,
+    me,
+    members,
+    models_policy,
+    tokens,
+    units,
+)
+
+ROUTERS: list[APIRouter] = [
+    health.router,
+    me.router,
+    units.router,
+    budgets.router,
+    extras.router,
+    members.router,
+    admins.router,
+    models_policy.router,
+    catalog.router,
+    keys.router,
+    tokens.router,
+    explain.router,
+    audit.router,
+]
