@@ -142,6 +142,17 @@ def test_disruption_budgets_each_cover_one_component(rendered: Rendered) -> None
     assert {"gateway", "admin-api"} <= covered
 
 
+def test_no_budget_over_a_single_replica_blocks_node_drains() -> None:
+    rendered = render_chart(
+        {"adminApi": {"replicas": 1}, "gateway": {"autoscaling": {"enabled": False}, "replicas": 1}}
+    )
+    covered = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]
+        for p in rendered.of_kind("PodDisruptionBudget")
+    }
+    assert covered == {"consumer"}
+
+
 def test_services_select_one_workload_and_name_its_ports(rendered: Rendered) -> None:
     for service in rendered.of_kind("Service"):
         (workload,) = selected_workloads(rendered, service["spec"]["selector"])
