@@ -198,3 +198,59 @@ class Load:
 
     def count(self) -> int:
         return len(self.events)
+
+
+def create_org(
+    url: str,
+    institution_id: str,
+    units: list[tuple[str, str | None, str, str | None]],
+    *,
+    tz: str,
+    currency: str = "USD",
+) -> None:
+    """An institution and its units (id, parent, kind, name), parents first, through the schema models."""
+    from sqlmodel import Session
+
+    from core.db import make_sync_engine
+    from core.models.org import Institution, Unit
+
+    engine = make_sync_engine(url)
+    try:
+        with Session(engine) as session:
+            session.add(
+                Institution(
+                    id=institution_id,
+                    name=f"{institution_id.title()} University",
+                    currency=currency,
+                    timezone=tz,
+                )
+            )
+            session.flush()
+            for position, (unit_id, parent, kind, name) in enumerate(units):
+                session.add(
+                    Unit(
+                        institution_id=institution_id,
+                        id=unit_id,
+                        parent_id=parent,
+                        kind=kind,
+                        name=name,
+                        position=position,
+                    )
+                )
+                session.flush()
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def store_events(url: str, events: list[UsageEvent]) -> int:
+    from usage import ledger
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            n = ledger.store(cur, events)
+        conn.commit()
+        return n
+    finally:
+        conn.close()
