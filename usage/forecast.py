@@ -43,7 +43,7 @@ class Forecast:
     daily_rate: float
     cap: int | None
     exhaustion: date | None
-    seasonal: bool
+    seasonal: bool  # a weekday profile was fitted (asked for, and two weeks of history)
     mape: float | None
     backtest_points: int
 
@@ -63,11 +63,14 @@ def fit(daily: Mapping[date, int], until: date, seasonal: bool, window: int = WI
     level = sum(values) / len(values)
     factor = [1.0] * 7
     if seasonal and len(days) >= MIN_DAYS_FOR_SEASONALITY and level > 0:
+        # Mean per weekday, and the level as the mean of those: a window that is not whole weeks
+        # (a unit that started mid-week) then still predicts each weekday by its own mean.
+        means = []
         for wd in range(7):
             same = [daily.get(d, 0) for d in days if d.weekday() == wd]
-            factor[wd] = (sum(same) / len(same)) / level if same else 1.0
-        mean = sum(factor) / 7
-        factor = [f / mean for f in factor]
+            means.append(sum(same) / len(same))
+        level = sum(means) / 7
+        factor = [m / level for m in means] if level > 0 else [1.0] * 7
     residuals = [daily.get(d, 0) - level * factor[d.weekday()] for d in days]
     sigma = math.sqrt(sum(r * r for r in residuals) / (len(residuals) - 1)) if len(residuals) > 1 else 0.0
     return Model(level, tuple(factor), sigma, len(days))
@@ -137,7 +140,7 @@ def forecast(
         daily_rate=model.level,
         cap=cap,
         exhaustion=exhaustion,
-        seasonal=seasonal and model.weekday_factor != (1.0,) * 7,
+        seasonal=seasonal and model.days >= MIN_DAYS_FOR_SEASONALITY and model.level > 0,
         mape=mape,
         backtest_points=points,
     )
