@@ -6,7 +6,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helm_chart import VALUE_SETS, Rendered, render_chart
+from helm_chart import MISSING_SDK, VALUE_SETS, Rendered, helm, render_chart
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _needs_helm_sdk() -> None:
+    """Session-scoped so it runs before the module-scoped renders below."""
+    if helm is None:
+        pytest.skip(MISSING_SDK)
 
 
 @pytest.fixture(params=sorted(VALUE_SETS), scope="module")
