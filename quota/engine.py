@@ -1,0 +1,535 @@
+"""QuotaEngine: the Redis adapter of the budget rules (one object per process).
+
+Hot path: :meth:`QuotaEngine.reserve` and :meth:`QuotaEngine.settle` are one
+EVALSHA each, sent through an auto-pipelining batcher. The path, its period
+keys and the eligible extras come from a compiled snapshot cached in this
+process; caps and counters are read inside the script, from Redis, never from
+PostgreSQL. The script checks the snapshot's compile token, so a budget edit
+applies to the next request on every replica even before the pub/sub
+invalidation arrives.
+
+Time: the caller's clock (``clock``, or ``now=`` per call, as epoch seconds)
+decides period windows, extras validity and deadlines; replicas are expected
+to run NTP. A request belongs to the periods it was reserved in: its settle
+charges those windows even if it finishes after a reset.
+
+Failure model:
+
+* A replica that dies between reserve and settle leaves holds with a
+  deadline (``reservation_ttl``). :meth:`sweep` (run by every replica's
+  :meth:`run_sweeper`, safe to run concurrently) releases them. A settle that
+  arrives after that charges the actual usage without undoing anything
+  twice (status ``late``); expired records are remembered for
+  ``expired_retention`` seconds, after which a settle is ``gone``.
+* A Redis that lost its data (restart without persistence, failover to an
+  empty replica) is detected by the missing compile token on the first
+  reserve: with a ``loader`` the engine rebuilds from the ledger once (the
+  first replica wins, the others see it done) and retries; without one it
+  raises :class:`InstitutionNotLoaded`. Redis must not evict keys
+  (``maxmemory-policy noeviction``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from quota import keys, scripts
+from quota.batching import OpBatcher
+from quota.compile import compile_spec, install, new_token
+from quota.explain import Explanation, build, cap_fields
+from quota.model import METRICS, InstitutionSpec, Metric
+from quota.periods import window_for_key
+from quota.rebuild import CounterValues, Drift, compare, recompute_counters
+from quota.resp import bulk, bulks
+from quota.results import Charge, ExtraTake, Refusal, Remaining, Reservation, Settlement
+from quota.snapshot import Snapshot
+from quota.waterfall import MAX_EXACT, cost_of
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[str], Awaitable[tuple[InstitutionSpec, Iterable[Charge]]]]
+_CODE: dict[str, Metric] = {"cost": "cost", "tokens": "tokens"}
+
+
+_R, _S, _L, _X = bulk("R"), bulk("S"), bulk("L"), bulk("X")
+
+
+class InstitutionNotLoaded(LookupError):
+    """Redis has no compiled budget for this institution (new, or Redis lost its data): rebuild first."""
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _check_int(name: str, v: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+
+
+class QuotaEngine:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        reservation_ttl: float = 600.0,
+        min_output_tokens: int = 16,
+        expired_retention: float = 86400.0,
+        counter_retention: float = 40 * 86400.0,
+        loader: Loader | None = None,
+        clock: Callable[[], float] = time.time,
+        max_inflight: int = 4,
+        max_batch: int = 256,
+    ) -> None:
+        self.redis = redis
+        self.reservation_ttl = reservation_ttl
+        self.min_output_tokens = min_output_tokens
+        self.expired_retention = expired_retention
+        self.counter_retention = counter_retention
+        self._loader = loader
+        self._clock = clock
+        self._batcher = OpBatcher(redis, max_ops=max_batch, max_inflight=max_inflight)
+        self._rid_prefix = secrets.token_hex(6)
+        self._rid_seq = itertools.count()
+        self._snaps: dict[str, Snapshot] = {}
+        self._recovering: dict[str, asyncio.Future[None]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> QuotaEngine:
+        return cls(Redis.from_url(url, decode_responses=True), **kwargs)
+
+    async def close(self) -> None:
+        await self._batcher.drain()
+        await self.redis.aclose()
+
+    def _now_ms(self, now: float | None) -> int:
+        return int((self._clock() if now is None else now) * 1000)
+
+    # --- operations --------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        """Unique without a syscall: a random per-engine prefix and a counter."""
+        return f"{self._rid_prefix}{next(self._rid_seq):x}"
+
+    async def _op(self, institution: str, nargs: int, packed: bytes, pkeys: tuple[str, ...]) -> Any:
+        reply = await self._batcher.submit(institution, nargs, packed, pkeys)
+        return reply
+
+    # --- snapshot ----------------------------------------------------------------------
+
+    async def snapshot(self, institution: str) -> Snapshot:
+        """The compiled institution as this process sees it (cached until invalidated)."""
+        snap = self._snaps.get(institution)
+        if snap is not None:
+            return snap
+        for _ in range(3):
+            token, raw = await self.redis.hmget(keys.cfg(institution), ["ver", "snap"])
+            if token is not None and raw is not None:
+                snap = Snapshot.parse(_text(token), raw)
+                self._snaps[institution] = snap
+                return snap
+            await self._recover(institution)
+        raise InstitutionNotLoaded(institution)
+
+    def invalidate(self, institution: str) -> None:
+        self._snaps.pop(institution, None)
+
+    async def is_compiled(self, institution: str) -> bool:
+        """Cheap check a replica can make before serving: the compile token exists."""
+        return bool(await self.redis.hexists(keys.cfg(institution), "ver"))
+
+    async def _recover(self, institution: str) -> None:
+        self.invalidate(institution)
+        if self._loader is None:
+            raise InstitutionNotLoaded(institution)
+        pending = self._recovering.get(institution)
+        if pending is not None:  # one rebuild per process at a time; the others wait for it
+            await pending
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._recovering[institution] = fut
+        try:
+            spec, charges = await self._loader(institution)
+            await self.rebuild(spec, recompute_counters(charges), force=False)
+            fut.set_result(None)
+        except Exception as err:
+            fut.set_exception(err)
+            fut.exception()  # the waiters re-raise it; this caller raises it below
+            raise
+        except BaseException:
+            fut.cancel()
+            raise
+        finally:
+            del self._recovering[institution]
+
+    # --- hot path ----------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        institution: str,
+        unit: str,
+        user: str,
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        price_in: int,
+        price_out: int,
+        min_output_tokens: int | None = None,
+        request_id: str = "",
+        now: float | None = None,
+    ) -> Reservation | Refusal:
+        """Hold an upper bound for one request, clamping ``max_output_tokens`` if only less fits.
+
+        ``input_tokens`` is the prompt's upper bound (images included); prices
+        are micro-units per 1M tokens. Returns a :class:`Reservation` to settle
+        or release, or a :class:`Refusal` naming the binding unit.
+        """
+        nmin = self.min_output_tokens if min_output_tokens is None else min_output_tokens
+        for name, v in (
+            ("input_tokens", input_tokens),
+            ("max_output_tokens", max_output_tokens),
+            ("price_in", price_in),
+            ("price_out", price_out),
+            ("min_output_tokens", nmin),
+        ):
+            _check_int(name, v)
+        if input_tokens * price_in + max_output_tokens * price_out > MAX_EXACT or (
+            input_tokens + max_output_tokens > MAX_EXACT
+        ):
+            raise ValueError("request bound too large to compute exactly")
+        now_ms = self._now_ms(now)
+        deadline_ms = now_ms + int(self.reservation_ttl * 1000)
+        amounts = bulks((input_tokens, max_output_tokens, price_in, price_out, nmin))
+        for _ in range(4):
+            snap = await self.snapshot(institution)
+            prep = snap.prepared(unit, now_ms)
+            rid = self._new_id()
+            path_nargs, packed_path = prep.packed_path(user)
+            packed = b"".join((_R, bulk(snap.token), bulk(deadline_ms), bulk(rid), amounts, packed_path))
+            reply = await self._op(institution, 9 + path_nargs, packed, prep.pkeys)
+            status = _text(reply[0])
+            if status == "OK":
+                nodes = prep.nodes(user)
+                remaining: dict[Metric, Remaining | None] = {}
+                for m, at in zip(METRICS, (5, 7), strict=True):
+                    idx, left = int(reply[at]), int(reply[at + 1])
+                    remaining[m] = None if left < 0 else Remaining(nodes[idx], left)
+                return Reservation(
+                    id=rid,
+                    institution=institution,
+                    unit=unit,
+                    user=user,
+                    request_id=request_id,
+                    output_tokens=int(reply[1]),
+                    clamped=bool(int(reply[2])),
+                    reserved_cost=int(reply[3]),
+                    reserved_tokens=int(reply[4]),
+                    remaining=remaining,
+                    price_in=price_in,
+                    price_out=price_out,
+                    created_at=_dt(now_ms),
+                    deadline=_dt(deadline_ms),
+                    path=nodes,
+                    period_keys=prep.period_keys(),
+                    pkeys=prep.pkeys,
+                    packed_path=packed_path,
+                    path_nargs=path_nargs,
+                )
+            if status == "REFUSED":
+                return self._refusal(snap, prep.nodes(user), prep, reply, unit, user, request_id)
+            if status == "STALE":
+                self.invalidate(institution)
+                continue
+            if status == "NOINST":
+                await self._recover(institution)
+                continue
+            raise RuntimeError(f"reserve: unexpected reply {reply!r}")
+        raise RuntimeError(f"reserve: institution {institution} kept changing while reserving")
+
+    def _refusal(
+        self,
+        snap: Snapshot,
+        nodes: tuple[str, ...],
+        prep: Any,
+        reply: list[Any],
+        unit: str,
+        user: str,
+        request_id: str,
+    ) -> Refusal:
+        idx = int(reply[2])
+        is_member = idx == 0
+        bunit = unit if is_member else nodes[idx]
+        window = prep.windows[0] if is_member else prep.windows[idx - 1]
+        info = snap.units[bunit]
+        return Refusal(
+            institution=snap.institution,
+            unit=unit,
+            user=user,
+            request_id=request_id,
+            binding_node=nodes[idx],
+            binding_unit=bunit,
+            binding_name=f"member cap of {info.name}" if is_member else info.name,
+            is_member_cap=is_member,
+            metric=_CODE[_text(reply[1])],
+            needed=int(reply[3]),
+            available=int(reply[4]),
+            resets_at=window.end,
+        )
+
+    async def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> Settlement:
+        """Charge the provider's reported usage and drop the hold (stream or not, disconnect or not)."""
+        _check_int("input_tokens", input_tokens)
+        _check_int("output_tokens", output_tokens)
+        r = reservation
+        cost = cost_of(input_tokens, output_tokens, r.price_in, r.price_out)
+        tokens = input_tokens + output_tokens
+        if input_tokens * r.price_in + output_tokens * r.price_out > MAX_EXACT or tokens > MAX_EXACT:
+            raise ValueError("usage too large to compute exactly")
+        packed = b"".join((_S, bulks((r.id, cost, tokens)), r.packed_path))
+        reply = await self._op(r.institution, 4 + r.path_nargs, packed, r.pkeys)
+        status = _text(reply[0])
+        actual: dict[Metric, int] = {"cost": cost, "tokens": tokens}
+        if status == "GONE":
+            return Settlement(
+                r.id, r.request_id, "gone", cost, tokens, {"cost": 0, "tokens": 0}, actual, None
+            )
+        pos = 1
+        alloc: dict[Metric, int] = {}
+        funded: dict[Metric, int] = {}
+        extras: dict[Metric, tuple[ExtraTake, ...]] = {}
+        for m in METRICS:
+            alloc[m], funded[m], n = int(reply[pos]), int(reply[pos + 1]), int(reply[pos + 2])
+            pos += 3
+            taken = []
+            for _ in range(n):
+                taken.append((_text(reply[pos]), int(reply[pos + 1]), int(reply[pos + 2])))
+                pos += 3
+            extras[m] = tuple(taken)
+        charge = Charge(r.institution, r.path, r.period_keys, alloc, extras)
+        return Settlement(
+            reservation_id=r.id,
+            request_id=r.request_id,
+            status="settled" if status == "OK" else "late",
+            cost=cost,
+            tokens=tokens,
+            charged=funded,
+            overage={m: actual[m] - funded[m] for m in METRICS},
+            charge=charge,
+        )
+
+    async def release(self, reservation: Reservation) -> str:
+        """Undo a reservation without charging: 'released', 'expired' (already swept) or 'gone'."""
+        reply = await self._op(reservation.institution, 2, _L + bulk(reservation.id), reservation.pkeys)
+        return _text(reply[0]).lower()
+
+    # --- sweeper -----------------------------------------------------------------------
+
+    async def institutions(self) -> list[str]:
+        return sorted(_text(x) for x in await self.redis.smembers(keys.INSTITUTIONS))
+
+    async def sweep(
+        self, institution: str | None = None, *, now: float | None = None, batch: int = 500
+    ) -> int:
+        """Release reservations past their deadline; returns how many. Safe on many replicas at once."""
+        now_ms = self._now_ms(now)
+        insts = [institution] if institution is not None else await self.institutions()
+        total = 0
+        for inst in insts:
+            dl, xp, rs = keys.deadlines(inst), keys.expired(inst), keys.records(inst)
+            while True:
+                rids: list[Any] = await self.redis.zrangebyscore(dl, "-inf", now_ms, start=0, num=batch)
+                if not rids:
+                    await self.redis.zremrangebyscore(xp, "-inf", now_ms - int(self.expired_retention * 1000))
+                    break
+                ops = []
+                for rid, rec in zip(rids, await self.redis.hmget(rs, rids), strict=True):
+                    if rec is None:
+                        continue  # settled or released since the range read
+                    pkeys = tuple(dict.fromkeys(_text(rec).split("\n", 1)[1].split("\t")[0::2]))
+                    ops.append(self._op(inst, 3, b"".join((_X, bulk(rid), bulk(now_ms))), pkeys))
+                replies = await asyncio.gather(*ops)
+                total += sum(1 for r in replies if _text(r[0]) == "EXPIRED")
+                if len(rids) < batch:
+                    break
+        return total
+
+    async def prune(self, institution: str, *, now: float | None = None) -> int:
+        """Drop counter hashes of periods that ended more than ``counter_retention`` ago."""
+        now_ms = self._now_ms(now)
+        snap = await self.snapshot(institution)
+        old = []
+        for name in await self.redis.smembers(keys.registry(institution)):
+            name = _text(name)
+            w = window_for_key(keys.period_key_of(name), snap.calendar)
+            if w.end is not None and w.end.timestamp() * 1000 + self.counter_retention * 1000 < now_ms:
+                old.append(name)
+        if old:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*old)
+                pipe.srem(keys.registry(institution), *old)
+                await pipe.execute()
+        return len(old)
+
+    async def run_sweeper(self, interval: float = 1.0, prune_every: float = 3600.0) -> None:
+        """Sweep every ``interval`` seconds until cancelled; prune old periods now and then."""
+        last_prune = 0.0
+        while True:
+            try:
+                await self.sweep()
+                if time.monotonic() - last_prune > prune_every:
+                    last_prune = time.monotonic()
+                    for inst in await self.institutions():
+                        with contextlib.suppress(InstitutionNotLoaded):
+                            await self.prune(inst)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis briefly away: try again next round
+                log.exception("quota sweeper round failed")
+            await asyncio.sleep(interval)
+
+    # --- control plane -----------------------------------------------------------------
+
+    async def compile(self, spec: InstitutionSpec, changed: Iterable[str] | None = None) -> str:
+        """Apply a budget edit: recompile (all, or the subtrees of ``changed`` units) and publish."""
+        token = await install(self.redis, spec, changed)
+        self.invalidate(spec.id)
+        return token
+
+    async def listen_invalidations(self, ready: asyncio.Event | None = None) -> None:
+        """Drop cached snapshots when another replica compiles; run as a task, cancel to stop."""
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(keys.INVALIDATION_CHANNEL)
+        if ready is not None:
+            ready.set()
+        try:
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is None or msg.get("type") != "message":
+                    continue
+                inst, _, token = _text(msg["data"]).partition(" ")
+                snap = self._snaps.get(inst)
+                if snap is not None and snap.token != token:
+                    self.invalidate(inst)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.unsubscribe()
+                await pubsub.aclose()
+
+    async def rebuild(self, spec: InstitutionSpec, counters: CounterValues, *, force: bool = False) -> bool:
+        """Write compiled caps and ledger counters atomically. Without ``force`` only if not compiled.
+
+        Returns True if this call wrote, False if the institution was already
+        compiled (another replica rebuilt first).
+        """
+        compiled = compile_spec(spec)
+        units, extras = counters.of(spec.id)
+        per_key: dict[str, dict[str, list[int]]] = {}
+        for (pkey, node, m), v in units.items():
+            per_key.setdefault(keys.counters(spec.id, pkey), {}).setdefault(node, [0, 0])[
+                METRICS.index(m)
+            ] = v
+        per_extra: dict[str, list[int]] = {}
+        for (x, m), v in extras.items():
+            per_extra.setdefault(x, [0, 0])[METRICS.index(m)] = v
+        for _ in range(5):
+            registered = {_text(k) for k in await self.redis.smembers(keys.registry(spec.id))}
+            names = sorted(registered | set(per_key))
+            token = new_token()
+            args: list[Any] = ["1" if force else "0", token, compiled.snapshot, len(compiled.fields)]
+            for field_name, value in compiled.fields.items():
+                args += [field_name, value]
+            for name in names:
+                triples = per_key.get(name, {})
+                args.append(len(triples))
+                for node, (c, t) in sorted(triples.items()):
+                    args += [node, c, t]
+            args.append(len(per_extra))
+            for x, (c, t) in sorted(per_extra.items()):
+                args += [x, c, t]
+            key_names = [keys.cfg(spec.id), keys.extras(spec.id), keys.registry(spec.id), *names]
+            result = _text(await scripts.run(self.redis, "rebuild", key_names, args))
+            if result == "RETRY":
+                continue
+            self.invalidate(spec.id)
+            if result == "OK":
+                await self.redis.sadd(keys.INSTITUTIONS, spec.id)
+                await self.redis.publish(keys.INVALIDATION_CHANNEL, f"{spec.id} {token}")
+            return result == "OK"
+        raise RuntimeError(f"rebuild of {spec.id}: counter hashes kept appearing")
+
+    async def redis_counters(
+        self, institution: str
+    ) -> tuple[
+        dict[tuple[str, str, Metric], int], dict[tuple[str, str, Metric], int], dict[tuple[str, Metric], int]
+    ]:
+        """Spend (up), holds (res) and extras used as Redis holds them, read in one MULTI."""
+        names = sorted(_text(k) for k in await self.redis.smembers(keys.registry(institution)))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name in names:
+                pipe.hgetall(name)
+            pipe.hgetall(keys.extras(institution))
+            replies = await pipe.execute()
+        up: dict[tuple[str, str, Metric], int] = {}
+        res: dict[tuple[str, str, Metric], int] = {}
+        for name, fields in zip(names, replies[:-1], strict=True):
+            pkey = keys.period_key_of(name)
+            for f, v in fields.items():
+                node = _text(f)
+                if node == "_":
+                    continue
+                cu, cr, tu, tr = keys.unpack_counters(v)
+                up[(pkey, node, "cost")], res[(pkey, node, "cost")] = cu, cr
+                up[(pkey, node, "tokens")], res[(pkey, node, "tokens")] = tu, tr
+        used: dict[tuple[str, Metric], int] = {}
+        for f, v in replies[-1].items():
+            cu, _, tu, _ = keys.unpack_counters(v)
+            used[(_text(f), "cost")], used[(_text(f), "tokens")] = cu, tu
+        return up, res, used
+
+    async def drift(self, institution: str, counters: CounterValues) -> list[Drift]:
+        """Where Redis's spend counters differ from the ledger's (empty list: in agreement)."""
+        up, _, used = await self.redis_counters(institution)
+        units, extras = counters.of(institution)
+        return compare(up, used, units, extras)
+
+    # --- explain -----------------------------------------------------------------------
+
+    async def explain(
+        self, institution: str, unit: str, user: str, *, now: float | None = None
+    ) -> Explanation:
+        now_ms = self._now_ms(now)
+        snap = await self.snapshot(institution)
+        prep = snap.prepared(unit, now_ms)
+        nodes = prep.nodes(user)
+        fields = cap_fields(snap, prep)
+        extra_ids = [x.id for u in prep.units for x in snap.units[u].extras]
+        counter_keys = [keys.counters(institution, k) for k in prep.period_keys()]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(keys.cfg(institution), fields)
+            for node, key in zip(nodes, counter_keys, strict=True):
+                pipe.hget(key, node)
+            if extra_ids:
+                pipe.hmget(keys.extras(institution), extra_ids)
+            replies = await pipe.execute()
+        caps = {f: keys.unpack_caps(v) for f, v in zip(fields, replies[0], strict=True)}
+        counters = {
+            node: keys.unpack_counters(v) for node, v in zip(nodes, replies[1 : 1 + len(nodes)], strict=True)
+        }
+        xcounters = {}
+        if extra_ids:
+            xcounters = {x: keys.unpack_counters(v) for x, v in zip(extra_ids, replies[-1], strict=True)}
+        return build(snap, prep, user, _dt(now_ms), caps, counters, xcounters)

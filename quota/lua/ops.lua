@@ -1,0 +1,534 @@
+-- The hot path: reserve, settle, release and expire operations of ONE institution, applied in
+-- order inside one script. Each operation is exactly what its own script call would do (the
+-- batch is atomic as a whole, which is stronger still); batching only shares the reads and
+-- writes of the nodes several operations touch (a course's requests share six of seven).
+--
+-- KEYS: 1 cfg, 2 deadlines, 3 expired, 4 extras counters, 5 registry, 6 records,
+--       7.. the counter hash of every period key the operations name (all declared).
+-- ARGV: 1 number of operations, then each operation:
+--   'R' token deadline_ms reservation_id input_tokens max_output price_in price_out min_output PATH
+--   'S' reservation_id actual_cost actual_tokens PATH     (PATH: the one it was reserved on)
+--   'L' reservation_id                                    (release: undo the holds, charge nothing)
+--   'X' reservation_id now_ms                             (expire, if its deadline <= now)
+-- PATH: K, then per node (member first): node id, cfg cap field, period key, number of eligible
+--   extras, their ids in spend order.
+-- Reply: one reply per operation, in order:
+--   R: {'OK', output tokens, clamped 0/1, cost held, tokens held, limiting node or -1, room left
+--       or -1 (cost), the same two for tokens} | {'REFUSED', metric, binding node, needed,
+--       available} | {'STALE', current token} | {'NOINST'}
+--   S: {'OK'|'LATE', then for cost and tokens: allocation, funded, n, (extra, j, amount)*n}
+--      | {'GONE'}   -- LATE: holds already released by expiry; GONE: nothing charged
+--   L: {'RELEASED'} | {'EXPIRED'} | {'GONE'}        X: {'EXPIRED'} | {'SKIP'}
+--
+-- Settle: undo the holds, then charge the actual amount by the waterfall. What cannot be funded
+-- (the provider overran the granted output, a cap was lowered meanwhile, the hold had expired
+-- and its room was taken) is charged to no counter and returned as overage: caps are never
+-- exceeded, and the ledger still records the whole usage.
+
+local CFG, DL, XP, XC, PK, RS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local KPFX = string.sub(CFG, 1, -4) .. 'k:' -- 'eq:{I}:cfg' -> 'eq:{I}:k:'
+
+-- ---- parse ------------------------------------------------------------------------------
+local pos = 2
+local function parse_path()
+  local k = tonumber(ARGV[pos])
+  pos = pos + 1
+  local nid, cref, pkey, xs, xids = {}, {}, {}, {}, EMPTY
+  for i = 1, k do
+    nid[i], cref[i], pkey[i] = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
+    local nx = tonumber(ARGV[pos + 3])
+    pos = pos + 4
+    if nx == 0 then
+      xs[i] = EMPTY
+    else
+      if xids == EMPTY then xids = {} end
+      local l = {}
+      for q = 1, nx do
+        l[q] = ARGV[pos]
+        xids[#xids + 1] = ARGV[pos]
+        pos = pos + 1
+      end
+      xs[i] = l
+    end
+  end
+  return {k = k, nid = nid, cref = cref, pkey = pkey, xs = xs, xids = xids}
+end
+
+local ops = {}
+for o = 1, tonumber(ARGV[1]) do
+  local t = ARGV[pos]
+  local op = {t = t}
+  if t == 'R' then
+    op.token, op.deadline, op.rid = ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
+    op.tin, op.nout = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
+    op.pin, op.pout, op.nmin = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7]), tonumber(ARGV[pos + 8])
+    pos = pos + 9
+    op.p = parse_path()
+  elseif t == 'S' then
+    op.rid, op.cost, op.tokens = ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+    pos = pos + 4
+    op.p = parse_path()
+  elseif t == 'L' then
+    op.rid = ARGV[pos + 1]
+    pos = pos + 2
+  elseif t == 'X' then
+    op.rid, op.now = ARGV[pos + 1], tonumber(ARGV[pos + 2])
+    pos = pos + 3
+  else
+    return redis.error_reply('ERR quota ops: unknown operation ' .. tostring(t))
+  end
+  ops[o] = op
+end
+
+-- ---- records: line 1 the holds, line 2 the path ------------------------------------------
+-- Line 1: "<cost alloc> <n> (<extra> <j> <x>)*n <tokens alloc> <n> ..." (j 1-based);
+-- line 2: "<period key>\t<node id>" per node, tab-separated, member first.
+local function encode_record(p, plans)
+  local out = {}
+  for mi = 1, 2 do
+    local a, taken = plans[mi][1], plans[mi][2]
+    out[#out + 1] = string.format('%d %d', a, #taken)
+    for q = 1, #taken do
+      out[#out + 1] = string.format('%s %d %d', taken[q][1], taken[q][2], taken[q][3])
+    end
+  end
+  local path = {}
+  for i = 1, p.k do
+    path[#path + 1] = p.pkey[i]
+    path[#path + 1] = p.nid[i]
+  end
+  return table.concat(out, ' ') .. '\n' .. table.concat(path, '\t')
+end
+
+local function decode_holds(rec)
+  local tok = {}
+  for w in string.gmatch(string.match(rec, '^([^\n]*)'), '%S+') do tok[#tok + 1] = w end
+  local at, out = 1, {}
+  for mi = 1, 2 do
+    local a, n = tonumber(tok[at]), tonumber(tok[at + 1])
+    at = at + 2
+    local taken = {}
+    for q = 1, n do
+      taken[q] = {tok[at], tonumber(tok[at + 1]), tonumber(tok[at + 2])}
+      at = at + 3
+    end
+    out[mi] = {a, taken}
+  end
+  return out
+end
+
+local function decode_path(rec)
+  local parts = {}
+  for w in string.gmatch(string.match(rec, '\n(.*)$'), '[^\t]+') do parts[#parts + 1] = w end
+  local p = {k = 0, nid = {}, pkey = {}}
+  for i = 1, #parts, 2 do
+    p.k = p.k + 1
+    p.pkey[p.k], p.nid[p.k] = parts[i], parts[i + 1]
+  end
+  return p
+end
+
+-- ---- preload everything the operations touch, one read per hash ---------------------------
+local rids = {}
+for o = 1, #ops do
+  if ops[o].t ~= 'R' then rids[#rids + 1] = ops[o].rid end
+end
+local REC, INXP, SCORE = {}, {}, {}
+if #rids > 0 then
+  local v = hmget(RS, rids)
+  local x = redis.call('ZMSCORE', XP, unpack(rids))
+  local d = redis.call('ZMSCORE', DL, unpack(rids))
+  for q = 1, #rids do
+    REC[rids[q]] = v[q]
+    INXP[rids[q]] = x[q] and true or false
+    if d[q] then SCORE[rids[q]] = tonumber(d[q]) end
+  end
+end
+
+local need, needx, needc = {}, {}, {}
+local pkeys, xlist, clist = {}, {}, {'ver'}
+local function want(pkey, nid)
+  local s = need[pkey]
+  if not s then
+    s = {list = {}}
+    need[pkey] = s
+    pkeys[#pkeys + 1] = pkey
+  end
+  if not s[nid] then
+    s[nid] = true
+    s.list[#s.list + 1] = nid
+  end
+end
+local function wantx(e)
+  if not needx[e] then
+    needx[e] = true
+    xlist[#xlist + 1] = e
+  end
+end
+local function wantc(f)
+  if not needc[f] then
+    needc[f] = true
+    clist[#clist + 1] = f
+  end
+end
+for o = 1, #ops do
+  local op = ops[o]
+  local p = op.p
+  if p then
+    for i = 1, p.k do
+      want(p.pkey[i], p.nid[i])
+      wantc(p.cref[i])
+    end
+    for q = 1, #p.xids do
+      wantx(p.xids[q])
+      wantc('$' .. p.xids[q])
+    end
+  elseif REC[op.rid] then
+    op.rp = decode_path(REC[op.rid])
+    op.holds = decode_holds(REC[op.rid])
+    for i = 1, op.rp.k do want(op.rp.pkey[i], op.rp.nid[i]) end
+    for mi = 1, 2 do
+      for _, tk in ipairs(op.holds[mi][2]) do wantx(tk[1]) end
+    end
+  end
+end
+
+local cv = hmget(CFG, clist)
+local VER = cv[1]
+local CAPS = {}
+for q = 2, #clist do
+  local c, t = caps_of(cv[q])
+  CAPS[clist[q]] = {c, t}
+end
+
+local C, FRESH = {}, {}
+for _, pkey in ipairs(pkeys) do
+  local list = need[pkey].list
+  local f = {'_'}
+  for q = 1, #list do f[q + 1] = list[q] end
+  local v = hmget(KPFX .. pkey, f)
+  FRESH[pkey] = not v[1]
+  local cells = {}
+  for q = 1, #list do
+    local a, b, c, d = counters_of(v[q + 1])
+    cells[list[q]] = {a, b, c, d}
+  end
+  C[pkey] = cells
+end
+
+local X = {}
+if #xlist > 0 then
+  local v = hmget(XC, xlist)
+  for q = 1, #xlist do
+    local a, b, c, d = counters_of(v[q])
+    X[xlist[q]] = {a, b, c, d}
+  end
+end
+
+local DIRTY, DIRTYX = {}, {}
+local function attach(p)
+  -- p.cell[i]: the in-memory counters of node i (4 numbers), shared by every op touching it
+  p.cell = {}
+  for i = 1, p.k do p.cell[i] = C[p.pkey[i]][p.nid[i]] end
+end
+for o = 1, #ops do
+  if ops[o].p then attach(ops[o].p) end
+  if ops[o].rp then attach(ops[o].rp) end
+end
+
+-- ---- the rules on the in-memory state -----------------------------------------------------
+-- metric index mi: 1 cost, 2 tokens; a cell is {cost up, cost res, tokens up, tokens res}.
+local function rooms_of(p, mi)
+  local rooms = {}
+  local u, r = 2 * mi - 1, 2 * mi
+  for i = 1, p.k do
+    local cap = CAPS[p.cref[i]][mi]
+    if cap == false then
+      rooms[i] = false
+    else
+      local cell = p.cell[i]
+      local x = cap - cell[u] - cell[r]
+      if x < 0 then x = 0 end
+      rooms[i] = x
+    end
+  end
+  return rooms
+end
+
+local function extras_of(p, mi)
+  if #p.xids == 0 then return false end
+  local out, any = {}, false
+  local u, r = 2 * mi - 1, 2 * mi
+  for j = 1, p.k do
+    local ids = p.xs[j]
+    local row = EMPTY
+    for q = 1, #ids do
+      local e = ids[q]
+      local a = CAPS['$' .. e][mi]
+      if a ~= false then
+        local x = a - X[e][u] - X[e][r]
+        if x < 0 then x = 0 end
+        if row == EMPTY then row = {} end
+        row[#row + 1] = {e, x}
+        any = true
+      end
+    end
+    out[j] = row
+  end
+  if not any then return false end
+  return out
+end
+
+-- Add sign * plan to slot s (1 spend, 2 hold) of metric mi on path p.
+local function apply(p, mi, s, a, taken, sign)
+  local f = 2 * mi - 2 + s
+  for i = 1, p.k do
+    local cell = p.cell[i]
+    cell[f] = cell[f] + sign * a
+    local d = DIRTY[p.pkey[i]]
+    if not d then
+      d = {}
+      DIRTY[p.pkey[i]] = d
+    end
+    d[p.nid[i]] = true
+  end
+  for q = 1, #taken do
+    local e, j, x = taken[q][1], taken[q][2], taken[q][3]
+    for i = 1, j - 1 do
+      local cell = p.cell[i]
+      cell[f] = cell[f] + sign * x
+    end
+    X[e][f] = X[e][f] + sign * x
+    DIRTYX[e] = true
+  end
+end
+
+local RECSET, DLSET, XPSET = {}, {}, {}
+local reclist, dllist, xplist = {}, {}, {}
+local function set_rec(rid, v)
+  if RECSET[rid] == nil then reclist[#reclist + 1] = rid end
+  RECSET[rid] = v
+  REC[rid] = v
+end
+local function set_dl(rid, v)
+  if DLSET[rid] == nil then dllist[#dllist + 1] = rid end
+  DLSET[rid] = v
+  SCORE[rid] = v or nil
+end
+local function set_xp(rid, v)
+  if XPSET[rid] == nil then xplist[#xplist + 1] = rid end
+  XPSET[rid] = v
+  INXP[rid] = v and true or false
+end
+
+local function encode_taken(out, taken)
+  out[#out + 1] = #taken
+  for q = 1, #taken do
+    out[#out + 1] = taken[q][1]
+    out[#out + 1] = taken[q][2] - 1 -- 0-based node index, as in quota/waterfall.py
+    out[#out + 1] = taken[q][3]
+  end
+end
+
+local function reserve(op)
+  if not VER then return {'NOINST'} end
+  if VER ~= op.token then return {'STALE', VER} end
+  local p, k = op.p, op.p.k
+  local tin, nout, pin, pout, nmin = op.tin, op.nout, op.pin, op.pout, op.nmin
+  local rooms_c, rooms_t = rooms_of(p, 1), rooms_of(p, 2)
+  local xs_c, xs_t = extras_of(p, 1), extras_of(p, 2)
+  local cap_c, cap_t = capacity(rooms_c, xs_c, k), capacity(rooms_t, xs_t, k)
+  local function fits(n)
+    return (cap_c == false or cost_of(tin, n, pin, pout) <= cap_c) and (cap_t == false or tin + n <= cap_t)
+  end
+  local n, clamped = nout, 0
+  if not fits(n) then
+    clamped = 1
+    if cap_t ~= false then n = math.min(n, cap_t - tin) end
+    if cap_c ~= false then
+      if pout == 0 then
+        if cost_of(tin, 0, pin, 0) > cap_c then n = -1 end
+      else
+        n = math.min(n, floor_div(cap_c * MICRO - tin * pin, pout))
+      end
+    end
+    if n < nmin or n < 0 then
+      local need_n = math.min(nmin, nout)
+      local need_c = cost_of(tin, need_n, pin, pout)
+      if cap_c ~= false and need_c > cap_c then
+        return {'REFUSED', 'cost', binding(need_c, rooms_c, xs_c, k) - 1, need_c, cap_c}
+      end
+      local need_t = tin + need_n
+      return {'REFUSED', 'tokens', binding(need_t, rooms_t, xs_t, k) - 1, need_t, cap_t}
+    end
+  end
+  local amt_c, amt_t = cost_of(tin, n, pin, pout), tin + n
+  local ac, tc = plan(amt_c, rooms_c, xs_c, k)
+  local at, tt = plan(amt_t, rooms_t, xs_t, k)
+  apply(p, 1, 2, ac, tc, 1)
+  apply(p, 2, 2, at, tt, 1)
+  set_rec(op.rid, encode_record(p, {{ac, tc}, {at, tt}}))
+  set_dl(op.rid, tonumber(op.deadline))
+  -- What is left after this hold, and which node limits it (rate-limit style headers).
+  local out = {'OK', n, clamped, amt_c, amt_t}
+  for mi = 1, 2 do
+    local rooms, xs
+    local held = (mi == 1) and ac or at
+    if (mi == 1 and xs_c == false) or (mi == 2 and xs_t == false) then
+      rooms, xs = (mi == 1) and rooms_c or rooms_t, false
+      for i = 1, k do
+        if rooms[i] ~= false then rooms[i] = rooms[i] - held end
+      end
+    else
+      rooms, xs = rooms_of(p, mi), extras_of(p, mi)
+    end
+    local li, left = limiting(rooms, xs, k)
+    if li == false then
+      out[#out + 1] = -1
+      out[#out + 1] = -1
+    else
+      out[#out + 1] = li - 1
+      out[#out + 1] = left
+    end
+  end
+  return out
+end
+
+local function settle(op)
+  local p, rec, status = op.p, REC[op.rid], 'OK'
+  if rec then
+    local holds = decode_holds(rec)
+    apply(p, 1, 2, holds[1][1], holds[1][2], -1)
+    apply(p, 2, 2, holds[2][1], holds[2][2], -1)
+    set_rec(op.rid, false)
+    set_dl(op.rid, false)
+  elseif INXP[op.rid] then
+    status = 'LATE'
+    set_xp(op.rid, false)
+  else
+    return {'GONE'}
+  end
+  local out = {status}
+  local actual = {op.cost, op.tokens}
+  for mi = 1, 2 do
+    local a, taken, funded = plan(actual[mi], rooms_of(p, mi), extras_of(p, mi), p.k)
+    apply(p, mi, 1, a, taken, 1)
+    out[#out + 1] = a
+    out[#out + 1] = funded
+    encode_taken(out, taken)
+  end
+  return out
+end
+
+local function unhold_record(op)
+  apply(op.rp, 1, 2, op.holds[1][1], op.holds[1][2], -1)
+  apply(op.rp, 2, 2, op.holds[2][1], op.holds[2][2], -1)
+  set_rec(op.rid, false)
+  set_dl(op.rid, false)
+end
+
+local function release(op)
+  if REC[op.rid] and not op.rp then error('quota ops: a reservation released in the batch that made it') end
+  if REC[op.rid] then
+    unhold_record(op)
+    return {'RELEASED'}
+  end
+  if INXP[op.rid] then
+    set_xp(op.rid, false)
+    return {'EXPIRED'}
+  end
+  return {'GONE'}
+end
+
+local function expire(op)
+  local score = SCORE[op.rid]
+  if REC[op.rid] and not op.rp then error('quota ops: a reservation expired in the batch that made it') end
+  if REC[op.rid] and score and score <= op.now then
+    unhold_record(op)
+    set_xp(op.rid, op.now)
+    return {'EXPIRED'}
+  end
+  return {'SKIP'}
+end
+
+local replies = {}
+for o = 1, #ops do
+  local op = ops[o]
+  if op.t == 'R' then
+    replies[o] = reserve(op)
+  elseif op.t == 'S' then
+    replies[o] = settle(op)
+  elseif op.t == 'L' then
+    replies[o] = release(op)
+  else
+    replies[o] = expire(op)
+  end
+end
+
+-- ---- write back: one command per hash -----------------------------------------------------
+for _, pkey in ipairs(pkeys) do
+  local d = DIRTY[pkey]
+  if d then
+    local f = {}
+    if FRESH[pkey] then
+      f[1] = '_'
+      f[2] = '1'
+      redis.call('SADD', PK, KPFX .. pkey)
+    end
+    local cells = C[pkey]
+    for _, nid in ipairs(need[pkey].list) do
+      if d[nid] then
+        local c = cells[nid]
+        f[#f + 1] = nid
+        f[#f + 1] = pack4(c[1], c[2], c[3], c[4])
+      end
+    end
+    chunked('HSET', KPFX .. pkey, f, 1000)
+  end
+end
+if #xlist > 0 then
+  local f = {}
+  for _, e in ipairs(xlist) do
+    if DIRTYX[e] then
+      local c = X[e]
+      f[#f + 1] = e
+      f[#f + 1] = pack4(c[1], c[2], c[3], c[4])
+    end
+  end
+  chunked('HSET', XC, f, 1000)
+end
+local hset, hdel, zadd, zrem, xadd, xrem = {}, {}, {}, {}, {}, {}
+for _, rid in ipairs(reclist) do
+  local v = RECSET[rid]
+  if v then
+    hset[#hset + 1] = rid
+    hset[#hset + 1] = v
+  else
+    hdel[#hdel + 1] = rid
+  end
+end
+for _, rid in ipairs(dllist) do
+  local v = DLSET[rid]
+  if v then
+    zadd[#zadd + 1] = v
+    zadd[#zadd + 1] = rid
+  else
+    zrem[#zrem + 1] = rid
+  end
+end
+for _, rid in ipairs(xplist) do
+  local v = XPSET[rid]
+  if v then
+    xadd[#xadd + 1] = v
+    xadd[#xadd + 1] = rid
+  else
+    xrem[#xrem + 1] = rid
+  end
+end
+chunked('HSET', RS, hset, 1000)
+chunked('HDEL', RS, hdel, 1000)
+chunked('ZADD', DL, zadd, 1000)
+chunked('ZREM', DL, zrem, 1000)
+chunked('ZADD', XP, xadd, 1000)
+chunked('ZREM', XP, xrem, 1000)
+return replies

@@ -1,0 +1,92 @@
+"""What the engine hands back: reservations, refusals, settlements and ledger charges.
+
+A :class:`Charge` is the exact record of what one settled request took from
+which counters. The gateway puts it in the usage event; the ledger stores it;
+:func:`quota.rebuild.recompute_counters` turns a ledger of them back into
+counter values. That is why it names node ids and period keys rather than
+units and dates: it must replay into the same Redis fields whatever the tree
+looks like later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from quota.model import Metric
+
+ExtraTake = tuple[str, int, int]  # (extra_id, node index j on the path, amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One settled request as counters saw it (input of the ledger rebuild)."""
+
+    institution: str
+    path: tuple[str, ...]  # node ids, member node first, root last
+    period_keys: tuple[str, ...]  # one per node
+    allocation: Mapping[Metric, int]  # added to `up` of every node
+    extras: Mapping[Metric, tuple[ExtraTake, ...]]  # added to `up` of nodes below j and to the extra
+
+
+@dataclass(frozen=True, slots=True)
+class Remaining:
+    """After a reservation: the node that limits what is left on the path, and how much is left."""
+
+    node: str
+    room: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    institution: str
+    unit: str
+    user: str
+    request_id: str
+    output_tokens: int  # granted max_tokens (== asked unless clamped)
+    clamped: bool
+    reserved_cost: int
+    reserved_tokens: int
+    remaining: Mapping[Metric, Remaining | None]  # None: nothing on the path caps that metric
+    price_in: int
+    price_out: int
+    created_at: datetime
+    deadline: datetime
+    path: tuple[str, ...]
+    period_keys: tuple[str, ...]
+    # Opaque to callers: what settle and release send again (the path, RESP-encoded).
+    pkeys: tuple[str, ...] = field(repr=False, default=())
+    packed_path: bytes = field(repr=False, default=b"")
+    path_nargs: int = field(repr=False, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request cannot be funded; the data behind the 429 message."""
+
+    institution: str
+    unit: str
+    user: str
+    request_id: str
+    binding_node: str  # unit id, or member(user,unit)
+    binding_unit: str  # the unit (for a member node: the unit whose member cap binds)
+    binding_name: str
+    is_member_cap: bool
+    metric: Metric
+    needed: int
+    available: int
+    resets_at: datetime | None  # None: the binding period never resets (period none)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    reservation_id: str
+    request_id: str
+    status: str  # 'settled' | 'late' (hold had expired) | 'gone' (nothing charged)
+    cost: int  # actual cost of the usage (micro-units)
+    tokens: int
+    charged: Mapping[Metric, int]  # what the counters took
+    overage: Mapping[Metric, int]  # actual - charged: unfunded, for the ledger
+    charge: Charge | None  # None when status is 'gone'
