@@ -254,3 +254,14 @@ def store_events(url: str, events: list[UsageEvent]) -> int:
         return n
     finally:
         conn.close()
+
+
+def execute(url: str, sql: str, *params: Any) -> int:
+    """Run a statement and commit; returns the affected row count."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return int(cur.rowcount)
+    finally:
+        conn.close()
