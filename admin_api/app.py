@@ -29,6 +29,7 @@ from core.db import make_async_engine, session_factory
 from core.models import Institution
 from core.settings import Settings
 from quota import Loader, QuotaEngine
+from quota.sources import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ def create_app(
     """The admin API.
 
     `dev_login` enables `/auth/dev/login?user=...` (and an ephemeral session secret when none is set).
-    `quota_loader` is the same ledger loader the gateway gives quota: with it, an edit made while Redis
-    has lost its data rebuilds counters from the ledger instead of compiling caps over empty counters.
+    `quota_loader` replaces quota's ledger loader (default: `quota.sources.make_loader` on this database),
+    which rebuilds counters from the ledger when an edit or a read finds Redis without the institution.
     """
     engine = make_async_engine(settings.database_url)
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
@@ -79,9 +80,9 @@ def create_app(
         settings.redis_url,
         reservation_ttl=settings.reservation_ttl_seconds,
         min_output_tokens=settings.min_clamp_tokens,
-        loader=quota_loader,
+        loader=quota_loader or make_loader(engine),
     )
-    state = AdminState(settings, engine, session_factory(engine), redis, quota, quota_loader)
+    state = AdminState(settings, engine, session_factory(engine), redis, quota)
     sso_router = make_sso_router(
         registry=sso_registry or _registry(state), db=state.sessions, redis=redis, settings=settings,
         dev_mode=dev_login,

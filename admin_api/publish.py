@@ -11,9 +11,9 @@ each reads the database after its own commit, so the last compile installed
 always reflects every committed change: two admins saving at once can never
 leave the older tree in Redis.
 
-When Redis holds no compiled budget at all (new, or it lost its data), a
-configured ledger loader rebuilds counters and caps together; compiling caps
-alone would hide that the counters are gone.
+When Redis holds no compiled budget at all (new, or it lost its data), quota's
+ledger loader rebuilds counters and caps together; compiling caps alone would
+forget what was already spent.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from admin_api.errors import ApiError
-from admin_api.state import CATALOG_CHANNEL, AdminState
+from admin_api.state import AdminState
+from core.channels import CATALOG_CHANNEL
 from quota.sources import load_spec
 
 
@@ -37,9 +38,10 @@ async def compile_institution(state: AdminState, institution_id: str) -> None:
     async with state.sessions() as session, session.begin():
         await session.execute(text("select pg_advisory_xact_lock(:k)"), {"k": _lock_key(institution_id)})
         spec = await load_spec(session, institution_id)
-        if await state.quota.is_compiled(institution_id) or state.quota_loader is None:
+        if await state.quota.is_compiled(institution_id):
             await state.quota.compile(spec)
         else:
+            state.quota.invalidate(institution_id)
             await state.quota.snapshot(institution_id)  # the loader rebuilds from PostgreSQL and the ledger
 
 

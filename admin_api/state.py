@@ -13,9 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.settings import Settings
-from quota import Loader, QuotaEngine
-
-CATALOG_CHANNEL = "eduaiq:catalog"
+from quota import QuotaEngine
 
 
 @dataclass
@@ -24,8 +22,7 @@ class AdminState:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
-    quota: QuotaEngine
-    quota_loader: Loader | None
+    quota: QuotaEngine  # with a ledger loader: rebuilds counters itself when Redis lost them
 
     async def close(self) -> None:
         await self.quota.close()

@@ -16,6 +16,7 @@ from admin_api.routes import (
     models_policy,
     tokens,
     units,
+    usage,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -31,5 +32,6 @@ ROUTERS: list[APIRouter] = [
     keys.router,
     tokens.router,
     explain.router,
+    usage.router,
     audit.router,
 ]

@@ -14,7 +14,6 @@ from pydantic import BaseModel
 from admin_api.context import Ctx, reader
 from admin_api.errors import not_found
 from admin_api.ids import SLUG
-from admin_api.publish import compile_institution
 from core.models import Membership
 from quota import Explanation
 
@@ -91,7 +90,5 @@ async def explain(
     if await ctx.session.get(Membership, (ctx.institution_id, unit, who)) is None:
         raise not_found("member", f"{who} in {unit}")
     quota = ctx.state.quota
-    if not await quota.is_compiled(ctx.institution_id) and ctx.state.quota_loader is None:
-        await compile_institution(ctx.state, ctx.institution_id)
     quota.invalidate(ctx.institution_id)  # another replica may have compiled since: read the current one
     return explanation_out(await quota.explain(ctx.institution_id, unit, who))

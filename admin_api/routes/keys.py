@@ -161,7 +161,9 @@ async def create_my_key(
 ) -> KeyCreated:
     ctx.access.unit(body.unit_id)
     ctx.access.require(
-        body.unit_id in ctx.access.grants.memberships, "you can only create keys for units you belong to", body.unit_id
+        body.unit_id in ctx.access.grants.memberships,
+        "you can only create keys for units you belong to",
+        body.unit_id,
     )
     return await _issue(ctx, ctx.caller.user_id, body.unit_id, body)
 

@@ -85,6 +85,7 @@ SCOPE_HOLDERS = {"uadmin", "eadmin", "csadmin", "hadmin", "prof-ada", "fin", "au
 CS101_READERS = {"uadmin", "eadmin", "csadmin", "prof-ada", "fin", "aud", "ta1", "s1"}
 ABOVE_CS = {"uadmin", "eadmin"}
 CS1XX_ADMINS = {"uadmin", "eadmin", "csadmin", "prof-ada"}
+CS101_USAGE_READERS = {"uadmin", "eadmin", "csadmin", "prof-ada", "fin", "aud"}
 CS101_ROSTER_READERS = {"uadmin", "eadmin", "csadmin", "prof-ada", "aud", "ta1"}
 CS102_ROSTER_WRITERS = {"uadmin", "eadmin", "csadmin", "prof-ada", "inst1"}
 BUDGET = {
@@ -353,6 +354,22 @@ MATRIX: dict[tuple[str, str], Route] = {
                  {"uadmin", "eadmin", "csadmin", "prof-ada", "fin", "aud", "s1"}),
         Scenario("s2 in cs102", fixed(f"{V1}/explain?unit=cs102&user=s2"),
                  {"uadmin", "eadmin", "csadmin", "prof-ada", "fin", "aud", "inst1", "s2"}),
+    ]),
+    ("GET", f"{V1}/units/{{unit_id}}/usage"): Route("usage:read", [
+        Scenario("a course", fixed(f"{V1}/units/cs101/usage?group_by=user"), CS101_USAGE_READERS),
+        Scenario("another course", fixed(f"{V1}/units/cs102/usage"), CS101_USAGE_READERS | {"inst1"}),
+    ]),
+    ("GET", f"{V1}/units/{{unit_id}}/usage/top-users"): Route("usage:read", [
+        Scenario("a course", fixed(f"{V1}/units/cs101/usage/top-users"), CS101_USAGE_READERS),
+    ]),
+    ("GET", f"{V1}/units/{{unit_id}}/usage/forecast"): Route("usage:read", [
+        Scenario("a department", fixed(f"{V1}/units/cs/usage/forecast"), {"uadmin", "eadmin", "csadmin", "fin", "aud"}),
+    ]),
+    ("GET", f"{V1}/me/usage"): Route("usage:read", [Scenario("own usage", fixed(f"{V1}/me/usage"), EVERYONE)]),
+    ("GET", f"{V1}/units/{{unit_id}}/export"): Route("export:read", [
+        Scenario("a department", fixed(f"{V1}/units/cs/export?period=2026-10&format=focus"),
+                 {"uadmin", "eadmin", "csadmin", "fin", "aud"}),
+        Scenario("the institution", fixed(f"{V1}/units/stateu/export?period=2026-10"), {"uadmin"}),
     ]),
     ("GET", f"{V1}/audit"): Route("audit:read", [
         Scenario("of cs", fixed(f"{V1}/audit?unit=cs"), {"uadmin", "eadmin", "csadmin", "aud"}),
