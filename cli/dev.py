@@ -72,21 +72,25 @@ def _url_port(url: str, default: int) -> int:
     return int(hostport.rsplit(":", 1)[1]) if ":" in hostport else default
 
 
-def _services(stack: Stack) -> None:
-    """Start an embedded server for each `EDUAIQ_*` URL that is not set in the environment."""
+def _services(stack: Stack, port_base: int | None) -> None:
+    """Start an embedded server for each `EDUAIQ_*` URL that is not set in the environment.
+
+    Their ports are the settings' defaults, so other `eduaiq` commands run beside the quick start reach
+    them with no configuration; `port_base` moves them (PostgreSQL, Redis, Kafka = base, base+1, base+2).
+    """
     s = stack.settings
     if "EDUAIQ_DATABASE_URL" not in os.environ:
-        port = _url_port(s.database_url, 54320)
+        port = port_base if port_base else _url_port(s.database_url, 54320)
         _refuse_taken(port, "PostgreSQL")
         stack.children.append(start_postgres(stack.state_dir, port))
         os.environ["EDUAIQ_DATABASE_URL"] = f"postgresql://{SUPERUSER}@127.0.0.1:{port}/eduaiq"
     if "EDUAIQ_REDIS_URL" not in os.environ:
-        port = _url_port(s.redis_url, 63790)
+        port = port_base + 1 if port_base else _url_port(s.redis_url, 63790)
         _refuse_taken(port, "Redis")
         stack.children.append(start_redis(stack.state_dir / "redis", port))
         os.environ["EDUAIQ_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
     if "EDUAIQ_KAFKA_BOOTSTRAP" not in os.environ:
-        port = int(s.kafka_bootstrap.rsplit(":", 1)[1])
+        port = port_base + 2 if port_base else int(s.kafka_bootstrap.rsplit(":", 1)[1])
         _refuse_taken(port, "Kafka broker")
         stack.children.append(start_kafka(stack.log_dir, port))
         os.environ["EDUAIQ_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
@@ -100,10 +104,10 @@ def _refuse_taken(port: int, what: str) -> None:
         )
 
 
-def _banner(stack: Stack, org: Path, started: float) -> str:
+def _banner(stack: Stack, demo: bool, model_port: int, started: float) -> str:
     base = f"http://{stack.host}:{stack.port}"
     keys = []
-    if org == DEMO_ORG:
+    if demo:
         keys = ["sk-eduaiq-demo-alice-cs101 (alice, CS101)", "sk-eduaiq-demo-bob-cs101 (bob, CS101)",
                 "sk-eduaiq-demo-rita-research (rita, research with an NSF grant)"]  # fmt: skip
     lines = [
@@ -112,7 +116,9 @@ def _banner(stack: Stack, org: Path, started: float) -> str:
         f"  OpenAI-compatible API  {base}/v1",
         f"  Admin API              {base}/api/v1   (OpenAPI docs: {base}/api/docs)",
         f"  Dashboard              {base}/",
-        f"  Demo model server      http://127.0.0.1:{DEMO_MODEL_PORT}/v1  (a demo stand-in, not a language model)",
+        f"  Demo model server      http://127.0.0.1:{model_port}/v1  (a demo stand-in, not a language model)",
+        "  Sign in (dev)          "
+        + f"{base}/auth/dev/login?user=cs-admin  (also it-admin, bursar, alice, ...)",
     ]
     if keys:
         lines += ["", "Demo API keys:"] + [f"  {k}" for k in keys]
@@ -129,13 +135,72 @@ def _banner(stack: Stack, org: Path, started: float) -> str:
     return "\n".join(lines)
 
 
-def run_dev(settings: Settings, state_dir: Path, org: Path | None, host: str, port: int) -> None:
+def _demo_org(stack: Stack, model_port: int) -> Path:
+    """The bundled demo institution, its provider pointed at this run's demo model server."""
+    if model_port == DEMO_MODEL_PORT:
+        return DEMO_ORG
+    text = DEMO_ORG.read_text().replace(f"127.0.0.1:{DEMO_MODEL_PORT}/v1", f"127.0.0.1:{model_port}/v1")
+    copy = stack.state_dir / "demo-university.yaml"
+    copy.write_text(text)
+    return copy
+
+
+def consumer_lag(settings: Settings) -> int:
+    """Events in the usage topic that the ledger consumers have not committed yet."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from usage.consumer import DEFAULT_GROUP
+    from usage.kafka_client import client_config
+
+    # In the ledger's group but never subscribed: it only reads the group's committed offsets.
+    probe = KafkaConsumer(group_id=DEFAULT_GROUP, enable_auto_commit=False, **client_config(settings))
+    try:
+        probe.topics()  # fetches metadata: without it the partition list below may still be empty
+        partitions = probe.partitions_for_topic(settings.kafka_topic) or set()
+        tps = [TopicPartition(settings.kafka_topic, p) for p in partitions]
+        ends = probe.end_offsets(tps) if tps else {}
+        return sum(max(0, end - (probe.committed(tp) or 0)) for tp, end in ends.items())
+    finally:
+        probe.close()
+
+
+def _drain_usage(stack: Stack, timeout: float = 60) -> None:
+    """After the web server has flushed its events, let the consumer write what the broker still holds
+    before it and the broker stop: the quick start's broker keeps messages in memory only."""
+    from core.settings import load_settings
+
+    settings = load_settings()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if consumer_lag(settings) == 0:
+                return
+        except Exception as exc:  # broker unreachable: nothing more can be drained
+            print(f"eduaiq dev: cannot check the usage backlog ({exc})", flush=True)
+            return
+        time.sleep(0.5)
+    print(
+        "eduaiq dev: usage events still queued after 60 s; they stay in the gateway spool or are lost",
+        flush=True,
+    )
+
+
+def run_dev(
+    settings: Settings,
+    state_dir: Path,
+    org: Path | None,
+    host: str,
+    port: int,
+    *,
+    port_base: int | None = None,
+    model_port: int = DEMO_MODEL_PORT,
+) -> None:
     started = time.monotonic()
     state_dir = state_dir.expanduser().resolve()
     stack = Stack(settings, state_dir, host, port)
     stack.log_dir = state_dir / "logs"
     stack.log_dir.mkdir(parents=True, exist_ok=True)
-    org_file = (org or DEMO_ORG).resolve()
+    org_file = org.resolve() if org else DEMO_ORG
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -146,18 +211,26 @@ def run_dev(settings: Settings, state_dir: Path, org: Path | None, host: str, po
     try:
         if port_open(host, port):
             raise SystemExit(f"eduaiq dev: {host}:{port} is already in use (pass --port)")
-        _services(stack)
+        try:
+            _services(stack, port_base)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            raise SystemExit(
+                f"eduaiq dev: an embedded server failed to start: {exc} (logs in {stack.log_dir})"
+            ) from None
         ensure_database(os.environ["EDUAIQ_DATABASE_URL"])
+        if org is None:
+            org_file = _demo_org(stack, model_port)
         for step in (["cli", "migrate"], ["cli", "org", "import", str(org_file)]):
             done = subprocess.run([sys.executable, "-m", *step], capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"eduaiq dev: `eduaiq {' '.join(step[1:])}` failed:\n{done.stderr.strip()}")
-        stack.spawn("demo-model", ["selfhost.demo_model", "--host", "127.0.0.1", "--port", str(DEMO_MODEL_PORT)],
-                    wait_port=DEMO_MODEL_PORT)  # fmt: skip
+        stack.spawn("demo-model", ["selfhost.demo_model", "--host", "127.0.0.1", "--port", str(model_port)],
+                    wait_port=model_port)  # fmt: skip
         stack.spawn("consumer", ["cli", "consume"])
-        stack.spawn("worker", ["cli", "worker", "--beat"])
-        stack.spawn("web", ["cli", "serve", "--host", host, "--port", str(port)], wait_port=port)
-        print(_banner(stack, org_file, started), flush=True)
+        stack.spawn(
+            "web", ["cli", "serve", "--host", host, "--port", str(port), "--dev-login"], wait_port=port
+        )
+        print(_banner(stack, org is None, model_port, started), flush=True)
         while not stop.wait(1.0):
             for child in stack.children:
                 if child.proc.poll() is not None:
@@ -168,5 +241,11 @@ def run_dev(settings: Settings, state_dir: Path, org: Path | None, host: str, po
                     stop.set()
     finally:
         print("eduaiq dev: stopping...", flush=True)
+        web = next((c for c in stack.children if c.name == "web"), None)
+        if web is not None:
+            web.stop(30)
+            stack.children.remove(web)
+            with contextlib.suppress(Exception):
+                _drain_usage(stack)
         stack.stop()
         print("eduaiq dev: stopped", flush=True)

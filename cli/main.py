@@ -211,19 +211,35 @@ def dev(
     ] = None,
     host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to serve on")] = 8000,
+    services_port_base: Annotated[
+        int | None, typer.Option(help="embedded PostgreSQL, Redis, Kafka on this port and the next two")
+    ] = None,
+    demo_model_port: Annotated[int, typer.Option(help="port of the built-in demo model server")] = 8001,
 ) -> None:
     """Start the whole system on this machine (embedded servers where EDUAIQ_* URLs are not set)."""
     from cli.dev import run_dev
 
-    run_dev(settings_or_exit(), state_dir, org, host, port)
+    run_dev(
+        settings_or_exit(),
+        state_dir,
+        org,
+        host,
+        port,
+        port_base=services_port_base,
+        model_port=demo_model_port,
+    )
 
 
 @app.command()
-def consume() -> None:
+def consume(
+    until_idle: Annotated[
+        float | None, typer.Option(help="exit once caught up and idle this many seconds (drain, then stop)")
+    ] = None,
+) -> None:
     """Write usage events from Kafka into the PostgreSQL ledger (a consumer group member)."""
     from usage.consumer import run_consumer
 
-    run_consumer(settings_or_exit())
+    run_consumer(settings_or_exit(), exit_when_idle=until_idle)
 
 
 def main() -> None:
