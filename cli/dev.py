@@ -145,44 +145,17 @@ def _demo_org(stack: Stack, model_port: int) -> Path:
     return copy
 
 
-def consumer_lag(settings: Settings) -> int:
-    """Events in the usage topic that the ledger consumers have not committed yet."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from usage.consumer import DEFAULT_GROUP
-    from usage.kafka_client import client_config
-
-    # In the ledger's group but never subscribed: it only reads the group's committed offsets.
-    probe = KafkaConsumer(group_id=DEFAULT_GROUP, enable_auto_commit=False, **client_config(settings))
-    try:
-        probe.topics()  # fetches metadata: without it the partition list below may still be empty
-        partitions = probe.partitions_for_topic(settings.kafka_topic) or set()
-        tps = [TopicPartition(settings.kafka_topic, p) for p in partitions]
-        ends = probe.end_offsets(tps) if tps else {}
-        return sum(max(0, end - (probe.committed(tp) or 0)) for tp, end in ends.items())
-    finally:
-        probe.close()
-
-
 def _drain_usage(stack: Stack, timeout: float = 60) -> None:
     """After the web server has flushed its events, let the consumer write what the broker still holds
     before it and the broker stop: the quick start's broker keeps messages in memory only."""
     from core.settings import load_settings
+    from usage.lag import wait_for_ledger
 
-    settings = load_settings()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if consumer_lag(settings) == 0:
-                return
-        except Exception as exc:  # broker unreachable: nothing more can be drained
-            print(f"eduaiq dev: cannot check the usage backlog ({exc})", flush=True)
-            return
-        time.sleep(0.5)
-    print(
-        "eduaiq dev: usage events still queued after 60 s; they stay in the gateway spool or are lost",
-        flush=True,
-    )
+    try:
+        if not wait_for_ledger(load_settings(), timeout):
+            print(f"eduaiq dev: usage events still unwritten after {timeout:.0f} s", flush=True)
+    except Exception as exc:  # broker unreachable: nothing more can be drained
+        print(f"eduaiq dev: cannot check the usage backlog ({exc})", flush=True)
 
 
 def run_dev(

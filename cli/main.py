@@ -187,6 +187,17 @@ def gateway(
     _uvicorn(create_asgi(settings), host, port, workers, "gateway.app:create_asgi")
 
 
+@app.command("admin-api")
+def admin_api(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8001,
+) -> None:
+    """Serve the control plane: /api/v1, sign-in under /auth, and the dashboard at /."""
+    from admin_api.app import create_app
+
+    _uvicorn(create_app(settings_or_exit()), host, port)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",

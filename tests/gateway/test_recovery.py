@@ -1,0 +1,133 @@
+"""Failures the budget must survive: a gateway killed mid-request, and Redis losing all its data under load."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg2
+import pytest
+import redis
+
+from tests.gateway.harness import gateway_stack
+
+PER_REQUEST = 20  # tokens, and micro-units: input is free and each output token costs 1 micro-unit
+
+
+def _priced(cap_micro: int) -> Any:
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["providers"][0]["models"][0]["price"] = {"input_per_mtok": 0, "output_per_mtok": 1}
+        cs101 = doc["units"][0]["children"][0]["children"][0]["children"][0]["children"][0]["children"][0]
+        cs101["budget"] = {"cost": {"fixed": cap_micro / 1_000_000}}
+        del cs101["member_cap"]
+
+    return mutate
+
+
+def _cost(stack: Any, who: str = "alice") -> dict[str, int]:
+    me = httpx.get(
+        stack.base_url + "/v1/me", headers={"Authorization": f"Bearer {stack.key(who)}"}, timeout=30
+    ).json()
+    course = next(n for n in me["budget"]["nodes"] if n["unit"] == "cs101" and n["kind"] != "member")
+    return course["metrics"]["cost"]  # type: ignore[no-any-return]
+
+
+def test_gateway_killed_between_reserve_and_settle_releases_after_the_deadline(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, mutate=_priced(10_000), gateways=2,
+                       upstream_args=("--chunk-delay-ms", "200", "--reply-tokens", "200"),
+                       extra_env={"EDUAIQ_RESERVATION_TTL_SECONDS": "5"}) as stack:  # fmt: skip
+        first, second = stack.env["GATEWAY_URLS"].split(",")
+        doomed = stack.procs[1]  # procs: upstream, gateway 0, gateway 1
+        got_bytes = threading.Event()
+
+        def stream() -> None:
+            try:
+                with httpx.stream("POST", first + "/v1/chat/completions", timeout=30,
+                                  headers={"Authorization": f"Bearer {stack.key('alice')}"},
+                                  json={"model": "demo-chat", "stream": True, "max_tokens": 100,
+                                        "messages": [{"role": "user", "content": "long story"}]}) as r:  # fmt: skip
+                    for _ in r.iter_bytes():
+                        got_bytes.set()
+            except httpx.HTTPError:
+                pass  # the gateway dies under it
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert got_bytes.wait(20)
+        held = _cost(stack.__class__(second, stack.institution, stack.db_url, stack.env, stack.upstream_url))
+        assert held["reserved"] == 100 and held["used"] == 0  # reserved 100 tokens x 1 micro-unit
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        reader.join(30)
+
+        survivor = stack.__class__(second, stack.institution, stack.db_url, stack.env, stack.upstream_url)
+        deadline = time.monotonic() + 30
+        while (state := _cost(survivor))["reserved"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert state == {**state, "reserved": 0, "used": 0}  # released by the survivor's sweeper: whole again
+        assert state["room"] == 10_000
+
+
+async def _burst(base: str, key: str, n: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as client:
+        return await asyncio.gather(*[
+            client.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                        json={"model": "demo-chat", "max_tokens": PER_REQUEST,
+                              "messages": [{"role": "user", "content": f"q{i}"}]})
+            for i in range(n)
+        ])  # fmt: skip
+
+
+def _ledger_cost(db_url: str, institution: str) -> tuple[int, int, int]:
+    conn = psycopg2.connect(db_url)
+    with conn.cursor() as cur:
+        cur.execute("select count(*), coalesce(sum(cost_micro), 0), coalesce(sum(cost_micro - overage_micro), 0) "
+                    "from usage_event where institution_id = %s and status in ('ok', 'clamped')", (institution,))  # fmt: skip
+        count, cost, funded = cur.fetchone()  # type: ignore[misc]
+    conn.close()
+    return int(count), int(cost), int(funded)
+
+
+@pytest.mark.slow
+def test_redis_flushed_under_load_rebuilds_from_the_ledger_and_never_exceeds_the_cap(
+    pg_server_url: str, private_redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    cap = 100 * PER_REQUEST
+    with gateway_stack(pg_server_url, private_redis_url, kafka_bootstrap, tmp_path, mutate=_priced(cap),
+                       consumer=True, upstream_args=("--reply-tokens", "1000", "--chunk-delay-ms", "5")) as stack:  # fmt: skip
+        key = stack.key("alice")
+        flusher = redis.Redis.from_url(private_redis_url)
+
+        async def scenario() -> list[httpx.Response]:
+            first = asyncio.create_task(_burst(stack.base_url, key, 60))
+            await asyncio.sleep(0.05)
+            flusher.flushall()  # Redis loses everything while requests are in flight
+            done = await first
+            later = await _burst(stack.base_url, key, 150)
+            return done + later
+
+        responses = asyncio.run(scenario())
+        statuses = Counter(r.status_code for r in responses)
+        assert set(statuses) <= {200, 429}, statuses
+        deadline = time.monotonic() + 60
+        while (
+            _ledger_cost(stack.db_url, stack.institution)[0] < statuses[200] and time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+        count, cost, funded = _ledger_cost(stack.db_url, stack.institution)
+        assert count == statuses[200]
+        state = _cost(stack)
+        assert state["used"] <= cap and state["reserved"] == 0
+        assert funded <= cap  # what budgets paid for never exceeds the cap
+        assert state["used"] == funded  # and the rebuilt counters agree with the ledger
+        # Every served request is in the ledger at its full cost; any caught mid-flight by the flush is
+        # recorded as unfunded overage (cost - funded) rather than pushed past the cap.
+        assert cost == statuses[200] * PER_REQUEST
