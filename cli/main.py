@@ -29,6 +29,8 @@ quota_app = typer.Typer(
     no_args_is_help=True, help="Budget counters in Redis against the ledger in PostgreSQL."
 )
 app.add_typer(quota_app, name="quota")
+selfhost_app = typer.Typer(no_args_is_help=True, help="Open-weight models on campus GPUs (vLLM).")
+app.add_typer(selfhost_app, name="selfhost")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -251,6 +253,139 @@ def consume(
     from usage.consumer import run_consumer
 
     run_consumer(settings_or_exit(), exit_when_idle=until_idle)
+
+
+@app.command("export")
+@operator_errors
+def export_cmd(
+    period: Annotated[str, typer.Option(help="month, YYYY-MM")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, json or focus (FinOps FOCUS columns)")] = "csv",
+    unit: Annotated[str | None, typer.Option("--unit", help="only this unit and everything below it")] = None,
+    institution: Annotated[str | None, typer.Option("--institution", "-i")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write to this file instead of stdout")
+    ] = None,
+) -> None:
+    """Chargebacks for the ERP: per unit, cost centre or grant, model; closed months reproduce byte for byte."""
+    from usage.export import ExportError, export_sync
+
+    settings = settings_or_exit()
+    (inst,) = _institutions(settings, institution) if institution else _one_institution(settings)
+    try:
+        data = export_sync(settings.database_url, inst, period, fmt, unit)  # type: ignore[arg-type]
+    except ExportError as exc:
+        fail(str(exc))
+    if out:
+        out.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+def _one_institution(settings: Settings) -> list[str]:
+    ids = _institutions(settings, None)
+    if len(ids) != 1:
+        fail(f"{len(ids)} institutions; name one with --institution")
+    return ids
+
+
+@selfhost_app.command("list")
+def selfhost_list() -> None:
+    """The recommended open-weight models and what each needs."""
+    from selfhost.catalogue import load_catalogue
+
+    for m in load_catalogue().models:
+        typer.echo(f"{m.id:32} {m.kind:9} {m.gpu_memory_gb:>5} GB  {m.hf_repo}")
+
+
+@selfhost_app.command("serve")
+def selfhost_serve(
+    model: Annotated[str, typer.Argument(help="catalogue id, e.g. qwen2-vl-7b")],
+    port: Annotated[int, typer.Option(help="port for vLLM's OpenAI server")] = 8000,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the vLLM command only")] = False,
+) -> None:
+    """Run vLLM with the model's tested profile (dtype, context length, GPU memory, image limits)."""
+    import shlex
+
+    from selfhost.serve import VllmNotInstalled, serve, serve_command
+
+    if dry_run:
+        typer.echo(shlex.join(serve_command(model, port=port)))
+        return
+    try:
+        raise typer.Exit(serve(model, port=port))
+    except VllmNotInstalled as exc:
+        fail(str(exc))
+
+
+@selfhost_app.command("plan")
+def selfhost_plan(
+    users: Annotated[int, typer.Option(help="active users")],
+    tokens_per_day: Annotated[int, typer.Option(help="tokens per user per day (input + output)")],
+    model: Annotated[str, typer.Option(help="catalogue id")] = "llama-3.1-8b",
+    gpu: Annotated[str, typer.Option(help="GPU type, e.g. A100-80GB, L40S, H100-80GB")] = "A100-80GB",
+) -> None:
+    """Estimate the GPUs needed for a number of users and tokens per day."""
+    from dataclasses import asdict
+
+    from selfhost.plan import plan
+
+    result = plan(users, tokens_per_day, model, gpu)
+    for key, value in asdict(result).items():
+        if key != "assumptions":
+            typer.echo(f"{key:28} {value}")
+    for line in result.assumptions:
+        typer.echo(f"  - {line}")
+
+
+@selfhost_app.command("register")
+@operator_errors
+def selfhost_register(
+    url: Annotated[str, typer.Argument(help="the server's OpenAI base URL, e.g. http://gpu01:8000/v1")],
+    provider_id: Annotated[
+        str, typer.Option("--id", help="provider id in the institution file")
+    ] = "campus-vllm",
+    input_price: Annotated[float, typer.Option(help="internal price per 1M input tokens")] = 0.05,
+    output_price: Annotated[float, typer.Option(help="internal price per 1M output tokens")] = 0.10,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="add it to the institution (else print the entry)")
+    ] = False,
+    institution: Annotated[str | None, typer.Option("--institution", "-i")] = None,
+) -> None:
+    """Discover a running vLLM's models and add them to the institution's providers."""
+    import yaml
+
+    from cli.orgops import add_provider
+    from selfhost.register import provider_entry, register
+
+    models = asyncio.run(register(url))
+    entry = provider_entry(provider_id, models, input_per_mtok=input_price, output_per_mtok=output_price)
+    typer.echo(yaml.safe_dump([entry], sort_keys=False))
+    if apply:
+        settings = settings_or_exit()
+        (inst,) = _institutions(settings, institution) if institution else _one_institution(settings)
+        problems, report = asyncio.run(add_provider(settings, inst, entry))
+        if problems:
+            for line in problems:
+                typer.echo(line, err=True)
+            fail("refused; nothing was written")
+        assert report is not None
+        typer.echo(report.summary())
+
+
+@app.command()
+def worker(concurrency: Annotated[int, typer.Option(help="job threads")] = 2) -> None:
+    """Run background jobs (Celery on Redis): rollups, exports, forecasts, budget sweeps and reconciliation."""
+    from usage.jobs import run_worker
+
+    run_worker(settings_or_exit(), concurrency=concurrency)
+
+
+@app.command()
+def beat() -> None:
+    """Schedule the background jobs; run exactly one per deployment."""
+    from usage.jobs import run_beat
+
+    run_beat(settings_or_exit())
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import select
@@ -60,5 +61,31 @@ async def institution_ids(settings: Settings) -> list[str]:
     try:
         async with session_factory(engine)() as session:
             return [i.id for i in (await session.execute(select(Institution))).scalars().all()]
+    finally:
+        await engine.dispose()
+
+
+async def add_provider(
+    settings: Settings, institution: str, entry: dict[str, Any]
+) -> tuple[list[str], ChangeReport | None]:
+    """Add or replace one provider through the same checked path as an institution-file import."""
+    from admin_api.orgfile import parse_document
+
+    engine = make_async_engine(settings.database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            doc = await export_org(session, institution)
+        doc["providers"] = [p for p in doc["providers"] if p["id"] != entry["id"]] + [entry]
+        top = doc["units"][0]
+        if top.get("models") is not None:  # the root lists models: the new ones must be allowed there
+            top["models"] = list(dict.fromkeys([*top["models"], *(m["id"] for m in entry["models"])]))
+        try:
+            org = parse_document(doc)
+        except OrgFileError as exc:
+            return [f"{p}: {m}" for p, m in exc.problems], None
+        async with session_factory(engine)() as session, session.begin():
+            report = await apply_org(session, org, actor="selfhost-register")
+        await apply_budgets(settings, institution)
+        return [], report
     finally:
         await engine.dispose()
