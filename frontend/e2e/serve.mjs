@@ -32,7 +32,19 @@ export function startServer({ backend, port = 0, host = "127.0.0.1", dist }) {
     const url = new URL(req.url ?? "/", "http://x");
     if (isBackendPath(url.pathname)) {
       const upstream = http.request(
-        { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: { ...req.headers, host: target.host } },
+        {
+          host: target.hostname,
+          port: target.port,
+          method: req.method,
+          path: req.url,
+          // The server checks Origin against its public URL (CSRF): present this origin as the server's.
+          headers: {
+            ...req.headers,
+            host: target.host,
+            ...(req.headers.origin ? { origin: target.origin } : {}),
+            ...(req.headers.referer ? { referer: target.origin + new URL(req.headers.referer).pathname } : {}),
+          },
+        },
         (up) => {
           res.writeHead(up.statusCode ?? 502, up.headers);
           up.pipe(res);

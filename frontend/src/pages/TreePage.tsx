@@ -47,6 +47,10 @@ export function UnitTree({ roots, warnings, compiled, at }: { roots: TreeNode[];
   const active = focusId && shown.some((r) => r.node.id === focusId) ? focusId : shown[0]?.node.id;
 
   useEffect(() => setLimit(PAGE), [deferred]);
+  // The first-screen benchmark reads this mark (navigation start to the tree on screen).
+  useEffect(() => {
+    if (!performance.getEntriesByName("eduaiq:tree-rendered").length) performance.mark("eduaiq:tree-rendered");
+  }, []);
 
   const toggle = (id: string, open?: boolean) =>
     setExpanded((prev) => {
