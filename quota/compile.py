@@ -93,9 +93,14 @@ def new_token() -> str:
 
 
 def partial_fields(
-    spec: InstitutionSpec, compiled: Compiled, changed: Iterable[str]
+    spec: InstitutionSpec, compiled: Compiled, changed: Iterable[str], previous: dict[str, Any] | None = None
 ) -> tuple[dict[str, str], list[str]]:
-    """Fields to set and to delete for a compile of the subtrees under ``changed``."""
+    """Fields to set and to delete for a compile of the subtrees under ``changed``.
+
+    ``previous`` is the snapshot being replaced: extras it lists for units in
+    scope that the spec no longer has lose their amount field, so a pending
+    reservation that listed such an extra cannot be settled against it.
+    """
     scope: set[str] = set()
     for uid in changed:
         scope.update(spec.subtree(uid))
@@ -106,6 +111,11 @@ def partial_fields(
             if name in compiled.fields:
                 to_set[name] = compiled.fields[name]
             else:
+                to_del.append(name)
+        old_unit = (previous or {}).get("units", {}).get(uid, {})
+        for x in old_unit.get("x", ()):
+            name = keys.extra_ref(x["id"])
+            if name not in compiled.fields and name not in to_del:
                 to_del.append(name)
     return to_set, to_del
 
@@ -119,7 +129,9 @@ async def install(redis: Redis, spec: InstitutionSpec, changed: Iterable[str] | 
         mode, to_set = "full", compiled.fields
     else:
         mode = "partial"
-        to_set, to_del = partial_fields(spec, compiled, changed)
+        raw = await redis.hget(keys.cfg(spec.id), "snap")
+        previous = json.loads(raw) if raw else None
+        to_set, to_del = partial_fields(spec, compiled, changed, previous)
     args: list[Any] = [token, compiled.snapshot, mode, len(to_set)]
     for name, value in to_set.items():
         args += [name, value]

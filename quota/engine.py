@@ -352,11 +352,8 @@ class QuotaEngine:
             dl, xp, rs = keys.deadlines(inst), keys.expired(inst), keys.records(inst)
             while True:
                 rids: list[Any] = await self.redis.zrangebyscore(dl, "-inf", now_ms, start=0, num=batch)
-                if not rids:
-                    await self.redis.zremrangebyscore(xp, "-inf", now_ms - int(self.expired_retention * 1000))
-                    break
                 ops = []
-                for rid, rec in zip(rids, await self.redis.hmget(rs, rids), strict=True):
+                for rid, rec in zip(rids, await self.redis.hmget(rs, rids) if rids else [], strict=True):
                     if rec is None:
                         continue  # settled or released since the range read
                     pkeys = tuple(dict.fromkeys(_text(rec).split("\n", 1)[1].split("\t")[0::2]))
@@ -365,6 +362,7 @@ class QuotaEngine:
                 total += sum(1 for r in replies if _text(r[0]) == "EXPIRED")
                 if len(rids) < batch:
                     break
+            await self.redis.zremrangebyscore(xp, "-inf", now_ms - int(self.expired_retention * 1000))
         return total
 
     async def prune(self, institution: str, *, now: float | None = None) -> int:
