@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 _CODES = {
@@ -92,6 +92,16 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_body(status, "invalid" if status == 422 else "bad_request", message, {"problems": problems})
 
 
+async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL refused a value (SQLSTATE class 22, e.g. a NUL byte in text): the input's fault, not ours."""
+    assert isinstance(exc, DBAPIError)
+    cause = exc.orig
+    state = getattr(cause, "sqlstate", None) or getattr(getattr(cause, "__cause__", None), "sqlstate", None)
+    if isinstance(state, str) and state.startswith("22"):
+        return error_body(400, "bad_request", "a value in the request cannot be stored", {"sqlstate": state})
+    raise exc
+
+
 async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
     # Only reached when two writers race past the same pre-check; the loser is told to retry.
     return error_body(409, "conflict", "the change conflicts with another change made at the same time", {})
@@ -102,3 +112,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(DBAPIError, _data_error)

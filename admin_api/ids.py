@@ -15,6 +15,7 @@ SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 KIND = r"^[a-z][a-z_\-]{0,31}$"
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
 PROVIDER_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$"
+TEXT = r"^[^\x00-\x1f\x7f]*$"  # free text: no control characters (PostgreSQL text refuses NUL)
 OPAQUE_ID = r"^[A-Za-z0-9_\-]{1,32}$"
 
 UnitId = Annotated[str, Path(pattern=SLUG, description="unit id")]

@@ -20,14 +20,15 @@ from sqlmodel import col, select
 from admin_api.access import MEMBER_ROLES
 from admin_api.context import Ctx
 from admin_api.errors import invalid
-from admin_api.ids import SLUG
+from admin_api.ids import SLUG, TEXT
 from core.models import ApiKey, Membership, User
 
 ROLE_PATTERN = "^(" + "|".join(MEMBER_ROLES) + ")$"
 MAX_CSV_BYTES = 2 * 1024 * 1024
 MAX_CSV_ROWS = 20_000
 _SLUG = re.compile(SLUG)
-_EMAIL = re.compile(r"^[^@\s]{1,128}@[^@\s]{1,190}$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,128}@[^@\s\x00-\x1f\x7f]{1,190}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Profile(BaseModel):
@@ -36,8 +37,8 @@ class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: str | None = Field(default=None, pattern=_EMAIL.pattern, max_length=320)
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    sso_subject: str | None = Field(default=None, min_length=1, max_length=320)
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=TEXT)
+    sso_subject: str | None = Field(default=None, min_length=1, max_length=320, pattern=TEXT)
 
 
 @dataclass
@@ -83,6 +84,9 @@ def parse_roster_csv(data: bytes) -> list[RosterRow]:
     for i, rec in enumerate(records, start=2):
         where = f"line {i}"
         values = {k: (v or "").strip() for k, v in rec.items() if isinstance(k, str) and isinstance(v, str)}
+        if any(_CONTROL.search(v) for v in values.values()):
+            problems.append({"path": where, "message": "contains control characters"})
+            continue
         user = values.get("user") or values.get("user_id", "")
         role = values.get("role") or "student"
         if not _SLUG.match(user):

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 
 from admin_api.context import Ctx, reader
 from admin_api.errors import forbidden
-from admin_api.ids import SLUG
+from admin_api.ids import SLUG, TEXT
 from core.models import AuditEntry
 
 router = APIRouter(tags=["audit"])
@@ -65,9 +65,13 @@ def _utc(at: datetime) -> datetime:
 @router.get("/audit", response_model=AuditPage, summary="The audit log, newest first")
 async def audit_log(
     unit: str | None = Query(default=None, pattern=SLUG, description="this unit and everything below it"),
-    actor: str | None = Query(default=None, max_length=128),
-    action: str | None = Query(default=None, max_length=64, description="prefix, e.g. 'budget.' or 'org.'"),
-    target: str | None = Query(default=None, max_length=256, description="prefix, e.g. 'unit:stateu/cs101'"),
+    actor: str | None = Query(default=None, max_length=128, pattern=TEXT),
+    action: str | None = Query(
+        default=None, max_length=64, pattern=TEXT, description="prefix, e.g. 'budget.' or 'org.'"
+    ),
+    target: str | None = Query(
+        default=None, max_length=256, pattern=TEXT, description="prefix, e.g. 'unit:stateu/cs101'"
+    ),
     since: datetime | None = None,
     until: datetime | None = None,
     before_id: int | None = Query(default=None, ge=1, le=2**62),

@@ -7,15 +7,16 @@ price where one is known (cloud providers); self-hosted models must be priced.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import col, select
 
 from admin_api.catalog_edit import current_configs, save_configs
 from admin_api.context import Ctx, reader, writer
-from admin_api.errors import forbidden, not_found
+from admin_api.errors import forbidden, invalid, not_found
 from admin_api.ids import MODEL_ID, ProviderId
 from core.models import ModelOffer, Provider
 from core.money import from_micro
@@ -23,7 +24,12 @@ from providers.config import ModelConfig, PriceConfig, ProviderConfig, ProviderT
 
 router = APIRouter(tags=["catalog"])
 
+T = TypeVar("T")
+URL = r"^https?://[A-Za-z0-9.\-_\[\]:@]+(/[\x21-\x7e]*)?$"
+
 MAX_PRICE = 10**12  # a million currency units per 1M tokens: far above any real price
+HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")]
+HeaderValue = Annotated[str, Field(pattern=r"^[\x20-\x7e]{0,2000}$")]
 ModelPath = Annotated[str, Path(pattern=MODEL_ID, description="model id (may contain '/')")]
 
 
@@ -39,22 +45,22 @@ class ProviderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: ProviderType
-    base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+\S*$", max_length=2000)
-    replicas: list[Annotated[str, Field(pattern=r"^https?://[^\s/]+\S*$", max_length=2000)]] = Field(
+    base_url: str | None = Field(default=None, pattern=URL, max_length=2000)
+    replicas: list[Annotated[str, Field(pattern=URL, max_length=2000)]] = Field(
         default_factory=list, max_length=64
     )
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
     priority: int | None = Field(default=None, ge=-1000, le=1000)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     health_check: bool | None = None
-    metrics_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+\S*$", max_length=2000)
-    headers: dict[str, Annotated[str, Field(max_length=2000)]] = Field(default_factory=dict, max_length=32)
+    metrics_url: str | None = Field(default=None, pattern=URL, max_length=2000)
+    headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict, max_length=32)
 
 
 class ModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    upstream: str | None = Field(default=None, min_length=1, max_length=256)
+    upstream: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")
     vision: bool = False
     price: PriceIn | None = Field(default=None, description="null: the provider's list price (cloud only)")
     max_output_tokens: int | None = Field(default=None, gt=0, le=10_000_000)
@@ -134,6 +140,15 @@ def _model_config(model_id: str, body: ModelIn) -> ModelConfig:
                        fallbacks=body.fallbacks)  # fmt: skip
 
 
+def _checked(build: Callable[[], T]) -> T:
+    """The router's own config models have the last word (their URL and name checks differ in detail)."""
+    try:
+        return build()
+    except ValidationError as exc:
+        problems = [{"path": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        raise invalid("the provider configuration is not valid", problems, code="provider_config") from None
+
+
 def _provider_index(configs: list[ProviderConfig], provider_id: str) -> int:
     for i, p in enumerate(configs):
         if p.id == provider_id:
@@ -162,7 +177,9 @@ async def put_provider(
     configs = await current_configs(ctx)
     i = next((j for j, p in enumerate(configs) if p.id == provider_id), len(configs))
     models = configs[i].models if i < len(configs) else []
-    new = ProviderConfig(id=provider_id, models=models, **body.model_dump(exclude_none=True))
+    new = _checked(
+        lambda: ProviderConfig(id=provider_id, models=models, **body.model_dump(exclude_none=True))
+    )
     configs[i : i + 1] = [new]
     await save_configs(ctx, configs, "provider")
     await ctx.commit()
@@ -192,7 +209,7 @@ async def put_model(
     i = _provider_index(configs, provider_id)
     models = [m for m in configs[i].models if m.id != model_id]
     position = next((j for j, m in enumerate(configs[i].models) if m.id == model_id), len(models))
-    models.insert(position, _model_config(model_id, body))
+    models.insert(position, _checked(lambda: _model_config(model_id, body)))
     configs[i] = configs[i].model_copy(update={"models": models})
     await save_configs(ctx, configs, "model")
     await ctx.commit()

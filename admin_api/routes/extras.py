@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from admin_api.budget_view import ExtraView, numbers_for
 from admin_api.context import Ctx, reader, writer
 from admin_api.errors import conflict, not_found
-from admin_api.ids import SLUG, ExtraId, UnitId
+from admin_api.ids import SLUG, TEXT, ExtraId, UnitId
 from core.models import Extra
 from quota.waterfall import MAX_EXACT
 
@@ -31,7 +31,7 @@ class ExtraBody(BaseModel):
     amount: int = Field(gt=0, le=MAX_EXACT, description="micro-units for cost, tokens for tokens")
     valid_from: date
     valid_to: date = Field(description="inclusive: the last day the extra can pay")
-    chargeback: str | None = Field(default=None, min_length=1, max_length=128)
+    chargeback: str | None = Field(default=None, min_length=1, max_length=128, pattern=TEXT)
 
     @model_validator(mode="after")
     def _window(self) -> ExtraBody:

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 
 from admin_api.context import Ctx, reader, writer
 from admin_api.errors import conflict, invalid, not_found
-from admin_api.ids import SLUG, KeyId, UnitId
+from admin_api.ids import SLUG, TEXT, KeyId, UnitId
 from admin_api.policy import catalogue, effective_all
 from core.keys import hash_secret, new_id, new_secret
 from core.models import ApiKey, Membership
@@ -61,7 +61,7 @@ class KeyCreated(KeyOut):
 class KeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=100)
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=TEXT)
     expires_at: datetime | None = Field(default=None, description="optional; at most five years ahead")
 
     @field_validator("expires_at")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from admin_api.budget_view import BudgetWarning, numbers_for
 from admin_api.context import Ctx, reader, row_label, snapshot, writer
 from admin_api.errors import conflict
-from admin_api.ids import KIND, SLUG, UnitId
+from admin_api.ids import KIND, SLUG, TEXT, UnitId
 from admin_api.policy import catalogue, policy_problems, require_consistent
 from admin_api.unit_view import TreeNode, UnitOut, renderer
 from core.models import Unit
@@ -31,13 +31,13 @@ class UnitCreate(BaseModel):
     id: str = Field(pattern=SLUG)
     parent_id: str = Field(pattern=SLUG)
     kind: str = Field(pattern=KIND)
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=TEXT)
 
 
 class UnitPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=TEXT)
     kind: str | None = Field(default=None, pattern=KIND)
 
 

@@ -13,15 +13,29 @@ USD = 1_000_000
 async def make_changes(env: Env) -> None:
     uadmin, csadmin, hadmin = await env.login("uadmin"), await env.login("csadmin"), await env.login("hadmin")
     for response in [
-        await csadmin.put("/api/v1/units/cs101/budget", json={"cost": {"mode": "fixed", "amount": 250 * USD}}),
-        await csadmin.put("/api/v1/units/cs101/models", json={"models": ["llama-3.1-8b"], "default_model": "llama-3.1-8b"}),
-        await csadmin.post("/api/v1/units/ada-research/extras", json={"id": "nih-7", "amount": 40 * USD,
-                           "valid_from": "2026-01-01", "valid_to": "2026-12-31", "chargeback": "GR-7"}),
+        await csadmin.put(
+            "/api/v1/units/cs101/budget", json={"cost": {"mode": "fixed", "amount": 250 * USD}}
+        ),
+        await csadmin.put(
+            "/api/v1/units/cs101/models", json={"models": ["llama-3.1-8b"], "default_model": "llama-3.1-8b"}
+        ),
+        await csadmin.post(
+            "/api/v1/units/ada-research/extras",
+            json={
+                "id": "nih-7",
+                "amount": 40 * USD,
+                "valid_from": "2026-01-01",
+                "valid_to": "2026-12-31",
+                "chargeback": "GR-7",
+            },
+        ),
         await csadmin.put("/api/v1/units/cs101/members/s2", json={"role": "student"}),
         await csadmin.put("/api/v1/units/ada/admins/auditor/r1"),
         await hadmin.post("/api/v1/units", json={"id": "phil", "parent_id": "hum", "kind": "department"}),
-        await uadmin.put("/api/v1/providers/campus-vllm/models/tiny", json={"upstream": "tiny", "price": {
-                         "input_per_mtok": 1000, "output_per_mtok": 2000}}),
+        await uadmin.put(
+            "/api/v1/providers/campus-vllm/models/tiny",
+            json={"upstream": "tiny", "price": {"input_per_mtok": 1000, "output_per_mtok": 2000}},
+        ),
     ]:
         assert response.status_code in (200, 201), response.text
 
@@ -44,7 +58,9 @@ async def test_each_change_is_logged_with_before_and_after(env: Env) -> None:
     models = entries["models.update"]
     assert models["before"]["models"] == ["qwen2-vl-2b", "llama-3.1-8b", "gpt-4o-mini"]
     assert models["after"]["models"] == ["llama-3.1-8b"]
-    assert entries["extra.create"]["before"] is None and entries["extra.create"]["after"]["chargeback"] == "GR-7"
+    assert (
+        entries["extra.create"]["before"] is None and entries["extra.create"]["after"]["chargeback"] == "GR-7"
+    )
     assert entries["member.add"]["after"] == {"institution_id": env.inst, "unit_id": "cs101", "user_id": "s2",
                                               "role": "student", "source": "api"}  # fmt: skip
     assert entries["scope.grant"]["target"] == f"admin_scope:{env.inst}/ada/r1/auditor"

@@ -12,7 +12,10 @@ from tests.admin_api.conftest import Env
 from tests.admin_api.helpers import audit_entries, get_row
 
 USD = 1_000_000
-PERCENT_50 = {"cost": {"mode": "percent", "percent": "50"}, "member_cap": {"cost": {"mode": "fixed", "amount": 20 * USD}}}
+PERCENT_50 = {
+    "cost": {"mode": "percent", "percent": "50"},
+    "member_cap": {"cost": {"mode": "fixed", "amount": 20 * USD}},
+}
 
 
 @pytest.fixture
@@ -71,7 +74,9 @@ async def test_the_new_cap_binds_the_next_request(env: Env, replica: QuotaEngine
     admin = await env.login("uadmin")
     # ada-research: fixed 500 plus the 250 grant; lower it to 100 and ask for 120 with no extras left
     await admin.delete("/api/v1/units/ada-research/extras/nsf-123")
-    await admin.put("/api/v1/units/ada-research/budget", json={"cost": {"mode": "fixed", "amount": 100 * USD}})
+    await admin.put(
+        "/api/v1/units/ada-research/budget", json={"cost": {"mode": "fixed", "amount": 100 * USD}}
+    )
     price = 1_000_000 * USD  # 1 USD per token: 120 output tokens cost 120 USD
     refused = await replica.reserve(env.inst, "ada-research", "r1", input_tokens=0, max_output_tokens=120,
                                     price_in=0, price_out=price, min_output_tokens=120)  # fmt: skip
@@ -85,7 +90,10 @@ async def test_the_new_cap_binds_the_next_request(env: Env, replica: QuotaEngine
 async def test_raising_the_root_cap_moves_percent_children(env: Env) -> None:
     """Worked example row 7: stateu raised to 20000, eng (40%) becomes 8000 at once."""
     admin = await env.login("uadmin")
-    saved = await admin.put("/api/v1/units/stateu/budget", json={"period": "month", "cost": {"mode": "fixed", "amount": 20_000 * USD}})
+    saved = await admin.put(
+        "/api/v1/units/stateu/budget",
+        json={"period": "month", "cost": {"mode": "fixed", "amount": 20_000 * USD}},
+    )
     assert saved.status_code == 200, saved.text
     caps = {u["unit_id"]: u["caps_after"]["cost"] for u in saved.json()["units"]}
     assert caps["eng"] == 8_000 * USD and caps["hum"] == 2_000 * USD and caps["cs"] == 1_000 * USD
@@ -99,11 +107,15 @@ async def test_preview_warns_of_over_allocation_and_caps_below_spend(env: Env, r
     assert isinstance(r, Reservation)
     await replica.settle(r, input_tokens=0, output_tokens=15)  # s1 spent 15 USD in cs101
     admin = await env.login("csadmin")
-    below = await admin.post("/api/v1/units/cs101/budget/preview", json={"cost": {"mode": "fixed", "amount": 10 * USD}})
+    below = await admin.post(
+        "/api/v1/units/cs101/budget/preview", json={"cost": {"mode": "fixed", "amount": 10 * USD}}
+    )
     assert [(w["code"], w["unit"], w["amount"]) for w in below.json()["warnings"]] == [
         ("cap_below_spend", "cs101", 15 * USD)
     ]
-    over = await admin.post("/api/v1/units/ada-teaching/budget/preview", json={"cost": {"mode": "percent", "percent": 10}})
+    over = await admin.post(
+        "/api/v1/units/ada-teaching/budget/preview", json={"cost": {"mode": "percent", "percent": 10}}
+    )
     assert [(w["code"], w["unit"], w["cap"], w["amount"]) for w in over.json()["warnings"]] == [
         ("over_allocated", "ada-teaching", 100 * USD, 200 * USD)
     ]
@@ -113,7 +125,9 @@ async def test_preview_warns_of_over_allocation_and_caps_below_spend(env: Env, r
 
 async def test_budgets_quota_cannot_honour_are_refused(env: Env) -> None:
     admin = await env.login("uadmin")
-    root_percent = await admin.put("/api/v1/units/stateu/budget", json={"cost": {"mode": "percent", "percent": 10}})
+    root_percent = await admin.put(
+        "/api/v1/units/stateu/budget", json={"cost": {"mode": "percent", "percent": 10}}
+    )
     assert root_percent.status_code == 422 and root_percent.json()["error"]["code"] == "budget_invalid"
     shape = await admin.put("/api/v1/units/cs/budget", json={"cost": {"mode": "fixed"}})
     assert shape.status_code == 422

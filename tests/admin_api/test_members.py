@@ -55,7 +55,12 @@ async def test_a_bad_file_lists_every_problem_and_writes_nothing(env: Env) -> No
     assert response.status_code == 422
     problems = [p["path"] for p in response.json()["error"]["details"]["problems"]]
     assert problems == ["line 3.user", "line 4.user", "line 5.role"]
-    assert await roster(env, "cs101") == {"prof-ada": "instructor", "s1": "student", "s3": "student", "ta1": "ta"}
+    assert await roster(env, "cs101") == {
+        "prof-ada": "instructor",
+        "s1": "student",
+        "s3": "student",
+        "ta1": "ta",
+    }
     no_header = await admin.post("/api/v1/units/cs101/members/import", content="s1,student\n",
                                  headers={"Content-Type": "text/csv"})  # fmt: skip
     assert no_header.status_code == 422
@@ -89,6 +94,13 @@ async def test_add_change_and_remove_one_member(env: Env) -> None:
     assert (await admin.delete("/api/v1/units/cs101/members/newbie")).status_code == 204
     assert await get_row(env, Membership, env.inst, "cs101", "newbie") is None
     actions = [e.action for e in await audit_entries(env)]
-    assert actions == ["user.create", "member.add", "member.update", "key.create", "key.delete", "member.remove"]
+    assert actions == [
+        "user.create",
+        "member.add",
+        "member.update",
+        "key.create",
+        "key.delete",
+        "member.remove",
+    ]
     removal = (await audit_entries(env, "member.remove"))[0]
     assert removal.before is not None and removal.before["role"] == "ta" and removal.after is None

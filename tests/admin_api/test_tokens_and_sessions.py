@@ -10,7 +10,9 @@ from tests.admin_api.helpers import get_row
 
 async def test_finance_token_reads_usage_and_nothing_else(env: Env) -> None:
     browser = await env.login("fin")
-    created = await browser.post("/api/v1/tokens", json={"name": "nightly export", "scopes": ["usage:read", "export:read"]})
+    created = await browser.post(
+        "/api/v1/tokens", json={"name": "nightly export", "scopes": ["usage:read", "export:read"]}
+    )
     assert created.status_code == 201, created.text
     token = created.json()["token"]
     assert token.startswith("pat-")
@@ -23,7 +25,9 @@ async def test_finance_token_reads_usage_and_nothing_else(env: Env) -> None:
     try:
         me = (await script.get("/api/v1/me")).json()
         assert me["authenticated_by"] == "pat" and me["token_scopes"] == ["export:read", "usage:read"]
-        assert (await script.get("/api/v1/explain", params={"unit": "cs101", "user": "s1"})).status_code == 200
+        assert (
+            await script.get("/api/v1/explain", params={"unit": "cs101", "user": "s1"})
+        ).status_code == 200
         tree = await script.get("/api/v1/units/tree")
         assert tree.status_code == 403 and tree.json()["error"]["code"] == "token_scope"
         minting = await script.post("/api/v1/tokens", json={"scopes": ["org:write"]})
@@ -51,7 +55,9 @@ async def test_token_writes_need_no_csrf_but_session_writes_do(env: Env) -> None
     cross_site = await browser.patch("/api/v1/units/cs", json={"name": "x"},
                                      headers={"X-CSRF-Token": csrf, "Origin": "https://evil.example"})  # fmt: skip
     assert cross_site.status_code == 403
-    ok = await browser.patch("/api/v1/units/cs", json={"name": "Computer Science"}, headers={"X-CSRF-Token": csrf})
+    ok = await browser.patch(
+        "/api/v1/units/cs", json={"name": "Computer Science"}, headers={"X-CSRF-Token": csrf}
+    )
     assert ok.status_code == 200
 
 

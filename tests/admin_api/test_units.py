@@ -40,7 +40,12 @@ async def test_create_rename_move_archive_a_unit(env: Env) -> None:
 
     actions = [(e.action, e.target) for e in await audit_entries(env)]
     target = f"unit:{env.inst}/cs201"
-    assert actions == [("unit.create", target), ("unit.update", target), ("unit.move", target), ("unit.archive", target)]
+    assert actions == [
+        ("unit.create", target),
+        ("unit.update", target),
+        ("unit.move", target),
+        ("unit.archive", target),
+    ]
 
 
 async def test_archiving_takes_the_subtree_and_refuses_the_root(env: Env) -> None:
@@ -77,7 +82,9 @@ async def test_unit_ids_are_unique_and_parents_must_be_live(env: Env) -> None:
     bad = await admin.post("/api/v1/units", json={"id": "has space", "parent_id": "cs", "kind": "course"})
     assert bad.status_code == 422 and bad.json()["error"]["details"]["problems"][0]["path"] == "body.id"
     await admin.post("/api/v1/units/cs102/archive")
-    under_archived = await admin.post("/api/v1/units", json={"id": "x1", "parent_id": "cs102", "kind": "course"})
+    under_archived = await admin.post(
+        "/api/v1/units", json={"id": "x1", "parent_id": "cs102", "kind": "course"}
+    )
     assert under_archived.status_code == 409
 
 

@@ -51,7 +51,10 @@ async def test_reports_of_a_course_and_of_oneself(env: Env, pg_url: str) -> None
     admin = await env.login("csadmin")
     report = await admin.get("/api/v1/units/cs101/usage", params={"group_by": ["user"]})
     assert report.status_code == 200, report.text
-    assert {r["keys"]["user"]: r["cost_micro"] for r in report.json()["rows"]} == {"s1": 3 * USD, "s3": 2 * USD}
+    assert {r["keys"]["user"]: r["cost_micro"] for r in report.json()["rows"]} == {
+        "s1": 3 * USD,
+        "s3": 2 * USD,
+    }
 
     teaching = await admin.get("/api/v1/units/ada-teaching/usage", params={"group_by": ["unit", "model"]})
     by_unit = {r["keys"]["unit"]: r["cost_micro"] for r in teaching.json()["rows"]}
@@ -63,7 +66,9 @@ async def test_reports_of_a_course_and_of_oneself(env: Env, pg_url: str) -> None
 
     student = await env.login("s1")
     mine = (await student.get("/api/v1/me/usage")).json()["rows"]
-    assert [(r["keys"]["user"], r["keys"]["unit"], r["cost_micro"]) for r in mine] == [("s1", "cs101", 3 * USD)]
+    assert [(r["keys"]["user"], r["keys"]["unit"], r["cost_micro"]) for r in mine] == [
+        ("s1", "cs101", 3 * USD)
+    ]
     assert (await student.get("/api/v1/units/cs101/usage")).status_code == 403
 
     backwards = await admin.get("/api/v1/units/cs101/usage", params={"start": "2026-11-10T00:00:00Z",
