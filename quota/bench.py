@@ -165,6 +165,7 @@ def run_bench(redis_url: str, seconds: float, concurrency: int, processes: int |
         "processes": procs,
         "concurrency_per_process": concurrency,
         "path_nodes": len(LEVELS) + 1,
+        "institution": inst,
     }
 
 

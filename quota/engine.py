@@ -107,6 +107,7 @@ class QuotaEngine:
         self._rid_seq = itertools.count()
         self._snaps: dict[str, Snapshot] = {}
         self._recovering: dict[str, asyncio.Future[None]] = {}
+        self._loading: dict[str, asyncio.Future[Snapshot]] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> QuotaEngine:
@@ -132,10 +133,34 @@ class QuotaEngine:
     # --- snapshot ----------------------------------------------------------------------
 
     async def snapshot(self, institution: str) -> Snapshot:
-        """The compiled institution as this process sees it (cached until invalidated)."""
+        """The compiled institution as this process sees it (cached until invalidated).
+
+        Concurrent callers of a cold cache share one read (a restarted replica
+        under load would otherwise open a connection per waiting request).
+        """
         snap = self._snaps.get(institution)
         if snap is not None:
             return snap
+        pending = self._loading.get(institution)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        self._loading[institution] = fut
+        try:
+            snap = await self._read_snapshot(institution)
+            fut.set_result(snap)
+            return snap
+        except BaseException as err:
+            if isinstance(err, Exception):
+                fut.set_exception(err)
+                fut.exception()  # waiters re-raise it; mark it retrieved
+            else:
+                fut.cancel()
+            raise
+        finally:
+            del self._loading[institution]
+
+    async def _read_snapshot(self, institution: str) -> Snapshot:
         for _ in range(3):
             token, raw = await self.redis.hmget(keys.cfg(institution), ["ver", "snap"])
             if token is not None and raw is not None:
@@ -147,6 +172,10 @@ class QuotaEngine:
 
     def invalidate(self, institution: str) -> None:
         self._snaps.pop(institution, None)
+
+    def cached_snapshot(self, institution: str) -> Snapshot | None:
+        """The snapshot this process holds now, if any (diagnostics: is this replica current?)."""
+        return self._snaps.get(institution)
 
     async def is_compiled(self, institution: str) -> bool:
         """Cheap check a replica can make before serving: the compile token exists."""

@@ -43,9 +43,14 @@ def inst(redis_url: str) -> Iterator[str]:
     wipe(redis_url, name)
 
 
+# Tests pass explicit instants (the worked example is in November 2026). Their reservations get
+# a deadline far ahead so that a real-time sweeper in another process never expires them.
+FAR_TTL = 100 * 365 * 86400.0
+
+
 @pytest.fixture
 async def engine(redis_url: str) -> AsyncIterator[QuotaEngine]:
-    e = QuotaEngine.from_url(redis_url)
+    e = QuotaEngine.from_url(redis_url, reservation_ttl=FAR_TTL)
     yield e
     await e.close()
 

@@ -61,14 +61,17 @@ from tests.quota.conftest import new_inst, wipe
 
 TTL = 3600.0
 XP_RETENTION = 2 * 86400.0
+# Simulated time runs years ahead of the wall clock, so a real-time sweeper of another process
+# sharing this Redis never finds these reservations past their (simulated) deadline.
+YEAR = datetime.now(UTC).year + 5
 SEMESTERS = (
-    Semester("fall-2026", date(2026, 8, 24), date(2026, 12, 18)),
-    Semester("spring-2027", date(2027, 1, 11), date(2027, 5, 7)),
+    Semester(f"fall-{YEAR}", date(YEAR, 8, 24), date(YEAR, 12, 18)),
+    Semester(f"spring-{YEAR + 1}", date(YEAR + 1, 1, 11), date(YEAR + 1, 5, 7)),
 )
 ZONES = ("UTC", "America/Chicago", "Europe/Berlin", "Asia/Tokyo")
 USERS = ("ann", "bo", "cy")
 PRICES = (0, 1, 333_333, 1_000_000, 2_500_000)
-START = datetime(2026, 8, 1, tzinfo=UTC)
+START = datetime(YEAR, 8, 1, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------- random trees
