@@ -411,15 +411,22 @@ class QuotaEngine:
                 await pipe.execute()
         return len(old)
 
-    async def run_sweeper(self, interval: float = 1.0, prune_every: float = 3600.0) -> None:
-        """Sweep every ``interval`` seconds until cancelled; prune old periods now and then."""
-        last_prune = 0.0
+    async def run_sweeper(
+        self, interval: float = 1.0, prune_every: float = 3600.0, institutions: Iterable[str] | None = None
+    ) -> None:
+        """Sweep every ``interval`` seconds until cancelled; prune old periods now and then.
+
+        ``institutions`` limits it to those (default: every institution ever compiled here).
+        """
+        only = None if institutions is None else list(institutions)
+        last_prune = time.monotonic()
         while True:
             try:
-                await self.sweep()
+                for inst in only if only is not None else [None]:
+                    await self.sweep(inst)
                 if time.monotonic() - last_prune > prune_every:
                     last_prune = time.monotonic()
-                    for inst in await self.institutions():
+                    for inst in only if only is not None else await self.institutions():
                         with contextlib.suppress(InstitutionNotLoaded):
                             await self.prune(inst)
             except asyncio.CancelledError:

@@ -70,7 +70,7 @@ async def test_sigkilled_replica_holds_are_released_after_the_deadline(
     assert not isinstance(blocked, Reservation) and blocked.available == 400
     assert await engine.sweep(inst) == 0  # not before its deadline
 
-    sweeper = asyncio.create_task(engine.run_sweeper(interval=0.1))
+    sweeper = asyncio.create_task(engine.run_sweeper(interval=0.1, institutions=[inst]))
     try:
         deadline = time.monotonic() + 15
         while await reserved_and_used(engine, inst) != (0, 0):
