@@ -82,7 +82,7 @@ const scenarios = {
       const original = await apiInPage(page, "GET", "/api/v1/units/cs101/budget");
       const cost = page.getByRole("group", { name: /^Cost/ });
       await cost.getByLabel("Mode").selectOption("percent");
-      await cost.getByLabel("Percent").fill("0.000001");
+      await cost.getByRole("textbox", { name: "Percent", exact: true }).fill("0.000001");
       const preview = page.getByTestId("budget-preview");
       await preview.waitFor();
       const row = preview.getByRole("row", { name: /cs101/ });

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,7 +95,7 @@ class Stack:
     state_dir: Path
     out_dir: Path
 
-    def run(self, scenario: str, **env: str) -> dict[str, object]:
+    def run(self, scenario: str, **env: str) -> dict[str, Any]:
         done = subprocess.run(
             ["node", "e2e/scenarios.mjs", scenario],
             cwd=FRONTEND,
@@ -106,7 +107,7 @@ class Stack:
         )  # fmt: skip
         if done.returncode != 0:
             raise AssertionError(f"{scenario} failed:\n{done.stderr}\n{done.stdout}")
-        result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(result, indent=2))
         return result
 

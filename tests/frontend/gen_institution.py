@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 
-def generate(units: int = 2000, students: int = 20000, inst_id: str = "bigu", seed: int = 7) -> dict[str, Any]:
+def generate(
+    units: int = 2000, students: int = 20000, inst_id: str = "bigu", seed: int = 7
+) -> dict[str, Any]:
     """The institution document; `units` counts every unit including the root."""
     rng = random.Random(seed)
     colleges, depts_per_college = 10, 10
-    fixed = 1 + colleges + colleges * depts_per_college + 2 * colleges * depts_per_college  # teaching + research
+    fixed = (
+        1 + colleges + colleges * depts_per_college + 2 * colleges * depts_per_college
+    )  # teaching + research
     courses_total = units - fixed
     if courses_total < colleges * depts_per_college:
         raise ValueError(f"need at least {fixed + colleges * depts_per_college} units")

@@ -46,7 +46,9 @@ def test_first_screen_of_a_2000_unit_institution(dashboard_stack: Stack) -> None
     done = subprocess.run([sys.executable, "-m", "cli", "org", "import", str(org)], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    out = dashboard_stack.run("first-screen-load", E2E_USER="inst-admin", E2E_INSTITUTION="bigu", E2E_RUNS="3")
+    out = dashboard_stack.run(
+        "first-screen-load", E2E_USER="inst-admin", E2E_INSTITUTION="bigu", E2E_RUNS="3"
+    )
     (dashboard_stack.out_dir / "first-screen.json").write_text(json.dumps(out, indent=2))
     assert "2,000 units" in str(out["placeholder"])
     assert all(r["tree_rendered_ms"] for r in out["runs"])

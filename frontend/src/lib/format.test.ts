@@ -8,6 +8,7 @@ describe("money", () => {
   });
   it("keeps sub-cent spend visible", () => {
     expect(money(1_234, "USD")).toBe("$0.0012");
+    expect(money(3, "USD")).toBe("$0.000003");
   });
 });
 

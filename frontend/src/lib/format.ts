@@ -7,8 +7,8 @@ export const MICRO = 1_000_000;
 
 const moneyFormats = new Map<string, Intl.NumberFormat>();
 
-function moneyFormat(currency: string, precise: boolean): Intl.NumberFormat {
-  const key = `${currency}:${precise}`;
+function moneyFormat(currency: string, precise: boolean, tiny = false): Intl.NumberFormat {
+  const key = `${currency}:${precise}:${tiny}`;
   let f = moneyFormats.get(key);
   if (!f) {
     try {
@@ -16,7 +16,7 @@ function moneyFormat(currency: string, precise: boolean): Intl.NumberFormat {
         style: "currency",
         currency,
         minimumFractionDigits: precise ? 2 : 0,
-        maximumFractionDigits: precise ? 4 : 2,
+        maximumFractionDigits: tiny ? 6 : precise ? 4 : 2,
       });
     } catch {
       f = new Intl.NumberFormat(undefined, { maximumFractionDigits: precise ? 4 : 2 });
@@ -31,7 +31,8 @@ export function money(micro: number | null | undefined, currency = "USD"): strin
   if (micro === null || micro === undefined) return "—";
   const units = micro / MICRO;
   const precise = Math.abs(units) < 10 && units !== Math.trunc(units);
-  return moneyFormat(currency, precise).format(units);
+  const tiny = units !== 0 && Math.abs(units) < 0.001;
+  return moneyFormat(currency, precise, tiny).format(units);
 }
 
 const compact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });

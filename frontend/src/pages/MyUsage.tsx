@@ -16,6 +16,7 @@ export function MyUsage() {
           r.rows.length === 0 ? (
             <p className="muted">No requests yet this month.</p>
           ) : (
+            <div className="table-wrap">
             <table className="table">
               <thead>
                 <tr>
@@ -38,6 +39,7 @@ export function MyUsage() {
                 ))}
               </tbody>
             </table>
+            </div>
           )
         }
       </QueryState>
