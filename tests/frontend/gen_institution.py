@@ -31,18 +31,18 @@ def generate(
         raise ValueError(f"need at least {fixed + colleges * depts_per_college} units")
     users: list[dict[str, str]] = []
     course_ids: list[str] = []
-    college_nodes = []
+    college_nodes: list[dict[str, Any]] = []
     admin_users = ["inst-admin", "inst-finance"]
     course_no = 0
     for c in range(colleges):
-        dept_nodes = []
+        dept_nodes: list[dict[str, Any]] = []
         for d in range(depts_per_college):
             dept_index = c * depts_per_college + d
             left = courses_total - course_no
             depts_left = colleges * depts_per_college - dept_index
             n_courses = left // depts_left
             dept_id = f"c{c:02d}-d{d:02d}"
-            courses = []
+            courses: list[dict[str, Any]] = []
             for _ in range(n_courses):
                 cid = f"{dept_id}-k{course_no:04d}"
                 course_ids.append(cid)
@@ -74,9 +74,9 @@ def generate(
                       "sso_subject": f"{uid}@{inst_id}.example"})  # fmt: skip
         for cid in rng.sample(course_ids, k=rng.choice([1, 2, 2, 3])):
             members[cid].append({"user": uid, "role": "student"})
-    for c in college_nodes:
-        for d in c["children"]:
-            for course in d["children"][0]["children"]:
+    for college in college_nodes:
+        for dept in college["children"]:
+            for course in dept["children"][0]["children"]:
                 course["members"] = members[course["id"]]
     for uid in admin_users:
         users.append({"id": uid, "email": f"{uid}@{inst_id}.example", "name": uid.replace("-", " ").title(),
