@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from admin_api.errors import install_error_handlers
+from admin_api.errors import ERROR_RESPONSES, install_error_handlers
 from admin_api.routes import ROUTERS
 from admin_api.sso import (
     InstitutionSSO,
@@ -106,6 +106,6 @@ def create_app(
     app.state.eduaiq_admin = state
     install_error_handlers(app)
     for router in ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     mount_sso(app, sso_router)
     return app

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,6 +30,31 @@ _CODES = {
     415: "unsupported_media_type",
     422: "invalid",
     503: "unavailable",
+}
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    """Every refusal of the admin API."""
+
+    error: ErrorBody
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in {
+        400: "malformed request",
+        401: "not signed in, or the token is unknown, revoked or expired",
+        403: "the caller's roles or the token's scopes do not allow it",
+        404: "no such object in the caller's institution",
+        409: "conflicts with the current state",
+        422: "invalid values (each problem listed by its path)",
+    }.items()
 }
 
 
