@@ -51,7 +51,7 @@ class UsageRowOut(BaseModel):
 
 
 class UsageReportOut(BaseModel):
-    unit_id: str
+    unit_id: str | None  # None: the caller's own usage across their units
     start: datetime
     end: datetime
     group_by: list[str]
