@@ -7,14 +7,17 @@ institution) and works in one of two modes:
 - direct: take a batch from the queue, send it, wait for the acknowledgements;
   whatever was not acknowledged is appended to the spool, in order, and the
   producer switches to spooling.
-- spooling: every batch goes to the spool, so no event overtakes one spooled
-  before it; meanwhile the thread reconnects and replays the spool oldest first,
-  deleting rows only once acknowledged. When the spool is empty it goes direct.
+- spooling: while the broker is away every batch goes to the spool. Once it is
+  back, the spool is replayed oldest first (rows deleted only once acknowledged)
+  while newer events wait in memory behind it (spooled too if more than
+  `hold_max` pile up); when the spool is empty it goes direct. No event ever
+  overtakes an older one.
 
 A message can reach Kafka twice (acknowledged, but the ack was lost, then
 replayed); the ledger's unique event id makes that harmless. What is lost on a
-hard crash (SIGKILL) is only what sat in the in-memory queue, a few milliseconds
-of events; a clean shutdown (`close`) sends or spools everything.
+hard crash (SIGKILL) is only what sat in the in-memory queue: normally a few
+milliseconds of events, at most `hold_max` while catching up after an outage. A
+clean shutdown (`close`) sends or spools everything.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 
 Record = tuple[bytes | None, bytes]
 
+# Replay this long before looking at the queue again: long enough to move thousands of rows per turn.
+_REPLAY_BURST_SECONDS = 0.5
+
 
 @dataclass(frozen=True)
 class ProducerStats:
@@ -65,10 +71,12 @@ class UsageProducer:
         send_timeout: float = 5.0,
         retry_interval: float = 1.0,
         connect_timeout: float = 2.0,
+        hold_max: int = 20_000,
     ) -> None:
         self._settings = settings
         self._topic = topic or settings.kafka_topic
         self._batch_max = batch_max
+        self._hold_max = hold_max
         self._send_timeout = send_timeout
         self._retry_interval = retry_interval
         self._connect_timeout_ms = int(connect_timeout * 1000)
@@ -155,9 +163,17 @@ class UsageProducer:
         stopping = self._stopping.is_set()
         if not stopping and time.monotonic() >= self._next_attempt:
             self._replay_round()
+        catching_up = not stopping and not self._direct and self._producer is not None
+        if not self._carry and catching_up and self._queue.qsize() < self._hold_max:
+            # The broker is back and the spool is draining: newer events wait in memory behind it
+            # (written to disk only if too many pile up), so replay is not slowed by re-spooling them.
+            if self._next_attempt > time.monotonic():
+                self._stopping.wait(0.05)  # another process holds the replay lock
+            return True
         # A batch that failed half-way (a spool write error) is kept and retried, never dropped.
         if not self._carry:
-            self._carry = self._take(0.0 if stopping else 0.05)
+            limit = self._batch_max if self._direct else 10 * self._batch_max
+            self._carry = self._take(0.0 if stopping else 0.05, limit)
         if not self._carry:
             return not stopping
         batch = self._carry
@@ -171,13 +187,13 @@ class UsageProducer:
             self._cond.notify_all()
         return True
 
-    def _take(self, wait: float) -> list[UsageEvent]:
+    def _take(self, wait: float, limit: int) -> list[UsageEvent]:
         try:
             first = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
         except queue.Empty:
             return []
         batch = [first]
-        while len(batch) < self._batch_max:
+        while len(batch) < limit:
             try:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
@@ -249,7 +265,7 @@ class UsageProducer:
         }
 
     def _replay_round(self) -> None:
-        """Reconnect if needed, then move one chunk of the spool to Kafka; go direct once it is empty."""
+        """Reconnect if needed, then move the spool to Kafka for a while; go direct once it is empty."""
         if self._producer is None and not self._connect():
             self._next_attempt = time.monotonic() + self._retry_interval
             return
@@ -264,16 +280,20 @@ class UsageProducer:
             if not mine:
                 self._next_attempt = time.monotonic() + self._retry_interval
                 return
-            rows = self._spool.peek(self._batch_max)
-            acked = self._send([(key, payload) for _, key, payload in rows])
-            if acked:
-                self._spool.delete_through(rows[acked - 1][0])
-                with self._cond:
-                    self._replayed += acked
-            if acked < len(rows):
-                self._go_spooling()
-                return
-        # More to replay: come back at once (after spooling the next batch from the queue).
+            deadline = time.monotonic() + _REPLAY_BURST_SECONDS
+            while time.monotonic() < deadline:
+                rows = self._spool.peek(self._batch_max)
+                if not rows:
+                    break
+                acked = self._send([(key, payload) for _, key, payload in rows])
+                if acked:
+                    self._spool.delete_through(rows[acked - 1][0])
+                    with self._cond:
+                        self._replayed += acked
+                if acked < len(rows):
+                    self._go_spooling()
+                    return
+        # Come back at once: either to finish the spool or to notice it is empty and go direct.
         self._next_attempt = 0.0
 
 
