@@ -27,16 +27,26 @@ from typing import Any
 
 import pytest
 
+from cli.services.postgres import SUPERUSER
+
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = ROOT / "frontend"
 CHROMIUM = "/usr/bin/chromium"
-EMBEDDED_PORTS = (54320, 63790, 19092, 8001)  # what `eduaiq dev` starts its own servers on
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_run(n: int) -> int:
+    """The first of `n` consecutive free ports (`eduaiq dev --services-port-base` takes base..base+2)."""
+    for _ in range(200):
+        base = free_port()
+        if base + n < 65000 and not any(port_open(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no run of free ports")
 
 
 def port_open(port: int) -> bool:
@@ -94,6 +104,7 @@ class Stack:
     base: str  # the origin the browser uses (the server, or the one-origin helper in front of it)
     state_dir: Path
     out_dir: Path
+    services: dict[str, str]  # EDUAIQ_* URLs of the stack's embedded servers, for commands run beside it
 
     def run(self, scenario: str, **env: str) -> dict[str, Any]:
         done = subprocess.run(
@@ -129,11 +140,6 @@ def dashboard_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     if ensure_chromium() is None:
         pytest.skip("Chromium is absent and cannot be installed here (apt-get as root): no browser for e2e")
     ensure_frontend_built()
-    deadline = time.monotonic() + 120
-    while any(port_open(p) for p in EMBEDDED_PORTS) and time.monotonic() < deadline:
-        time.sleep(2)  # another `eduaiq dev` (its embedded servers use fixed ports) may be finishing
-    busy = [p for p in EMBEDDED_PORTS if port_open(p)]
-    assert not busy, f"ports {busy} are taken: another `eduaiq dev` is running; stop it first"
     state = tmp_path_factory.mktemp("eduaiq-dev")
     out = Path(os.environ.get("EDUAIQ_E2E_OUT", str(tmp_path_factory.mktemp("screenshots"))))
     port = free_port()
@@ -142,8 +148,10 @@ def dashboard_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     env = {**os.environ, "EDUAIQ_PUBLIC_BASE_URL": server}
     for name in ("EDUAIQ_DATABASE_URL", "EDUAIQ_REDIS_URL", "EDUAIQ_KAFKA_BOOTSTRAP"):
         env.pop(name, None)  # the quick start's own embedded servers
-    dev = subprocess.Popen([sys.executable, "-m", "cli", "dev", "--state-dir", str(state), "--port", str(port)],
-                           cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    services = free_port_run(3)
+    cmd = [sys.executable, "-m", "cli", "dev", "--state-dir", str(state), "--port", str(port),
+           "--services-port-base", str(services), "--demo-model-port", str(free_port())]  # fmt: skip
+    dev = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     helper: subprocess.Popen[bytes] | None = None
     try:
         wait_http(f"{server}/api/v1/healthz", 180, dev)
@@ -155,7 +163,12 @@ def dashboard_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
             base = f"http://127.0.0.1:{front}"
             wait_http(f"{base}/", 30, helper)
         print(f"e2e: server {server}, browser origin {base}, screenshots in {out}")
-        yield Stack(server, base, state, out)
+        urls = {
+            "EDUAIQ_DATABASE_URL": f"postgresql://{SUPERUSER}@127.0.0.1:{services}/eduaiq",
+            "EDUAIQ_REDIS_URL": f"redis://127.0.0.1:{services + 1}/0",
+            "EDUAIQ_KAFKA_BOOTSTRAP": f"127.0.0.1:{services + 2}",
+        }
+        yield Stack(server, base, state, out, urls)
     finally:
         if helper is not None:
             _stop(helper, 10)

@@ -8,6 +8,7 @@ Sign-in is the quick start's development login (`/auth/dev/login`), not an IdP.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,7 +45,7 @@ def test_first_screen_of_a_2000_unit_institution(dashboard_stack: Stack) -> None
     org = dashboard_stack.state_dir / "bigu.yaml"
     write(org, units=2000, students=20000, inst_id="bigu")
     done = subprocess.run([sys.executable, "-m", "cli", "org", "import", str(org)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+                          text=True, timeout=900, env={**os.environ, **dashboard_stack.services})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = dashboard_stack.run(
         "first-screen-load", E2E_USER="inst-admin", E2E_INSTITUTION="bigu", E2E_RUNS="3"
