@@ -44,7 +44,8 @@ T = TypeVar("T")
 
 # Errors after which the same write can succeed later: the server is away, restarting, or chose us as a
 # deadlock victim. Anything else about a row (a value out of range) will fail forever: dead-letter it.
-_ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
+# (psycopg2 raises a plain ValueError for a NUL character in a string, before the server sees it.)
+_ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError)
 
 
 @dataclass

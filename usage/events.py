@@ -34,7 +34,9 @@ Metric = Literal["cost", "tokens"]
 _TEACHING_KINDS = frozenset({"teaching", "course"})
 _RESEARCH_KINDS = frozenset({"research", "lab"})
 
-NonNegative = Annotated[int, Field(ge=0)]
+# Token counts and latency are 32-bit columns in the ledger; money is 64-bit.
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Money = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 def purpose_for(kinds_nearest_first: Iterable[str]) -> Purpose:
@@ -79,7 +81,7 @@ class ExtraPaid(BaseModel):
     extra_id: str = Field(min_length=1, max_length=128)
     unit_id: str = Field(min_length=1, max_length=128)
     metric: Metric = "cost"
-    amount: NonNegative
+    amount: Money
     chargeback: str | None = Field(default=None, max_length=128)
 
 
@@ -103,13 +105,13 @@ class UsageEvent(BaseModel):
     provider_id: str | None = None
     deployment_id: str | None = None
     model_id: str | None = Field(default=None, max_length=128)
-    input_tokens: NonNegative = 0
-    output_tokens: NonNegative = 0
-    image_tokens: NonNegative = 0
-    cached_tokens: NonNegative = 0
-    cost_micro: NonNegative = 0
-    overage_micro: NonNegative = 0
-    latency_ms: NonNegative = 0
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    image_tokens: Count = 0
+    cached_tokens: Count = 0
+    cost_micro: Money = 0
+    overage_micro: Money = 0
+    latency_ms: Count = 0
     status: Status
     binding_unit: str | None = None
     extras_paid: list[ExtraPaid] = Field(default_factory=list)
@@ -127,6 +129,10 @@ class UsageEvent(BaseModel):
             raise ValueError("ended_at is before started_at")
         if self.unit_id is not None and self.path and self.path[0] != self.unit_id:
             raise ValueError("path must start with the charged unit")
+        texts = [self.event_id, self.request_id, self.institution_id, self.user_id, self.key_id, self.unit_id,
+                 self.provider_id, self.deployment_id, self.model_id, self.binding_unit, *self.path]  # fmt: skip
+        if any(t is not None and "\x00" in t for t in texts):
+            raise ValueError("ids must not contain NUL characters (PostgreSQL text cannot hold them)")
         extras_cost = sum(x.amount for x in self.extras_paid if x.metric == "cost")
         if self.overage_micro + extras_cost > self.cost_micro:
             raise ValueError("overage and extras paid exceed the cost")

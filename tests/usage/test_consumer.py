@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import psycopg2
+from kafka import KafkaConsumer, KafkaProducer
 
 from core.settings import Settings
 from tests.usage.helpers import (
@@ -18,6 +19,9 @@ from tests.usage.helpers import (
     wait_for,
 )
 from usage import ledger
+from usage.consumer import ConsumerStats, LedgerWriter
+from usage.events import encode, kafka_key
+from usage.kafka_client import dead_letter_topic, ensure_topic
 from usage.producer import UsageProducer
 
 
@@ -140,3 +144,52 @@ def test_rows_keep_every_field_and_record_when_they_were_ingested(
     assert row[7] == e.started_at
     assert row[8] == e.ended_at
     assert row[9] >= row[8]
+
+
+def test_messages_that_can_never_be_stored_go_to_the_dead_letter_topic(
+    usage_settings: Settings, unique_id: str
+) -> None:
+    good = [make_event(unique_id, i) for i in range(50)]
+    v2 = encode(make_event(unique_id, 999)).replace(b'"schema_version":1', b'"schema_version":2')
+    ensure_topic(usage_settings)
+    raw = KafkaProducer(bootstrap_servers=usage_settings.kafka_bootstrap, enable_idempotence=True, acks="all")
+    for i, e in enumerate(good):
+        raw.send(usage_settings.kafka_topic, key=kafka_key(e), value=encode(e))
+        if i == 10:
+            raw.send(usage_settings.kafka_topic, key=unique_id.encode(), value=b"{not json")
+            raw.send(usage_settings.kafka_topic, key=unique_id.encode(), value=v2)
+    raw.flush()
+    raw.close()
+    url = usage_settings.database_url
+    with consumer_thread(usage_settings, f"g-{unique_id}") as stats:
+        wait_for(lambda: stats.received >= len(good) + 2, 60, "every message handled")
+    assert stats.dead_lettered == 2
+    assert ledger_count(url) == len(good)
+    assert rollup_totals_by_unit(url, "day") == expected_by_unit(good)
+    reader = KafkaConsumer(
+        dead_letter_topic(usage_settings.kafka_topic),
+        bootstrap_servers=usage_settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    dead = [(r.value, dict(r.headers)["error"].decode()) for r in reader]
+    reader.close()
+    assert [value for value, _ in dead] == [b"{not json", v2]
+    assert all(reason.startswith("BadEvent") for _, reason in dead)
+
+
+def test_rows_the_database_refuses_are_isolated_from_the_batch(
+    usage_settings: Settings, unique_id: str
+) -> None:
+    """Validation keeps such events out at the source; a writer must still never let one block the rest."""
+    good = [make_event(unique_id, i) for i in range(20)]
+    poison = make_event(unique_id, 99).model_copy(update={"input_tokens": 2**40})  # bypasses validation
+    writer = LedgerWriter(usage_settings.database_url, threading.Event(), ConsumerStats())
+    try:
+        inserted, refused = writer.write([*good[:10], poison, *good[10:]])
+    finally:
+        writer.close()
+    assert inserted == len(good)
+    assert [e.event_id for e, _ in refused] == [poison.event_id]
+    assert "NumericValueOutOfRange" in refused[0][1] or "out of range" in refused[0][1]
+    assert rollup_totals_by_unit(usage_settings.database_url, "hour") == expected_by_unit(good)

@@ -131,6 +131,8 @@ def test_split_of_the_cost_and_tokens() -> None:
         ({"cost_micro": -1}, "cost_micro"),
         ({"user_id": "x" * 129}, "user_id"),
         ({"event_id": "x" * 37}, "event_id"),
+        ({"input_tokens": 2**31}, "input_tokens"),
+        ({"model_id": "a\x00b"}, "NUL"),
     ],
 )
 def test_inconsistent_events_are_refused_at_the_source(overrides: dict, message: str) -> None:
