@@ -6,13 +6,17 @@ call it). Nothing connects at build time; the lifespan closes the pools.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
+from sqlalchemy import text
 
+from admin_api.dashboard import mount_dashboard
 from admin_api.errors import ERROR_RESPONSES, install_error_handlers
 from admin_api.routes import ROUTERS
 from admin_api.sso import (
@@ -30,6 +34,7 @@ from core.models import Institution
 from core.settings import Settings
 from quota import Loader, QuotaEngine
 from quota.sources import make_loader
+from usage.lag import wait_for_ledger
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,8 @@ def create_app(
         settings.redis_url,
         reservation_ttl=settings.reservation_ttl_seconds,
         min_output_tokens=settings.min_clamp_tokens,
-        loader=quota_loader or make_loader(engine),
+        loader=quota_loader
+        or make_loader(engine, lambda: asyncio.to_thread(wait_for_ledger, settings, 30.0)),
     )
     state = AdminState(settings, engine, session_factory(engine), redis, quota)
     sso_router = make_sso_router(
@@ -108,4 +114,29 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     mount_sso(app, sso_router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(redis.ping(), 2)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"down: {type(exc).__name__}"
+        try:
+            async with engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("select 1")), 2)
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = f"down: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
+        )
+
+    mount_dashboard(app)  # last: its catch-all must not shadow the API
     return app

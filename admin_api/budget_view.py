@@ -99,17 +99,20 @@ class BudgetNumbers:
         self.caps: Caps = resolve_caps(self.spec)
         self.member_caps: Caps = resolve_member_caps(self.spec, self.caps)
         self.units = self.spec.by_id()
+        self.kids = self.spec.children()
         self.calendar = calendar_of(self.spec)
+        # A unit's period is looked up for every unit and metric; resolve each once.
+        self.periods = {uid: self.spec.effective_period(uid) for uid in self.units}
 
     def used(self, unit_id: str, metric: Metric) -> tuple[int | None, int | None]:
         if not self.live.compiled:
             return None, None
-        key = window(self.spec.effective_period(unit_id), self.at, self.calendar).key
+        key = window(self.periods[unit_id], self.at, self.calendar).key
         return self.live.up.get((key, unit_id, metric), 0), self.live.res.get((key, unit_id, metric), 0)
 
     def view(self, unit_id: str) -> UnitBudgetView:
         unit = self.units[unit_id]
-        period = self.spec.effective_period(unit_id)
+        period = self.periods[unit_id]
         win = window(period, self.at, self.calendar)
         metrics: dict[str, MetricView] = {}
         for m in METRICS:
@@ -132,7 +135,7 @@ class BudgetNumbers:
 
     def warnings(self, unit_ids: list[str], archived: set[str]) -> list[BudgetWarning]:
         out: list[BudgetWarning] = []
-        kids = self.spec.children()
+        kids = self.kids
         for uid in unit_ids:
             for m in METRICS:
                 cap = self.caps[uid][m]

@@ -43,9 +43,9 @@ class UnitRenderer:
     numbers: BudgetNumbers
     effective: dict[str, tuple[str, ...]]
 
-    @property
-    def archived(self) -> set[str]:
-        return {u.id for u in self.tree.units.values() if u.archived}
+    def __post_init__(self) -> None:
+        # Once per request, not per unit: a 2,000-unit tree renders every unit.
+        self.archived: set[str] = {u.id for u in self.tree.units.values() if u.archived}
 
     def one(self, unit_id: str) -> UnitOut:
         u = self.tree.units[unit_id]

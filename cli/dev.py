@@ -95,6 +95,8 @@ def _services(stack: Stack, port_base: int | None) -> None:
         stack.children.append(start_kafka(stack.log_dir, port))
         os.environ["EDUAIQ_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
     os.environ["EDUAIQ_STATE_DIR"] = str(stack.state_dir)
+    # What browsers and API clients are told to use; the CSRF check compares origins against it.
+    os.environ.setdefault("EDUAIQ_PUBLIC_BASE_URL", f"http://{stack.host}:{stack.port}")
 
 
 def _refuse_taken(port: int, what: str) -> None:

@@ -9,28 +9,25 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.settings import Settings
-from gateway.app import PathNormaliser
+from gateway.app import GatewayApp, normalise_path
 from gateway.app import create_app as create_gateway
 
 _GATEWAY_PREFIXES = ("/v1", "/healthz", "/readyz", "/metrics")
 
 
 class OneOrigin:
-    def __init__(self, gateway: Any, admin: Any) -> None:
+    def __init__(self, gateway: GatewayApp, admin: Any) -> None:
         self.gateway = gateway
         self.admin = admin
-        self.gateway_entry: ASGIApp = PathNormaliser(self._route)
-
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        target = self.gateway if path.startswith(_GATEWAY_PREFIXES) else self.admin
-        await target(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
-        else:
-            await self.gateway_entry(scope, receive, send)
+            return
+        target: ASGIApp = self.admin
+        if scope["type"] == "http" and normalise_path(scope["path"]).startswith(_GATEWAY_PREFIXES):
+            target = self.gateway
+        await target(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start both apps' lifespans, stop them in reverse: the gateway flushes its events last."""
@@ -39,7 +36,7 @@ class OneOrigin:
         assert message["type"] == "lifespan.startup"
         try:
             await stack.enter_async_context(self.admin.router.lifespan_context(self.admin))
-            await stack.enter_async_context(self.gateway.router.lifespan_context(self.gateway))
+            await stack.enter_async_context(self.gateway.lifespan())
         except BaseException as exc:
             await stack.aclose()
             await send({"type": "lifespan.startup.failed", "message": str(exc)})

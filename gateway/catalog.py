@@ -9,7 +9,7 @@ a request sees either the old configuration or the new one, never a mix.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +17,12 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from core.models import BudgetRule, Extra, Institution, Membership, ModelOffer, Provider, Unit
+from core.models import BudgetRule, Extra, Institution, ModelOffer, Provider, Unit
 from providers.build import build_router
 from providers.policy import effective_models
 from providers.router import Router
 from quota.model import InstitutionSpec
-from quota.sources import spec_from_rows
+from quota.sources import member_counts, spec_from_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +91,12 @@ async def load_institution(
         offers[o.provider_id].append(o)
     configs = [p.to_config(offers[p.id], default_prices=True) for p in providers]
     catalogue = tuple(dict.fromkeys(o.id for p in providers for o in offers[p.id]))
-    members = Counter(m.unit_id for m in await _rows(session, Membership, inst_id))
     spec = spec_from_rows(
         inst,
         units,
         await _rows(session, BudgetRule, inst_id),
         await _rows(session, Extra, inst_id),
-        dict(members),
+        await member_counts(session, inst_id),
     )
     router = build_router(configs, currency=inst.currency, session=http)
     chargebacks = {x.id: x.chargeback for u in spec.units for x in u.extras}

@@ -12,12 +12,12 @@ replays into exactly the counters it once changed. The caller passes
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.models import BudgetRule, Extra, Institution, Membership, Unit
@@ -83,14 +83,24 @@ async def load_spec(session: AsyncSession, inst_id: str) -> InstitutionSpec:
         stmt = select(table).where(table.institution_id == inst_id)
         return list((await session.execute(stmt)).scalars().all())
 
-    members = await rows(Membership)
     return spec_from_rows(
         inst,
         await rows(Unit),
         await rows(BudgetRule),
         await rows(Extra),
-        dict(Counter(m.unit_id for m in members)),
+        await member_counts(session, inst_id),
     )
+
+
+async def member_counts(session: AsyncSession, inst_id: str) -> dict[str, int]:
+    """Members per unit (the fair-share divisor), counted by PostgreSQL: an institution has tens of
+    thousands of memberships and none of them is needed as an object here."""
+    stmt = (
+        select(Membership.unit_id, func.count())  # type: ignore[call-overload]
+        .where(Membership.institution_id == inst_id)
+        .group_by(Membership.unit_id)
+    )
+    return {unit: int(n) for unit, n in (await session.execute(stmt)).all()}
 
 
 def charge_from_json(doc: dict[str, Any]) -> Charge:
@@ -116,7 +126,7 @@ def earliest_open_window(spec: InstitutionSpec, now: datetime) -> datetime | Non
 
 
 def make_loader(
-    engine: AsyncEngine, before_read: Callable[[], Awaitable[None]] | None = None
+    engine: AsyncEngine, before_read: Callable[[], Awaitable[object]] | None = None
 ) -> Callable[[str], Awaitable[tuple[InstitutionSpec, Iterable[Charge]]]]:
     async def load(institution: str) -> tuple[InstitutionSpec, Iterable[Charge]]:
         if before_read is not None:
