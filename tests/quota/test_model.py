@@ -341,7 +341,7 @@ class QuotaMachine(RuleBasedStateMachine):
         self.ready = True
 
     # -- requests ------------------------------------------------------------------------
-    def _reserve(self, data: st.DataObject) -> None:
+    def _draw_request(self, data: st.DataObject) -> tuple[str, str, dict[str, int]]:
         unit = data.draw(st.sampled_from([u.id for u in self.ref.spec.units]))
         user = data.draw(st.sampled_from(USERS))
         req = {
@@ -351,10 +351,15 @@ class QuotaMachine(RuleBasedStateMachine):
             "pout": data.draw(st.sampled_from(PRICES)),
             "nmin": data.draw(st.integers(0, 8)),
         }
-        got = self.run(
-            self.a.reserve(self.inst, unit, user, input_tokens=req["tin"], max_output_tokens=req["nout"],
-                           price_in=req["pin"], price_out=req["pout"], min_output_tokens=req["nmin"], now=self.now())
+        return unit, user, req
+
+    async def _engine_reserve(self, unit: str, user: str, req: dict[str, int]) -> Reservation | Refusal:
+        return await self.a.reserve(
+            self.inst, unit, user, input_tokens=req["tin"], max_output_tokens=req["nout"], price_in=req["pin"],
+            price_out=req["pout"], min_output_tokens=req["nmin"], now=self.now(),
         )  # fmt: skip
+
+    def _check_reserve(self, unit: str, user: str, req: dict[str, int], got: Reservation | Refusal) -> None:
         rid = got.id if isinstance(got, Reservation) else "-"
         expected = self.ref.reserve(rid, unit, user, req, int(self.now() * 1000))
         d, nodes, wins = expected[0], expected[1], expected[2]
@@ -362,11 +367,8 @@ class QuotaMachine(RuleBasedStateMachine):
             assert isinstance(got, Refusal), (got, d)
             idx = d.index
             assert (got.binding_node, got.metric, got.needed, got.available) == (
-                nodes[idx],
-                d.metric,
-                d.needed,
-                d.available,
-            )
+                nodes[idx], d.metric, d.needed, d.available,
+            )  # fmt: skip
             assert got.resets_at == wins[idx].end
             assert got.is_member_cap == (idx == 0)
             return
@@ -381,6 +383,27 @@ class QuotaMachine(RuleBasedStateMachine):
         self.rids.append(rid)
         self.reservations[rid] = got
 
+    def _reserve(self, data: st.DataObject) -> None:
+        unit, user, req = self._draw_request(data)
+        self._check_reserve(unit, user, req, self.run(self._engine_reserve(unit, user, req)))
+
+    def _draw_usage(self, data: st.DataObject, rid: str) -> tuple[int, int]:
+        r = self.reservations[rid]
+        tin = data.draw(st.integers(0, 18))
+        tout = data.draw(st.one_of(st.integers(0, r.output_tokens), st.integers(0, r.output_tokens + 10)))
+        return tin, tout
+
+    def _check_settle(self, rid: str, tin: int, tout: int, s: Any) -> None:
+        r = self.reservations[rid]
+        status, charge, funded = self.ref.settle(rid, tin, tout)
+        assert s.status == status, (s, status)
+        assert s.charge == charge
+        if charge is not None:
+            self.charges.append(charge)
+            assert dict(s.charged) == funded
+            actual = {"cost": cost_of(tin, tout, r.price_in, r.price_out), "tokens": tin + tout}
+            assert dict(s.overage) == {m: actual[m] - funded[m] for m in METRICS}
+
     @precondition(lambda self: self.ready)
     @rule(data=st.data())
     def reserve(self, data: st.DataObject) -> None:
@@ -390,18 +413,50 @@ class QuotaMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def settle(self, data: st.DataObject) -> None:
         rid = data.draw(st.sampled_from(self.rids))
-        r = self.reservations[rid]
-        tin = data.draw(st.integers(0, 18))
-        tout = data.draw(st.one_of(st.integers(0, r.output_tokens), st.integers(0, r.output_tokens + 10)))
-        s = self.run(self.a.settle(r, tin, tout))
-        status, charge, funded = self.ref.settle(rid, tin, tout)
-        assert s.status == status, (s, status)
-        assert s.charge == charge
-        if charge is not None:
-            self.charges.append(charge)
-            assert dict(s.charged) == funded
-            actual = {"cost": cost_of(tin, tout, r.price_in, r.price_out), "tokens": tin + tout}
-            assert dict(s.overage) == {m: actual[m] - funded[m] for m in METRICS}
+        tin, tout = self._draw_usage(data, rid)
+        self._check_settle(rid, tin, tout, self.run(self.a.settle(self.reservations[rid], tin, tout)))
+
+    @precondition(lambda self: self.ready)
+    @rule(data=st.data())
+    def burst(self, data: st.DataObject) -> None:
+        """Several requests at once: one batch (one script call) that applies them in order.
+
+        The snapshot is refreshed first: a reserve that finds it stale retries in a later
+        batch, after the rest of the burst, which would reorder the burst (the single-step
+        rules exercise that path).
+        """
+        self.a.invalidate(self.inst)
+        self.run(self.a.snapshot(self.inst))
+        plan: list[tuple[str, Any]] = []
+        used: set[str] = set()
+        for _ in range(data.draw(st.integers(2, 8))):
+            free = [rid for rid in self.rids if rid not in used]
+            kind = data.draw(st.sampled_from(["reserve", "settle", "release"] if free else ["reserve"]))
+            if kind == "reserve":
+                plan.append((kind, self._draw_request(data)))
+            else:
+                rid = data.draw(st.sampled_from(free))
+                used.add(rid)
+                plan.append((kind, (rid, self._draw_usage(data, rid))))
+
+        async def go() -> list[Any]:
+            calls = []
+            for kind, args in plan:
+                if kind == "reserve":
+                    calls.append(self._engine_reserve(*args))
+                elif kind == "settle":
+                    calls.append(self.a.settle(self.reservations[args[0]], *args[1]))
+                else:
+                    calls.append(self.a.release(self.reservations[args[0]]))
+            return list(await asyncio.gather(*calls))
+
+        for (kind, args), got in zip(plan, self.run(go()), strict=True):
+            if kind == "reserve":
+                self._check_reserve(*args, got)
+            elif kind == "settle":
+                self._check_settle(args[0], *args[1], got)
+            else:
+                assert got == self.ref.release(args[0])
 
     @precondition(lambda self: self.ready and self.rids)
     @rule(data=st.data())
