@@ -30,15 +30,29 @@ from quota.resp import bulk, bulks
 
 
 class Op:
-    """One packed operation: its RESP arguments, how many, and the period keys it touches."""
+    """One operation: its own RESP arguments, the unit path it names (shared, sent once per
+    batch) with its member node, and the period keys it touches (to declare their hashes)."""
 
-    __slots__ = ("fut", "inst", "nargs", "packed", "pkeys")
+    __slots__ = ("fut", "head", "inst", "member", "nhead", "path", "path_nargs", "pkeys")
 
-    def __init__(self, inst: str, nargs: int, packed: bytes, pkeys: Sequence[str], fut: asyncio.Future[Any]):
+    def __init__(
+        self,
+        inst: str,
+        nhead: int,
+        head: bytes,
+        pkeys: Sequence[str],
+        path: bytes | None,
+        path_nargs: int,
+        member: bytes,
+        fut: asyncio.Future[Any],
+    ) -> None:
         self.inst = inst
-        self.nargs = nargs
-        self.packed = packed
+        self.nhead = nhead
+        self.head = head
         self.pkeys = pkeys
+        self.path = path
+        self.path_nargs = path_nargs
+        self.member = member
         self.fut = fut
 
 
@@ -54,11 +68,22 @@ class OpBatcher:
         self._script = scripts.script("ops")
         self._head = bulk("EVALSHA") + bulk(self._script.sha)
 
-    def submit(self, inst: str, nargs: int, packed: bytes, pkeys: Sequence[str]) -> asyncio.Future[Any]:
-        """Queue one packed operation; the future resolves to its reply (or the batch's error)."""
+    def submit(
+        self,
+        inst: str,
+        nhead: int,
+        head: bytes,
+        pkeys: Sequence[str],
+        path: bytes | None = None,
+        path_nargs: int = 0,
+        member: bytes = b"",
+    ) -> asyncio.Future[Any]:
+        """Queue one operation (``head``: its ``nhead`` packed arguments; ``path``, when it has one,
+        a prepared unit path and ``member`` its member node, packed). The future resolves to its
+        reply, or to the batch's error."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(Op(inst, nargs, packed, pkeys, fut))
+        self._queue.append(Op(inst, nhead, head, pkeys, path, path_nargs, member, fut))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -96,15 +121,32 @@ class OpBatcher:
                 if pk not in seen:
                     seen.add(pk)
                     names.append(keys.counters(inst, pk))
-        nargs = sum(op.nargs for op in ops)
+        paths: dict[bytes, int] = {}
+        path_parts: list[bytes] = []
+        op_parts: list[bytes] = []
+        nargs = 2  # the two counts
+        for op in ops:
+            op_parts.append(op.head)
+            nargs += op.nhead
+            if op.path is not None:
+                index = paths.get(op.path)
+                if index is None:
+                    index = paths[op.path] = len(paths) + 1
+                    path_parts.append(op.path)
+                    nargs += op.path_nargs
+                op_parts.append(bulk(index))
+                op_parts.append(op.member)
+                nargs += 2
         return b"".join(
             [
-                b"*%d\r\n" % (4 + len(names) + nargs),
+                b"*%d\r\n" % (3 + len(names) + nargs),
                 self._head,
                 bulk(len(names)),
                 bulks(names),
+                bulk(len(paths)),
+                *path_parts,
                 bulk(len(ops)),
-                *(op.packed for op in ops),
+                *op_parts,
             ]
         )
 

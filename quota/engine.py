@@ -76,9 +76,10 @@ def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _check_int(name: str, v: int) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+def _check_ints(**values: int) -> None:
+    for name, v in values.items():
+        if type(v) is not int or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
 
 
 class QuotaEngine:
@@ -126,9 +127,18 @@ class QuotaEngine:
         """Unique without a syscall: a random per-engine prefix and a counter."""
         return f"{self._rid_prefix}{next(self._rid_seq):x}"
 
-    async def _op(self, institution: str, nargs: int, packed: bytes, pkeys: tuple[str, ...]) -> Any:
-        reply = await self._batcher.submit(institution, nargs, packed, pkeys)
-        return reply
+    async def _op(
+        self,
+        institution: str,
+        nhead: int,
+        head: bytes,
+        pkeys: tuple[str, ...],
+        path: bytes | None = None,
+        path_nargs: int = 0,
+        member: str = "",
+    ) -> Any:
+        member_bulk = bulk(member) if path is not None else b""
+        return await self._batcher.submit(institution, nhead, head, pkeys, path, path_nargs, member_bulk)
 
     # --- snapshot ----------------------------------------------------------------------
 
@@ -228,14 +238,13 @@ class QuotaEngine:
         or release, or a :class:`Refusal` naming the binding unit.
         """
         nmin = self.min_output_tokens if min_output_tokens is None else min_output_tokens
-        for name, v in (
-            ("input_tokens", input_tokens),
-            ("max_output_tokens", max_output_tokens),
-            ("price_in", price_in),
-            ("price_out", price_out),
-            ("min_output_tokens", nmin),
-        ):
-            _check_int(name, v)
+        _check_ints(
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            price_in=price_in,
+            price_out=price_out,
+            min_output_tokens=nmin,
+        )
         if input_tokens * price_in + max_output_tokens * price_out > MAX_EXACT or (
             input_tokens + max_output_tokens > MAX_EXACT
         ):
@@ -247,9 +256,11 @@ class QuotaEngine:
             snap = await self.snapshot(institution)
             prep = snap.prepared(unit, now_ms)
             rid = self._new_id()
-            path_nargs, packed_path = prep.packed_path(user)
-            packed = b"".join((_R, bulk(snap.token), bulk(deadline_ms), bulk(rid), amounts, packed_path))
-            reply = await self._op(institution, 9 + path_nargs, packed, prep.pkeys)
+            head = b"".join((_R, bulk(snap.token), bulk(deadline_ms), bulk(rid), amounts))
+            member = keys.member_node(user, unit)
+            reply = await self._op(
+                institution, 9, head, prep.pkeys, prep.unit_packed, prep.unit_nargs, member
+            )
             status = _text(reply[0])
             if status == "OK":
                 nodes = prep.nodes(user)
@@ -275,8 +286,8 @@ class QuotaEngine:
                     path=nodes,
                     period_keys=prep.period_keys(),
                     pkeys=prep.pkeys,
-                    packed_path=packed_path,
-                    path_nargs=path_nargs,
+                    packed_path=prep.unit_packed,
+                    path_nargs=prep.unit_nargs,
                 )
             if status == "REFUSED":
                 return self._refusal(snap, prep.nodes(user), prep, reply, unit, user, request_id)
@@ -321,15 +332,14 @@ class QuotaEngine:
 
     async def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> Settlement:
         """Charge the provider's reported usage and drop the hold (stream or not, disconnect or not)."""
-        _check_int("input_tokens", input_tokens)
-        _check_int("output_tokens", output_tokens)
+        _check_ints(input_tokens=input_tokens, output_tokens=output_tokens)
         r = reservation
         cost = cost_of(input_tokens, output_tokens, r.price_in, r.price_out)
         tokens = input_tokens + output_tokens
         if input_tokens * r.price_in + output_tokens * r.price_out > MAX_EXACT or tokens > MAX_EXACT:
             raise ValueError("usage too large to compute exactly")
-        packed = b"".join((_S, bulks((r.id, cost, tokens)), r.packed_path))
-        reply = await self._op(r.institution, 4 + r.path_nargs, packed, r.pkeys)
+        head = _S + bulks((r.id, cost, tokens))
+        reply = await self._op(r.institution, 4, head, r.pkeys, r.packed_path, r.path_nargs, r.path[0])
         status = _text(reply[0])
         actual: dict[Metric, int] = {"cost": cost, "tokens": tokens}
         if status == "GONE":

@@ -16,14 +16,19 @@ Bulk = bytes | str | int
 
 def bulk(v: Bulk) -> bytes:
     """One RESP bulk string."""
-    if isinstance(v, bytes):
-        b = v
-    elif isinstance(v, str):
-        b = v.encode()
-    else:
+    b: bytes
+    if type(v) is int:
         b = b"%d" % v
+    elif type(v) is str:
+        b = v.encode()
+    elif isinstance(v, bytes):
+        b = v
+    elif isinstance(v, int):  # bool and other int subclasses: their number
+        b = b"%d" % int(v)
+    else:
+        b = str(v).encode()
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 def bulks(values: Iterable[Bulk]) -> bytes:
-    return b"".join(bulk(v) for v in values)
+    return b"".join([bulk(v) for v in values])

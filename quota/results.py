@@ -56,7 +56,7 @@ class Reservation:
     deadline: datetime
     path: tuple[str, ...]
     period_keys: tuple[str, ...]
-    # Opaque to callers: what settle and release send again (the path, RESP-encoded).
+    # Opaque to callers: the prepared unit path (RESP-encoded) settle sends again.
     pkeys: tuple[str, ...] = field(repr=False, default=())
     packed_path: bytes = field(repr=False, default=b"")
     path_nargs: int = field(repr=False, default=0)

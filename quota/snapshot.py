@@ -52,8 +52,9 @@ class UnitInfo:
 class PreparedPath:
     """Script arguments for one unit's path, valid for ``[valid_from_ms, valid_until_ms)``.
 
-    The unit part of the path is kept RESP-encoded (``unit_packed``); only the
-    member node, which depends on the user, is encoded per request.
+    The path is kept RESP-encoded (``unit_packed``, the PATH entry of lua/ops.lua: node count,
+    the member nodes' cap field and period key, then the unit nodes); a batch sends it once for
+    all its requests on this unit, each adding only its member node.
     """
 
     unit: str
@@ -65,19 +66,6 @@ class PreparedPath:
     unit_nargs: int
     valid_from_ms: int
     valid_until_ms: int
-
-    def packed_path(self, user: str) -> tuple[int, bytes]:
-        """(argument count, RESP bytes) of the whole path with the member node first."""
-        head = bulks(
-            (
-                len(self.units) + 1,
-                keys.member_node(user, self.unit),
-                keys.member_ref(self.unit),
-                self.windows[0].key,
-                0,
-            )
-        )
-        return 5 + self.unit_nargs, head + self.unit_packed
 
     def nodes(self, user: str) -> tuple[str, ...]:
         return (keys.member_node(user, self.unit), *self.units)
@@ -179,7 +167,7 @@ class Snapshot:
                 else:
                     lo = max(lo, end)
             eligible.append(tuple(ok))
-        args: list[str | int] = []
+        args: list[str | int] = [len(units) + 1, keys.member_ref(unit), windows[0].key]
         pkeys: list[str] = []
         for u, w, valid in zip(units, windows, eligible, strict=True):
             if w.key not in pkeys:

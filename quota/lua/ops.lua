@@ -5,13 +5,17 @@
 --
 -- KEYS: 1 cfg, 2 deadlines, 3 expired, 4 extras counters, 5 registry, 6 records,
 --       7.. the counter hash of every period key the operations name (all declared).
--- ARGV: 1 number of operations, then each operation:
---   'R' token deadline_ms reservation_id input_tokens max_output price_in price_out min_output PATH
---   'S' reservation_id actual_cost actual_tokens PATH     (PATH: the one it was reserved on)
---   'L' reservation_id                                    (release: undo the holds, charge nothing)
---   'X' reservation_id now_ms                             (expire, if its deadline <= now)
--- PATH: K, then per node (member first): node id, cfg cap field, period key, number of eligible
---   extras, their ids in spend order.
+-- ARGV: the unit paths of the batch, each once (many requests share one course's path):
+--   number of paths, then each: K (nodes, the member's included), the member nodes' cfg cap
+--   field and period key, then per unit node (unit first, root last): node id, cfg cap field,
+--   period key, number of eligible extras, their ids in spend order.
+-- Then the number of operations, and each operation:
+--   'R' token deadline_ms reservation_id input_tokens max_output price_in price_out min_output
+--       PATH MEMBER
+--   'S' reservation_id actual_cost actual_tokens PATH MEMBER  (the path it was reserved on)
+--   'L' reservation_id                                         (release: undo the holds)
+--   'X' reservation_id now_ms                                  (expire, if deadline <= now)
+-- PATH: the index of a path above; MEMBER: the member node's id, member(user,unit).
 -- Reply: one reply per operation, in order:
 --   R: {'OK', output tokens, clamped 0/1, cost held, tokens held, limiting node or -1, room left
 --       or -1 (cost), the same two for tokens} | {'REFUSED', metric, binding node, needed,
@@ -29,12 +33,15 @@ local CFG, DL, XP, XC, PK, RS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEY
 local KPFX = string.sub(CFG, 1, -4) .. 'k:' -- 'eq:{I}:cfg' -> 'eq:{I}:k:'
 
 -- ---- parse ------------------------------------------------------------------------------
+-- A path: k nodes; node 1 is the member node, whose id each operation brings (p.member);
+-- p.snid[i] holds the ids of the unit nodes (i >= 2). nid_of(p, i) reads either.
+local PATHS = {}
 local pos = 2
-local function parse_path()
+for q = 1, tonumber(ARGV[1]) do
   local k = tonumber(ARGV[pos])
-  pos = pos + 1
-  local nid, cref, pkey, xs, xids = {}, {}, {}, {}, EMPTY
-  for i = 1, k do
+  local nid, cref, pkey, xs, xids = {false}, {ARGV[pos + 1]}, {ARGV[pos + 2]}, {EMPTY}, EMPTY
+  pos = pos + 3
+  for i = 2, k do
     nid[i], cref[i], pkey[i] = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
     local nx = tonumber(ARGV[pos + 3])
     pos = pos + 4
@@ -43,37 +50,49 @@ local function parse_path()
     else
       if xids == EMPTY then xids = {} end
       local l = {}
-      for q = 1, nx do
-        l[q] = ARGV[pos]
+      for n = 1, nx do
+        l[n] = ARGV[pos]
         xids[#xids + 1] = ARGV[pos]
         pos = pos + 1
       end
       xs[i] = l
     end
   end
-  return {k = k, nid = nid, cref = cref, pkey = pkey, xs = xs, xids = xids}
+  PATHS[q] = {k = k, snid = nid, cref = cref, pkey = pkey, xs = xs, xids = xids}
+end
+
+local function nid_of(p, i)
+  if i == 1 then return p.member end
+  return p.snid[i]
+end
+
+local function op_path(index, member)
+  local sp = PATHS[tonumber(index)]
+  return {k = sp.k, snid = sp.snid, cref = sp.cref, pkey = sp.pkey, xs = sp.xs, xids = sp.xids, member = member,
+          shared = sp}
 end
 
 local ops = {}
-for o = 1, tonumber(ARGV[1]) do
+for o = 1, tonumber(ARGV[pos]) do
+  pos = pos + 1
   local t = ARGV[pos]
   local op = {t = t}
   if t == 'R' then
     op.token, op.deadline, op.rid = ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
     op.tin, op.nout = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
     op.pin, op.pout, op.nmin = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7]), tonumber(ARGV[pos + 8])
-    pos = pos + 9
-    op.p = parse_path()
+    op.p = op_path(ARGV[pos + 9], ARGV[pos + 10])
+    pos = pos + 10
   elseif t == 'S' then
     op.rid, op.cost, op.tokens = ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
-    pos = pos + 4
-    op.p = parse_path()
+    op.p = op_path(ARGV[pos + 4], ARGV[pos + 5])
+    pos = pos + 5
   elseif t == 'L' then
     op.rid = ARGV[pos + 1]
-    pos = pos + 2
+    pos = pos + 1
   elseif t == 'X' then
     op.rid, op.now = ARGV[pos + 1], tonumber(ARGV[pos + 2])
-    pos = pos + 3
+    pos = pos + 2
   else
     return redis.error_reply('ERR quota ops: unknown operation ' .. tostring(t))
   end
@@ -92,12 +111,17 @@ local function encode_record(p, plans)
       out[#out + 1] = string.format('%s %d %d', taken[q][1], taken[q][2], taken[q][3])
     end
   end
-  local path = {}
-  for i = 1, p.k do
-    path[#path + 1] = p.pkey[i]
-    path[#path + 1] = p.nid[i]
+  local tail = p.shared.tail
+  if not tail then -- the unit nodes' part is the same for every request on this path
+    local path = {}
+    for i = 2, p.k do
+      path[#path + 1] = p.pkey[i]
+      path[#path + 1] = p.snid[i]
+    end
+    tail = '\t' .. table.concat(path, '\t')
+    p.shared.tail = tail
   end
-  return table.concat(out, ' ') .. '\n' .. table.concat(path, '\t')
+  return table.concat(out, ' ') .. '\n' .. p.pkey[1] .. '\t' .. p.member .. tail
 end
 
 local function decode_holds(rec)
@@ -120,11 +144,12 @@ end
 local function decode_path(rec)
   local parts = {}
   for w in string.gmatch(string.match(rec, '\n(.*)$'), '[^\t]+') do parts[#parts + 1] = w end
-  local p = {k = 0, nid = {}, pkey = {}}
+  local p = {k = 0, snid = {}, pkey = {}}
   for i = 1, #parts, 2 do
     p.k = p.k + 1
-    p.pkey[p.k], p.nid[p.k] = parts[i], parts[i + 1]
+    p.pkey[p.k], p.snid[p.k] = parts[i], parts[i + 1]
   end
+  p.member = p.snid[1]
   return p
 end
 
@@ -171,22 +196,27 @@ local function wantc(f)
     clist[#clist + 1] = f
   end
 end
+for q = 1, #PATHS do
+  local p = PATHS[q]
+  wantc(p.cref[1])
+  for i = 2, p.k do
+    want(p.pkey[i], p.snid[i])
+    wantc(p.cref[i])
+  end
+  for n = 1, #p.xids do
+    wantx(p.xids[n])
+    wantc('$' .. p.xids[n])
+  end
+end
 for o = 1, #ops do
   local op = ops[o]
   local p = op.p
   if p then
-    for i = 1, p.k do
-      want(p.pkey[i], p.nid[i])
-      wantc(p.cref[i])
-    end
-    for q = 1, #p.xids do
-      wantx(p.xids[q])
-      wantc('$' .. p.xids[q])
-    end
+    want(p.pkey[1], p.member)
   elseif REC[op.rid] then
     op.rp = decode_path(REC[op.rid])
     op.holds = decode_holds(REC[op.rid])
-    for i = 1, op.rp.k do want(op.rp.pkey[i], op.rp.nid[i]) end
+    for i = 1, op.rp.k do want(op.rp.pkey[i], nid_of(op.rp, i)) end
     for mi = 1, 2 do
       for _, tk in ipairs(op.holds[mi][2]) do wantx(tk[1]) end
     end
@@ -229,7 +259,7 @@ local DIRTY, DIRTYX = {}, {}
 local function attach(p)
   -- p.cell[i]: the in-memory counters of node i (4 numbers), shared by every op touching it
   p.cell = {}
-  for i = 1, p.k do p.cell[i] = C[p.pkey[i]][p.nid[i]] end
+  for i = 1, p.k do p.cell[i] = C[p.pkey[i]][nid_of(p, i)] end
 end
 for o = 1, #ops do
   if ops[o].p then attach(ops[o].p) end
@@ -290,7 +320,7 @@ local function apply(p, mi, s, a, taken, sign)
       d = {}
       DIRTY[p.pkey[i]] = d
     end
-    d[p.nid[i]] = true
+    d[nid_of(p, i)] = true
   end
   for q = 1, #taken do
     local e, j, x = taken[q][1], taken[q][2], taken[q][3]
