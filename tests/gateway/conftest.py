@@ -13,7 +13,7 @@ def _narrow_research(doc: dict[str, Any]) -> None:
     research = doc["units"][0]["children"][0]["children"][0]["children"][0]["children"][1]
     assert research["id"] == "turing-research"
     research["models"] = ["demo-chat"]
-    doc["providers"][0]["timeouts"] = {"connect": 2, "first_byte": 2, "read": 30}
+    doc["providers"][0]["timeouts"] = {"connect": 2, "first_byte": 2, "read": 3}
 
 
 @pytest.fixture(scope="module")
