@@ -9,7 +9,8 @@ Public API for the gateway and the admin side (everything else is internal)::
                                   min_output_tokens=settings.min_clamp_tokens,
                                   loader=load_spec_and_charges)   # optional, see below
 
-    # request path (one EVALSHA each)
+    # request path: one atomic script step each (operations issued in the same event-loop
+    # turn share one EVALSHA per institution: quota/batching.py)
     r = await engine.reserve(institution, unit, user,
                              input_tokens=prompt_upper_bound, max_output_tokens=max_tokens,
                              price_in=model.input_per_mtok, price_out=model.output_per_mtok,
@@ -32,6 +33,9 @@ Public API for the gateway and the admin side (everything else is internal)::
     await engine.rebuild(spec, recompute_counters(ledger_charges), force=True)
     drifts = await engine.drift(institution, recompute_counters(ledger_charges))
     await engine.is_compiled(institution)          # cheap "Redis lost its data?" check
+    up, reserved, extras_used = await engine.redis_counters(institution)  # raw counters
+    await engine.sweep(institution); await engine.prune(institution)     # upkeep, by hand
+    await engine.close()                           # also closes the Redis client it was given
 
 ``loader(institution) -> (InstitutionSpec, Iterable[Charge])`` is an async
 callable the lead wires to PostgreSQL: when a reserve finds Redis emptied
@@ -42,11 +46,15 @@ Modules: ``model`` (plain dataclasses of the tree), ``caps`` (resolve
 percent/inherit/fair share), ``periods`` (windows in the institution's zone),
 ``waterfall`` (the reference model of spec sections 5-6, pure), ``lua/``
 (the same rules as Redis scripts), ``compile`` (tree -> Redis + pub/sub),
-``snapshot`` (per-process compiled view and prepared paths), ``engine``
-(the Redis adapter), ``explain``, ``rebuild`` (ledger -> counters, drift),
-``bench`` (``python -m quota.bench``).
+``snapshot`` (per-process compiled view and prepared paths), ``batching`` and
+``resp`` (auto-pipelined transport), ``keys`` (every Redis name), ``results``
+(what the engine returns), ``engine`` (the Redis adapter), ``explain``,
+``rebuild`` (ledger -> counters, drift), ``jobs`` (scheduler hooks), ``bench``
+(``python -m quota.bench``); ``sources`` (PostgreSQL -> specs and charges) is
+the lead's. The choices made where the spec is silent: ``quota/SEMANTICS.md``.
 """
 
+from quota import keys
 from quota.engine import InstitutionNotLoaded, Loader, QuotaEngine
 from quota.explain import Explanation, ExtraReport, MetricReport, NodeReport
 from quota.model import (
@@ -88,6 +96,7 @@ __all__ = [
     "Settlement",
     "SpecError",
     "UnitSpec",
+    "keys",
     "recompute_counters",
     "spec_from_org",
 ]
