@@ -1,7 +1,10 @@
 """QuotaEngine: the Redis adapter of the budget rules (one object per process).
 
 Hot path: :meth:`QuotaEngine.reserve` and :meth:`QuotaEngine.settle` are one
-EVALSHA each, sent through an auto-pipelining batcher. The path, its period
+atomic step each in ``lua/ops.lua``; the operations a process issues in one
+event-loop turn travel together (one EVALSHA per institution, see
+quota/batching.py), so a request costs at most one script call and one
+round trip, shared with its neighbours. The path, its period
 keys and the eligible extras come from a compiled snapshot cached in this
 process; caps and counters are read inside the script, from Redis, never from
 PostgreSQL. The script checks the snapshot's compile token, so a budget edit
