@@ -9,19 +9,14 @@ client in the same shape once `mount_sso` has installed `sso_error_handler`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from admin_api.errors import ApiError
 
-class SSOError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or {}
+
+class SSOError(ApiError):
+    """A refused sign-in: the admin API's error, answered with `Cache-Control: no-store` (see below)."""
 
 
 def error_response(exc: SSOError) -> JSONResponse:
