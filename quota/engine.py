@@ -241,6 +241,8 @@ class QuotaEngine:
         or release, or a :class:`Refusal` naming the binding unit.
         """
         nmin = self.min_output_tokens if min_output_tokens is None else min_output_tokens
+        if not user.isprintable():  # the id goes into tab- and line-separated hold records
+            raise ValueError(f"user id {user!r} has control characters")
         _check_ints(
             input_tokens=input_tokens,
             max_output_tokens=max_output_tokens,

@@ -170,18 +170,20 @@ if #rids > 0 then
   end
 end
 
-local need, needx, needc = {}, {}, {}
+local needset, needlist, needx, needc = {}, {}, {}, {}
 local pkeys, xlist, clist = {}, {}, {'ver'}
 local function want(pkey, nid)
-  local s = need[pkey]
+  local s = needset[pkey]
   if not s then
-    s = {list = {}}
-    need[pkey] = s
+    s = {}
+    needset[pkey] = s
+    needlist[pkey] = {}
     pkeys[#pkeys + 1] = pkey
   end
   if not s[nid] then
     s[nid] = true
-    s.list[#s.list + 1] = nid
+    local l = needlist[pkey]
+    l[#l + 1] = nid
   end
 end
 local function wantx(e)
@@ -233,7 +235,7 @@ end
 
 local C, FRESH = {}, {}
 for _, pkey in ipairs(pkeys) do
-  local list = need[pkey].list
+  local list = needlist[pkey]
   local f = {'_'}
   for q = 1, #list do f[q + 1] = list[q] end
   local v = hmget(KPFX .. pkey, f)
@@ -506,7 +508,7 @@ for _, pkey in ipairs(pkeys) do
       redis.call('SADD', PK, KPFX .. pkey)
     end
     local cells = C[pkey]
-    for _, nid in ipairs(need[pkey].list) do
+    for _, nid in ipairs(needlist[pkey]) do
       if d[nid] then
         local c = cells[nid]
         f[#f + 1] = nid

@@ -323,3 +323,30 @@ async def test_input_validation(engine: QuotaEngine, inst: str) -> None:
         await engine.reserve(
             inst, "nope", "ann", input_tokens=1, max_output_tokens=1, price_in=0, price_out=0
         )
+
+
+async def test_ids_that_look_like_internal_names(engine: QuotaEngine, inst: str) -> None:
+    units = (
+        UnitSpec(id="ver", parent=None, rules={"cost": Rule.fixed(100)}),
+        UnitSpec(id="list", parent="ver", rules={"cost": Rule.fixed(50)}),
+        UnitSpec(id="snap", parent="list", member_cap={"cost": MemberCap.fixed(30)}),
+    )
+    await engine.compile(InstitutionSpec(id=inst, units=units))
+    reservations = await asyncio.gather(
+        *(engine.reserve(inst, "snap", user, input_tokens=20, max_output_tokens=0, price_in=MICRO, price_out=0,
+                         min_output_tokens=0, now=NOW) for user in ("list", "ver", "a b", "ver"))
+    )  # fmt: skip
+    granted = [r for r in reservations if isinstance(r, Reservation)]
+    assert [r.user for r in granted] == ["list", "ver"]  # 50 at "list" fits two of 20
+    refused = [r for r in reservations if isinstance(r, Refusal)]
+    # the second "ver" request meets its own member cap first (30, 20 held): the lowest node binds
+    assert [(r.user, r.binding_node) for r in refused] == [("a b", "list"), ("ver", "member(ver,snap)")]
+    for r in granted:
+        await engine.settle(r, 20, 0)
+    e = await engine.explain(inst, "snap", "list", now=NOW)
+    assert [(n.node, n.metrics["cost"].used) for n in e.nodes] == [
+        ("member(list,snap)", 20), ("snap", 40), ("list", 40), ("ver", 40),
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        await engine.reserve(inst, "snap", "tab\there", input_tokens=1, max_output_tokens=0, price_in=0,
+                             price_out=0)  # fmt: skip
