@@ -357,7 +357,7 @@ def selfhost_register(
     from cli.orgops import add_provider
     from selfhost.register import provider_entry, register
 
-    models = asyncio.run(register(url))
+    models = asyncio.run(register(url, probe_stream_usage=True))
     entry = provider_entry(provider_id, models, input_per_mtok=input_price, output_per_mtok=output_price)
     typer.echo(yaml.safe_dump([entry], sort_keys=False))
     if apply:

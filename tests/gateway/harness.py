@@ -76,6 +76,7 @@ def gateway_stack(
     mutate: Any = None,
     upstream_args: tuple[str, ...] = (),
     consumer: bool = False,
+    consumers: int = 1,
     gateways: int = 1,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
@@ -123,8 +124,8 @@ def gateway_stack(
         for port, proc in zip(ports, stack.procs[-gateways:], strict=True):
             wait_for_port("127.0.0.1", port, 60, proc)
             _wait_ready(f"http://127.0.0.1:{port}")
-        if consumer:
-            log = tmp / "consumer.log"
+        for i in range(consumers if consumer else 0):
+            log = tmp / f"consumer{i}.log"
             stack.logs.append(log)
             stack.procs.append(_spawn(["cli", "consume"], env, log))
         stack.base_url = f"http://127.0.0.1:{ports[0]}"

@@ -1,4 +1,5 @@
-"""Two gateway processes, 1000 concurrent requests, a course budget that fits exactly N of them.
+"""Two gateway processes and two usage consumers on one Redis, PostgreSQL and broker: 1000 concurrent
+requests, a course budget that fits exactly N of them, every event in the ledger exactly once.
 
 Input is priced at 0 and the upstream always writes exactly `max_tokens`, so a
 request's actual cost equals what it reserves: the budget fits exactly 50 full
@@ -39,7 +40,7 @@ def two(
     pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path_factory.mktemp("conc"), mutate=_exact,
-                       gateways=2, consumer=True, upstream_args=("--reply-tokens", "1000")) as s:  # fmt: skip
+                       gateways=2, consumer=True, consumers=2, upstream_args=("--reply-tokens", "1000")) as s:  # fmt: skip
         yield s
 
 
@@ -89,7 +90,7 @@ def test_exactly_n_served_in_full_and_no_cap_exceeded(two: Stack) -> None:
     course = next(n for n in me["budget"]["nodes"] if n["unit"] == "cs101" and n["kind"] != "member")
     assert course["metrics"]["cost"]["used"] == charged  # the counters equal the sum of the charges
 
-    events = _ledger(two, len(responses))
+    events = _ledger(two, len(responses))  # exactly one row per request (the event id is the key)
     assert events["ok"] == FULL and events["clamped"] == 1 and events["refused"] == len(responses) - FULL - 1
     assert events["cost"] == charged
 
