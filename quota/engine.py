@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import secrets
@@ -130,7 +131,7 @@ class QuotaEngine:
         """Unique without a syscall: a random per-engine prefix and a counter."""
         return f"{self._rid_prefix}{next(self._rid_seq):x}"
 
-    async def _op(
+    def _submit(
         self,
         institution: str,
         nhead: int,
@@ -139,9 +140,24 @@ class QuotaEngine:
         path: bytes | None = None,
         path_nargs: int = 0,
         member: str = "",
-    ) -> Any:
+    ) -> asyncio.Future[Any]:
         member_bulk = bulk(member) if path is not None else b""
-        return await self._batcher.submit(institution, nhead, head, pkeys, path, path_nargs, member_bulk)
+        return self._batcher.submit(institution, nhead, head, pkeys, path, path_nargs, member_bulk)
+
+    async def _op(self, *args: Any) -> Any:
+        """Submit and wait. Once queued, an operation runs even if its caller is cancelled."""
+        return await self._submit(*args)
+
+    def _release_orphan(
+        self, institution: str, rid: str, pkeys: tuple[str, ...], fut: asyncio.Future[Any]
+    ) -> None:
+        """A reserve whose caller was cancelled (client gone) still made its hold: give it back now
+        rather than at the deadline."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        if _text(fut.result()[0]) == "OK":
+            orphan = self._submit(institution, 2, _L + bulk(rid), pkeys)
+            orphan.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     # --- snapshot ----------------------------------------------------------------------
 
@@ -263,9 +279,12 @@ class QuotaEngine:
             rid = self._new_id()
             head = b"".join((_R, bulk(snap.token), bulk(deadline_ms), bulk(rid), amounts))
             member = keys.member_node(user, unit)
-            reply = await self._op(
-                institution, 9, head, prep.pkeys, prep.unit_packed, prep.unit_nargs, member
-            )
+            fut = self._submit(institution, 9, head, prep.pkeys, prep.unit_packed, prep.unit_nargs, member)
+            try:
+                reply = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                fut.add_done_callback(functools.partial(self._release_orphan, institution, rid, prep.pkeys))
+                raise
             status = _text(reply[0])
             if status == "OK":
                 nodes = prep.nodes(user)

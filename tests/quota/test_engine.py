@@ -350,3 +350,18 @@ async def test_ids_that_look_like_internal_names(engine: QuotaEngine, inst: str)
     with pytest.raises(ValueError):
         await engine.reserve(inst, "snap", "tab\there", input_tokens=1, max_output_tokens=0, price_in=0,
                              price_out=0)  # fmt: skip
+
+
+async def test_a_cancelled_reserve_gives_its_hold_back(engine: QuotaEngine, inst: str) -> None:
+    await engine.compile(tree(inst, course_cost=100))
+    await engine.snapshot(inst)
+    task = asyncio.create_task(reserve(engine, inst, input_tokens=60))
+    await asyncio.sleep(0)  # the reserve is queued for the next flush; cancel the caller before it runs
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 10
+    while (await engine.explain(inst, "course", "ann", now=NOW)).nodes[1].metrics["cost"].reserved:
+        assert time.monotonic() < deadline, "the orphaned hold was never given back"
+        await asyncio.sleep(0.02)
+    assert isinstance(await reserve(engine, inst, input_tokens=100), Reservation)
