@@ -8,6 +8,11 @@ against capped units (caps high enough that nothing is refused), over 1,000
 distinct users so member nodes differ. Keys are deleted afterwards.
 
     python -m quota.bench --seconds 10 --concurrency 256 --processes 2
+
+Measured on the 2-core development machine (Redis 7.0 on the same machine, hiredis
+installed, uvloop): 25,000-35,000 pairs/s with 2 processes x 256 tasks, depending on
+what else was running; Redis spent about 26 us of CPU per pair. Without hiredis the
+client side roughly halves that.
 """
 
 from __future__ import annotations
