@@ -17,6 +17,7 @@ from gateway.catalog import InstitutionView
 from gateway.errors import ApiError
 from gateway.meter import Outcome
 from providers.prices import Price
+from providers.usage import NormalisedUsage
 from quota import QuotaEngine, Refusal, Reservation, Settlement
 
 
@@ -106,11 +107,12 @@ async def settle(
     view: InstitutionView,
     r: Reservation,
     outcome: Outcome,
-    input_tokens: int,
-    output_tokens: int,
+    usage: NormalisedUsage,
+    price: Price,
 ) -> Settlement:
-    s = await engine.settle(r, input_tokens, output_tokens)
-    outcome.input_tokens, outcome.output_tokens = input_tokens, output_tokens
+    """Charged at the price of the deployment that served (the reservation held the chain's dearest)."""
+    s = await engine.settle(r, usage.input, usage.output, cost=price.cost_micros(usage))
+    outcome.input_tokens, outcome.output_tokens = usage.input, usage.output
     outcome.cost_micro = s.cost
     outcome.overage_micro = s.overage.get("cost", 0)
     if s.charge is not None:

@@ -31,6 +31,7 @@ from gateway.requests import ParsedRequest, parse_chat, parse_completion, parse_
 from gateway.runtime import Runtime
 from gateway.stream import RelayResponse, StreamResult
 from providers.errors import InvalidRequest, ModelNotFound, ProviderError, UpstreamUnavailable
+from providers.prices import Price
 from providers.router import UpstreamResponse
 from providers.usage import NormalisedUsage
 from quota import Reservation
@@ -107,13 +108,13 @@ def _fallback_usage(parsed: ParsedRequest, images: int, produced: int) -> Normal
 
 
 async def _finish(
-    rt: Runtime, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage
+    rt: Runtime, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage, price: Price
 ) -> None:
     """Settle and meter; never raises (the answer has already gone to the client)."""
     try:
         o.image_tokens = max(o.image_tokens, usage.image)
         o.cached_tokens = usage.cached_input
-        await budget.settle(rt.quota, view, r, o, usage.input, usage.output)
+        await budget.settle(rt.quota, view, r, o, usage, price)
         METRICS.tokens.labels("input").inc(usage.input)
         METRICS.tokens.labels("output").inc(usage.output)
     except Exception:
@@ -185,7 +186,7 @@ async def handle(request: Request, kind: str) -> Response:
     body = await upstream.read()
     usage = upstream.usage or _fallback_usage(parsed, images, 0)
     response = Response(body, media_type="application/json",
-                        background=BackgroundTask(_finish, rt, view, reservation, outcome, usage))  # fmt: skip
+                        background=BackgroundTask(_finish, rt, view, reservation, outcome, usage, served.price))  # fmt: skip
     response.raw_headers.extend(headers)
     return response
 
@@ -227,7 +228,7 @@ def _relay(
             o.status = "client_abort"
         elif result.error is not None:
             o.status = "upstream_error"
-        await _finish(rt, view, r, o, usage)
+        await _finish(rt, view, r, o, usage, upstream.served_by.price)
 
     return RelayResponse(upstream, headers, done)  # type: ignore[return-value]
 

@@ -354,11 +354,20 @@ class QuotaEngine:
             resets_at=window.end,
         )
 
-    async def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> Settlement:
-        """Charge the provider's reported usage and drop the hold (stream or not, disconnect or not)."""
+    async def settle(
+        self, reservation: Reservation, input_tokens: int, output_tokens: int, *, cost: int | None = None
+    ) -> Settlement:
+        """Charge the provider's reported usage and drop the hold (stream or not, disconnect or not).
+
+        `cost` is the caller's own figure when the reservation's prices are not the ones to charge: the
+        gateway reserves at the dearest price of a fallback chain and charges at the price of the
+        deployment that actually served (cached-input discounts included)."""
         _check_ints(input_tokens=input_tokens, output_tokens=output_tokens)
         r = reservation
-        cost = cost_of(input_tokens, output_tokens, r.price_in, r.price_out)
+        if cost is None:
+            cost = cost_of(input_tokens, output_tokens, r.price_in, r.price_out)
+        elif cost < 0:
+            raise ValueError("cost must be >= 0")
         tokens = input_tokens + output_tokens
         if input_tokens * r.price_in + output_tokens * r.price_out > MAX_EXACT or tokens > MAX_EXACT:
             raise ValueError("usage too large to compute exactly")

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, Literal, get_args
 
 Metric = Literal["cost", "tokens"]
@@ -124,6 +125,12 @@ class InstitutionSpec:
     name: str = ""
 
     def by_id(self) -> dict[str, UnitSpec]:
+        """Built once per spec (specs are frozen): a 2,000-unit tree asks for it per unit and per level.
+        Callers must not mutate the result."""
+        return self._by_id
+
+    @cached_property
+    def _by_id(self) -> dict[str, UnitSpec]:
         return {u.id: u for u in self.units}
 
     def root(self) -> UnitSpec:
@@ -133,6 +140,11 @@ class InstitutionSpec:
         return roots[0]
 
     def children(self) -> dict[str, list[str]]:
+        """Built once per spec, like `by_id`; callers must not mutate the result."""
+        return self._children
+
+    @cached_property
+    def _children(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {u.id: [] for u in self.units}
         for u in self.units:
             if u.parent is not None:
