@@ -93,7 +93,6 @@ def gateway_stack(
         "EDUAIQ_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "EDUAIQ_KAFKA_TOPIC": f"usage-{institution}",
         "EDUAIQ_STATE_DIR": str(tmp),
-        "EDUAIQ_KEY_CACHE_SECONDS": "1",
         **(extra_env or {}),
     }
     org_file = tmp / f"{institution}.yaml"
