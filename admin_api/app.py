@@ -34,7 +34,7 @@ from core.models import Institution
 from core.settings import Settings
 from quota import Loader, QuotaEngine
 from quota.sources import make_loader
-from usage.lag import wait_for_ledger
+from usage.lag import settle_ledger
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def create_app(
         reservation_ttl=settings.reservation_ttl_seconds,
         min_output_tokens=settings.min_clamp_tokens,
         loader=quota_loader
-        or make_loader(engine, lambda: asyncio.to_thread(wait_for_ledger, settings, 30.0)),
+        or make_loader(engine, lambda: settle_ledger(settings)),
     )
     state = AdminState(settings, engine, session_factory(engine), redis, quota)
     sso_router = make_sso_router(

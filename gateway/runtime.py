@@ -23,7 +23,7 @@ from gateway.catalog import Catalog
 from providers.router import new_client_session
 from quota import QuotaEngine
 from quota.sources import make_loader
-from usage.lag import wait_for_ledger
+from usage.lag import settle_ledger
 from usage.producer import UsageProducer
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,10 @@ class Runtime:
 
     async def _drain_own_events(self) -> None:
         """Before counters are rebuilt from the ledger: our own pending events into Kafka, and the consumers
-        through Kafka into the ledger, so requests settled just before Redis lost its data are counted.
-        Bounded: with the consumers down, the rebuild goes ahead after 30 s and says so."""
+        through Kafka into the ledger, so requests settled just before Redis lost its data are counted."""
         if self.producer is not None:
             await asyncio.to_thread(self.producer.flush, 10.0)
-        try:
-            caught_up = await asyncio.to_thread(wait_for_ledger, self.settings, 30.0)
-        except Exception:
-            log.warning(
-                "cannot read the usage backlog; rebuilding budgets from the ledger as it is", exc_info=True
-            )
-            return
-        if not caught_up:
-            log.warning("usage consumers are behind; rebuilding budgets from an incomplete ledger")
+        await settle_ledger(self.settings)
 
     async def start(self) -> None:
         self.http = new_client_session()

@@ -6,11 +6,15 @@ after Redis lost them, and the quick start draining the broker before it stops.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from core.settings import Settings
 from usage.consumer import DEFAULT_GROUP
 from usage.kafka_client import client_config
+
+log = logging.getLogger(__name__)
 
 
 def consumer_lag(settings: Settings) -> int:
@@ -38,3 +42,13 @@ def wait_for_ledger(settings: Settings, timeout: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
+
+
+async def settle_ledger(settings: Settings, wait_seconds: float = 30.0) -> None:
+    """Before reading the ledger as the truth: wait (bounded) for the consumers to catch up. Never
+    raises: with the broker or the consumers away the reader goes ahead, and says so in the log."""
+    try:
+        if not await asyncio.to_thread(wait_for_ledger, settings, wait_seconds):
+            log.warning("usage consumers are %.0f s behind; reading an incomplete ledger", wait_seconds)
+    except Exception as exc:
+        log.warning("cannot read the usage backlog (%s); reading the ledger as it is", exc)
