@@ -85,8 +85,7 @@ def create_app(
         settings.redis_url,
         reservation_ttl=settings.reservation_ttl_seconds,
         min_output_tokens=settings.min_clamp_tokens,
-        loader=quota_loader
-        or make_loader(engine, lambda: settle_ledger(settings)),
+        loader=quota_loader or make_loader(engine, lambda: settle_ledger(settings)),
     )
     state = AdminState(settings, engine, session_factory(engine), redis, quota)
     sso_router = make_sso_router(

@@ -85,7 +85,9 @@ class Bench:
         return proc
 
     def cli(self, *args: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", *args], env=self.env, capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise SystemExit(f"eduaiq {' '.join(args)} failed: {done.stderr}")
 
@@ -137,8 +139,14 @@ def main() -> None:
             scenarios = [
                 ("c1_non_stream", ["-n", str(n1), "-c", "1", "--warmup", "100"]),
                 ("c1_stream", ["-n", str(n1), "-c", "1", "--stream", "--warmup", "100"]),
-                ("open_200rps_non_stream", ["--rps", "200", "--duration", str(secs), "-c", "256", "--warmup", "50"]),
-                ("open_200rps_stream", ["--rps", "200", "--duration", str(secs), "-c", "256", "--stream", "--warmup", "50"]),
+                (
+                    "open_200rps_non_stream",
+                    ["--rps", "200", "--duration", str(secs), "-c", "256", "--warmup", "50"],
+                ),
+                (
+                    "open_200rps_stream",
+                    ["--rps", "200", "--duration", str(secs), "-c", "256", "--stream", "--warmup", "50"],
+                ),
                 ("c64_non_stream", ["-n", str(nc), "-c", "64", "--warmup", "200"]),
                 ("c64_stream", ["-n", str(nc), "-c", "64", "--stream", "--warmup", "200"]),
             ]
@@ -147,7 +155,11 @@ def main() -> None:
                 through = load(gateway, KEY, *args)
                 results[name] = summarise(name, direct, through)
                 print(json.dumps({name: results[name]}), flush=True)
-            summary = {"scenarios": results, "machine": {"cores": os.cpu_count()}, "gateway_workers": opts.gateway_workers}
+            summary = {
+                "scenarios": results,
+                "machine": {"cores": os.cpu_count()},
+                "gateway_workers": opts.gateway_workers,
+            }
             if opts.out:
                 Path(opts.out).write_text(json.dumps(summary, indent=2))
             print(table(results))
@@ -162,16 +174,23 @@ def summarise(name: str, direct: dict[str, Any], through: dict[str, Any]) -> dic
         "gateway": {"p50_ms": g.get("p50"), "p99_ms": g.get("p99"), "rps": through.get("throughput_rps")},
         "added_p50_ms": round((g.get("p50") or 0) - (d.get("p50") or 0), 3),
         "added_p99_ms": round((g.get("p99") or 0) - (d.get("p99") or 0), 3),
-        "throughput_ratio": round((through.get("throughput_rps") or 0) / (direct.get("throughput_rps") or 1), 3),
+        "throughput_ratio": round(
+            (through.get("throughput_rps") or 0) / (direct.get("throughput_rps") or 1), 3
+        ),
         "gateway_errors": {k: v for k, v in (through.get("status_counts") or {}).items() if k != "200"},
     }
     if "ttft_ms" in through:
-        out["added_ttft_p50_ms"] = round((lat(through, "ttft_ms").get("p50") or 0) - (lat(direct, "ttft_ms").get("p50") or 0), 3)
+        out["added_ttft_p50_ms"] = round(
+            (lat(through, "ttft_ms").get("p50") or 0) - (lat(direct, "ttft_ms").get("p50") or 0), 3
+        )
     return out
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["", f"{'scenario':26} {'direct p50/p99 ms':>18} {'gateway p50/p99 ms':>19} {'added p50/p99 ms':>17} {'rps ratio':>9}"]
+    lines = [
+        "",
+        f"{'scenario':26} {'direct p50/p99 ms':>18} {'gateway p50/p99 ms':>19} {'added p50/p99 ms':>17} {'rps ratio':>9}",
+    ]
     for name, r in results.items():
         lines.append(
             f"{name:26} {r['direct']['p50_ms']:>8}/{r['direct']['p99_ms']:<9} {r['gateway']['p50_ms']:>8}/{r['gateway']['p99_ms']:<10}"

@@ -46,7 +46,9 @@ def one_run() -> float:
                 if proc.poll() is not None:
                     raise SystemExit("eduaiq dev exited before answering")
                 try:
-                    r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers, timeout=10)
+                    r = httpx.post(
+                        f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers, timeout=10
+                    )
                     if r.status_code == 200 and "[DONE]" in r.text:
                         return time.monotonic() - started
                 except httpx.HTTPError:
