@@ -252,6 +252,34 @@ def new_client_session() -> aiohttp.ClientSession:
     )
 
 
+def _whole(
+    dep: _Deployment,
+    server: _Server,
+    resp: aiohttp.ClientResponse,
+    status: int,
+    data: bytes,
+    usage: NormalisedUsage | None,
+    attempts: list[Attempt],
+) -> UpstreamResponse:
+    """An answer read whole (a non-stream body, or a 4xx the client should see): the server counts as
+    healthy, its connection goes back to the pool, and the caller gets the bytes."""
+    dep.breaker.on_success()
+    resp.release()
+    server.inflight -= 1
+    return UpstreamResponse(
+        status=status,
+        headers=_JSON_HEADERS,
+        stream=False,
+        served_by=dep.served_by,
+        attempts=tuple(attempts),
+        body=data,
+        usage=usage,
+        resp=None,
+        proc=None,
+        server=None,
+    )
+
+
 class Router:
     """Routes model ids to deployments. One per process; `await start()` inside the serving loop."""
 
@@ -536,38 +564,10 @@ class Router:
                     raise _Failed(Attempt(cfg.id, f"HTTP {status}: {detail}", status))
                 if status >= 400:
                     data = dep.adapter.translate_error(status, await resp.read())
-                    dep.breaker.on_success()
-                    resp.release()
-                    server.inflight -= 1
-                    return UpstreamResponse(
-                        status=status,
-                        headers=_JSON_HEADERS,
-                        stream=False,
-                        served_by=dep.served_by,
-                        attempts=tuple(attempts),
-                        body=data,
-                        usage=None,
-                        resp=None,
-                        proc=None,
-                        server=None,
-                    )
+                    return _whole(dep, server, resp, status, data, None, attempts)
                 if not stream:
                     data, usage = dep.adapter.translate_body(cfg, await resp.read())
-                    dep.breaker.on_success()
-                    resp.release()
-                    server.inflight -= 1
-                    return UpstreamResponse(
-                        status=status,
-                        headers=_JSON_HEADERS,
-                        stream=False,
-                        served_by=dep.served_by,
-                        attempts=tuple(attempts),
-                        body=data,
-                        usage=usage,
-                        resp=None,
-                        proc=None,
-                        server=None,
-                    )
+                    return _whole(dep, server, resp, status, data, usage, attempts)
                 proc = dep.adapter.stream_processor(
                     cfg, include_usage_chunk=include_usage_chunk, prompt_tokens_hint=prompt_tokens_hint
                 )
