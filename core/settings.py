@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:63790/0"
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_topic: str = "eduaiq.usage.v1"
+    # Distinct per deployment when several share one Kafka cluster (each must write its own ledger).
+    kafka_consumer_group: str = "eduaiq-ledger"
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None

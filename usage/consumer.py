@@ -39,7 +39,6 @@ from usage.kafka_client import client_config, dead_letter_topic, ensure_topic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP = "eduaiq-ledger"
 T = TypeVar("T")
 
 # Errors after which the same write can succeed later: the server is away, restarting, or chose us as a
@@ -254,7 +253,7 @@ def run_consumer(
     settings: Settings,
     *,
     stop_event: threading.Event | None = None,
-    group_id: str = DEFAULT_GROUP,
+    group_id: str | None = None,
     topic: str | None = None,
     batch_max: int = 5000,
     linger: float = 0.05,
@@ -276,7 +275,8 @@ def run_consumer(
     dead = _DeadLetters(settings, name, stop)
     try:
         listener = _Joined()
-        consumer = _connect_consumer(settings, name, group_id, batch_max, stop, listener)
+        group = group_id or settings.kafka_consumer_group
+        consumer = _connect_consumer(settings, name, group, batch_max, stop, listener)
     except _Stopped:
         return stats
     idle_since = time.monotonic()
@@ -339,7 +339,7 @@ def _handle(
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m usage.consumer`: what `eduaiq consume` runs, usable on its own in tests and benchmarks."""
     parser = argparse.ArgumentParser(description="Kafka -> PostgreSQL usage ledger consumer")
-    parser.add_argument("--group", default=DEFAULT_GROUP)
+    parser.add_argument("--group", default=None, help="default: EDUAIQ_KAFKA_CONSUMER_GROUP")
     parser.add_argument("--topic", default=None)
     parser.add_argument("--batch-max", type=int, default=5000)
     parser.add_argument("--exit-when-idle", type=float, default=None)

@@ -11,7 +11,6 @@ import logging
 import time
 
 from core.settings import Settings
-from usage.consumer import DEFAULT_GROUP
 from usage.kafka_client import client_config
 
 log = logging.getLogger(__name__)
@@ -22,7 +21,9 @@ def consumer_lag(settings: Settings) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
     # In the ledger's group but never subscribed: it only reads the group's committed offsets.
-    probe = KafkaConsumer(group_id=DEFAULT_GROUP, enable_auto_commit=False, **client_config(settings))
+    probe = KafkaConsumer(
+        group_id=settings.kafka_consumer_group, enable_auto_commit=False, **client_config(settings)
+    )
     try:
         probe.topics()  # fetches metadata: without it the partition list may still be empty
         partitions = probe.partitions_for_topic(settings.kafka_topic) or set()

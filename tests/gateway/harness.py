@@ -92,6 +92,7 @@ def gateway_stack(
         "EDUAIQ_REDIS_URL": redis_url,
         "EDUAIQ_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "EDUAIQ_KAFKA_TOPIC": f"usage-{institution}",
+        "EDUAIQ_KAFKA_CONSUMER_GROUP": f"ledger-{institution}",
         "EDUAIQ_STATE_DIR": str(tmp),
         **(extra_env or {}),
     }
