@@ -34,12 +34,14 @@ from psycopg2.extensions import connection as Connection
 
 from core.settings import Settings, load_settings
 from usage import ledger
-from usage.events import BadEvent, UsageEvent, decode
+from usage.events import BadEvent, UsageEvent, decode, events_in, split_record
 from usage.kafka_client import client_config, dead_letter_topic, ensure_topic
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A bad event as it is dead-lettered: its record's key and its own line.
+Letter = tuple[bytes | None, bytes]
 
 # Errors after which the same write can succeed later: the server is away, restarting, or chose us as a
 # deadlock victim. Anything else about a row (a value out of range) will fail forever: dead-letter it.
@@ -135,8 +137,9 @@ class _DeadLetters:
         self._stop = stop
         self._producer: KafkaProducer | None = None
 
-    def send(self, items: Sequence[tuple[ConsumerRecord, str]]) -> None:
-        """Returns only once the broker has them: their offsets are committed right after."""
+    def send(self, items: Sequence[tuple[Letter, str]]) -> None:
+        """Returns only once the broker has them: their offsets are committed right after. Each bad
+        event goes alone, so one bad line does not take the good events of its record with it."""
         delay = 0.5
         while True:
             if self._stop.is_set():
@@ -148,9 +151,9 @@ class _DeadLetters:
                     )
                 futures = [
                     self._producer.send(
-                        self._topic, key=r.key, value=r.value, headers=[("error", reason.encode()[:1000])]
+                        self._topic, key=key, value=value, headers=[("error", reason.encode()[:1000])]
                     )
-                    for r, reason in items
+                    for (key, value), reason in items
                 ]
                 self._producer.flush(timeout=10)
                 if all(f.is_done and f.succeeded() for f in futures):
@@ -214,20 +217,22 @@ def _connect_consumer(
 
 
 def _poll_batch(consumer: KafkaConsumer, batch_max: int, linger: float) -> list[ConsumerRecord]:
+    """Records holding about `batch_max` events (a record holds one or many), for one transaction."""
     records: list[ConsumerRecord] = []
-    polled = consumer.poll(timeout_ms=500, max_records=batch_max)
-    for recs in polled.values():
-        records.extend(recs)
-    deadline = time.monotonic() + linger
-    while records and len(records) < batch_max:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        polled = consumer.poll(timeout_ms=int(left * 1000), max_records=batch_max - len(records))
-        if not polled:
-            break
+    events = 0
+    timeout_ms = 500
+    deadline = None
+    while events < batch_max:
+        polled = consumer.poll(timeout_ms=timeout_ms, max_records=batch_max - events)
         for recs in polled.values():
             records.extend(recs)
+            events += sum(events_in(r.value) for r in recs)
+        if not polled or not records:
+            break
+        deadline = deadline or time.monotonic() + linger
+        timeout_ms = int((deadline - time.monotonic()) * 1000)
+        if timeout_ms <= 0:
+            break
     return records
 
 
@@ -308,23 +313,26 @@ def _handle(
     stats: ConsumerStats,
 ) -> None:
     events: list[UsageEvent] = []
-    by_id: dict[str, ConsumerRecord] = {}
-    bad: list[tuple[ConsumerRecord, str]] = []
+    by_id: dict[str, Letter] = {}
+    bad: list[tuple[Letter, str]] = []
+    received = 0
     for r in records:
-        try:
-            e = decode(r.value)
-        except BadEvent as exc:
-            bad.append((r, f"BadEvent: {exc}"))
-            continue
-        events.append(e)
-        by_id[e.event_id] = r
+        for line in split_record(r.value):
+            received += 1
+            try:
+                e = decode(line)
+            except BadEvent as exc:
+                bad.append(((r.key, line), f"BadEvent: {exc}"))
+                continue
+            events.append(e)
+            by_id[e.event_id] = (r.key, line)
     inserted, refused = writer.write(events)
     bad.extend((by_id[e.event_id], reason) for e, reason in refused)
     if bad:
-        log.error("dead-lettering %d messages, first: %s", len(bad), bad[0][1][:300])
+        log.error("dead-lettering %d events, first: %s", len(bad), bad[0][1][:300])
         dead.send(bad)
     stats.batches += 1
-    stats.received += len(records)
+    stats.received += received
     stats.inserted += inserted
     stats.duplicates += len(events) - len(refused) - inserted
     stats.dead_lettered += len(bad)

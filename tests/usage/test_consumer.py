@@ -20,7 +20,7 @@ from tests.usage.helpers import (
 )
 from usage import ledger
 from usage.consumer import ConsumerStats, LedgerWriter
-from usage.events import encode, kafka_key
+from usage.events import encode, kafka_key, pack
 from usage.kafka_client import dead_letter_topic, ensure_topic
 from usage.producer import UsageProducer
 
@@ -193,3 +193,32 @@ def test_rows_the_database_refuses_are_isolated_from_the_batch(
     assert [e.event_id for e, _ in refused] == [poison.event_id]
     assert "NumericValueOutOfRange" in refused[0][1] or "out of range" in refused[0][1]
     assert rollup_totals_by_unit(usage_settings.database_url, "hour") == expected_by_unit(good)
+
+
+def test_a_bad_event_inside_a_packed_record_is_dead_lettered_alone(
+    usage_settings: Settings, unique_id: str
+) -> None:
+    """A record holds many events: the good ones of it are stored, the bad line goes to the DLQ by itself."""
+    good = [make_event(unique_id, i) for i in range(30)]
+    ((key, value),) = pack(good)
+    lines = value.split(b"\n")
+    value = b"\n".join([*lines[:10], b'{"schema_version": 1, "event_id": "broken"}', *lines[10:]])
+    ensure_topic(usage_settings)
+    raw = KafkaProducer(bootstrap_servers=usage_settings.kafka_bootstrap, enable_idempotence=True, acks="all")
+    raw.send(usage_settings.kafka_topic, key=key, value=value)
+    raw.flush()
+    raw.close()
+    url = usage_settings.database_url
+    with consumer_thread(usage_settings, f"g-{unique_id}") as stats:
+        wait_for(lambda: stats.received >= len(good) + 1, 60, "every event of the record handled")
+    assert (stats.inserted, stats.dead_lettered) == (len(good), 1)
+    assert rollup_totals_by_unit(url, "day") == expected_by_unit(good)
+    reader = KafkaConsumer(
+        dead_letter_topic(usage_settings.kafka_topic),
+        bootstrap_servers=usage_settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    dead = [(r.key, r.value) for r in reader]
+    reader.close()
+    assert dead == [(key, b'{"schema_version": 1, "event_id": "broken"}')]

@@ -6,12 +6,23 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tests.usage.helpers import make_event
-from usage.events import BadEvent, decode, encode, kafka_key, new_event_id, purpose_for
+from usage.events import (
+    RECORD_MAX_BYTES,
+    BadEvent,
+    decode,
+    encode,
+    events_in,
+    kafka_key,
+    new_event_id,
+    pack,
+    purpose_for,
+    split_record,
+)
 
 UNLABELLED = st.sampled_from(["university", "college", "department", "faculty", "institute", "school"])
 KINDS = st.one_of(UNLABELLED, st.sampled_from(["teaching", "course", "research", "lab", "Course", "LAB"]))
@@ -171,3 +182,29 @@ def test_event_ids_are_uuid7_and_ordered_by_time() -> None:
     millis = [u.int >> 80 for u in parsed]
     assert millis == sorted(millis)
     assert uuid.UUID(make_event("inst", 1).event_id).version == 7
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 4000)), max_size=120))
+def test_packed_records_keep_every_event_once_and_in_order_per_institution(
+    spec: list[tuple[str, int]],
+) -> None:
+    events = [
+        make_event(inst, i).model_copy(update={"funding": {"pad": "x" * size}})
+        for i, (inst, size) in enumerate(spec)
+    ]
+    records = pack(events)
+    assert all(len(value) <= RECORD_MAX_BYTES for _, value in records)
+    got: dict[bytes, list[str]] = {}
+    for key, value in records:
+        assert events_in(value) == len(split_record(value))
+        got.setdefault(key, []).extend(decode(line).request_id for line in split_record(value))
+    want: dict[bytes, list[str]] = {}
+    for e in events:
+        want.setdefault(kafka_key(e), []).append(e.request_id)
+    assert got == want
+
+
+def test_a_single_event_record_is_a_record_of_one() -> None:
+    e = make_event("stateu", 1)
+    assert split_record(encode(e)) == [encode(e)] and events_in(encode(e)) == 1
