@@ -13,12 +13,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.models import BudgetRule, Extra, Institution, ModelOffer, Provider, Unit
 from providers.build import build_router
+from providers.http import UpstreamPool
 from providers.policy import effective_models
 from providers.router import Router
 from quota.model import InstitutionSpec
@@ -79,7 +79,7 @@ def _unit_infos(units: list[Unit], catalogue: tuple[str, ...]) -> dict[str, Unit
 
 
 async def load_institution(
-    session: AsyncSession, inst_id: str, http: aiohttp.ClientSession | None
+    session: AsyncSession, inst_id: str, http: UpstreamPool | None
 ) -> InstitutionView | None:
     inst = await session.get(Institution, inst_id)
     if inst is None:
@@ -115,7 +115,7 @@ async def load_institution(
 class Catalog:
     """All institutions of this deployment, each replaceable on its own."""
 
-    def __init__(self, engine: AsyncEngine, http: aiohttp.ClientSession | None) -> None:
+    def __init__(self, engine: AsyncEngine, http: UpstreamPool | None) -> None:
         self._engine = engine
         self._http = http
         self.views: dict[str, InstitutionView] = {}

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 
-import aiohttp
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from core.channels import CATALOG_CHANNEL
@@ -20,7 +19,7 @@ from core.db import make_async_engine
 from core.settings import Settings
 from gateway.auth import KeyCache
 from gateway.catalog import Catalog
-from providers.router import new_client_session
+from providers.http import UpstreamPool
 from quota import QuotaEngine
 from quota.sources import make_loader
 from usage.lag import settle_ledger
@@ -38,7 +37,7 @@ class Runtime:
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10,
                                                decode_responses=True)  # fmt: skip
         self.redis = Redis(connection_pool=pool)
-        self.http: aiohttp.ClientSession | None = None
+        self.http: UpstreamPool | None = None
         self.catalog: Catalog | None = None
         self.producer: UsageProducer | None = None
         self.quota = QuotaEngine(
@@ -57,7 +56,7 @@ class Runtime:
         await settle_ledger(self.settings)
 
     async def start(self) -> None:
-        self.http = new_client_session()
+        self.http = UpstreamPool()
         self.catalog = Catalog(self.db, self.http)
         # An institution whose budgets are not in Redis yet (first start, or Redis lost its data) is
         # compiled and rebuilt from the ledger by the quota engine on its first request.

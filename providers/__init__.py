@@ -5,13 +5,13 @@ For the gateway author — the whole API in one place
 
 Build once per process (control plane compiles, hot path only reads)::
 
-    from providers import build_router, RoutingConfig
-    http = new_client_session()   # optional: one pool shared by several routers (one per institution)
+    from providers import build_router, RoutingConfig, UpstreamPool
+    http = UpstreamPool()   # optional: one pool shared by several routers (one per institution)
     router = build_router(org["providers"], currency=org["institution"]["currency"],
                           routing=RoutingConfig(), session=http)
     await router.start()          # connection pool + background /metrics scrape & health checks
     ...
-    await router.close()          # closes the session only if the router made it
+    await router.close()          # closes the pool only if the router made it
 
 `build_router` raises `ConfigError(problems=[...])` listing each problem by its
 path (`providers[1].models[0].price: ...`), e.g. a model with no price and no
@@ -108,6 +108,7 @@ from providers.errors import (
     UpstreamStreamError,
     UpstreamUnavailable,
 )
+from providers.http import UpstreamPool
 from providers.images import RULES, ImageTokens, count_image_tokens, rule_for_model
 from providers.policy import ModelDecision, check_model, effective_models
 from providers.prices import Price, cost_micros, litellm_price
@@ -117,7 +118,6 @@ from providers.router import (
     Router,
     ServedBy,
     UpstreamResponse,
-    new_client_session,
 )
 from providers.usage import NormalisedUsage
 
@@ -146,6 +146,7 @@ __all__ = [
     "ServedBy",
     "TimeoutConfig",
     "UnsupportedEndpoint",
+    "UpstreamPool",
     "UpstreamResponse",
     "UpstreamStreamError",
     "UpstreamUnavailable",
@@ -156,7 +157,6 @@ __all__ = [
     "count_image_tokens",
     "effective_models",
     "litellm_price",
-    "new_client_session",
     "parse_providers",
     "rule_for_model",
 ]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiohttp
-
 from providers.config import ProviderConfig, RoutingConfig, compile_deployments
+from providers.http import UpstreamPool
 from providers.images import RULES
 from providers.router import Router
 
@@ -17,7 +16,7 @@ def build_router(
     *,
     currency: str = "USD",
     routing: RoutingConfig | None = None,
-    session: aiohttp.ClientSession | None = None,
+    session: UpstreamPool | None = None,
 ) -> Router:
     """Validate and compile the section (ConfigError lists every problem) and build the Router.
 

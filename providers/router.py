@@ -20,8 +20,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from providers.adapters import Adapter, Endpoint, StreamProcessor, adapter_for
 from providers.breaker import CircuitBreaker, State
 from providers.config import DeploymentConfig, RoutingConfig
@@ -33,6 +31,7 @@ from providers.errors import (
     UpstreamStreamError,
     UpstreamUnavailable,
 )
+from providers.http import Response, UpstreamConnectionError, UpstreamPool
 from providers.metrics import LoadSample, parse_vllm_metrics
 from providers.prices import Price
 from providers.usage import NormalisedUsage
@@ -95,16 +94,13 @@ class _Server:
 
 
 class _Deployment:
-    __slots__ = ("adapter", "breaker", "cfg", "client_timeout", "served_by", "server")
+    __slots__ = ("adapter", "breaker", "cfg", "served_by", "server")
 
     def __init__(self, cfg: DeploymentConfig, server: _Server, routing: RoutingConfig) -> None:
         self.cfg = cfg
         self.server = server
         self.adapter: Adapter = adapter_for(cfg.provider_type)
         self.breaker = CircuitBreaker(routing.breaker_failures, routing.breaker_cooldown)
-        self.client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=cfg.timeouts.connect, sock_read=cfg.timeouts.read
-        )
         self.served_by = ServedBy(
             cfg.id, cfg.provider_id, cfg.provider_type, cfg.model_id, cfg.upstream, cfg.price
         )
@@ -162,7 +158,7 @@ class UpstreamResponse:
         attempts: tuple[Attempt, ...],
         body: bytes | None,
         usage: NormalisedUsage | None,
-        resp: aiohttp.ClientResponse | None,
+        resp: Response | None,
         proc: StreamProcessor | None,
         server: _Server | None,
     ) -> None:
@@ -210,9 +206,9 @@ class UpstreamResponse:
             raise StopAsyncIteration
         while True:
             try:
-                chunk = await resp.content.readany()
+                chunk = await resp.readany()
                 out = proc.finish() if not chunk else proc.feed(chunk)
-            except (aiohttp.ClientError, OSError, TimeoutError, RetryableUpstreamError) as exc:
+            except (OSError, TimeoutError, RetryableUpstreamError) as exc:
                 self._done = True
                 self._finish(ok=False)
                 raise UpstreamStreamError(
@@ -240,22 +236,10 @@ class UpstreamResponse:
             self._finish(ok=False)
 
 
-def new_client_session() -> aiohttp.ClientSession:
-    """The upstream connection pool to share per process (must be made inside the running loop).
-
-    No connection cap (aiohttp's default of 100 would queue streams behind each
-    other), DNS cached, bodies passed through undecoded.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
-        auto_decompress=False,
-    )
-
-
 def _whole(
     dep: _Deployment,
     server: _Server,
-    resp: aiohttp.ClientResponse,
+    resp: Response,
     status: int,
     data: bytes,
     usage: NormalisedUsage | None,
@@ -288,7 +272,7 @@ class Router:
         deployments: Sequence[DeploymentConfig],
         routing: RoutingConfig | None = None,
         *,
-        session: aiohttp.ClientSession | None = None,
+        session: UpstreamPool | None = None,
     ) -> None:
         self.routing = routing or RoutingConfig()
         self._session = session
@@ -361,7 +345,7 @@ class Router:
     async def start(self) -> None:
         """Open the shared connection pool and start scraping load and health in the background."""
         if self._session is None:
-            self._session = new_client_session()
+            self._session = UpstreamPool()
         if self._task is None and any(s.probe_url for s in self._servers):
             await self.refresh()
             self._task = asyncio.create_task(self._refresh_loop(), name="eduaiq-router-refresh")
@@ -551,16 +535,17 @@ class Router:
         server = dep.server
         dep.breaker.on_attempt(time.monotonic())
         server.inflight += 1
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         try:
             # A non-stream answer's first byte is its last: it gets the read timeout as a whole.
             async with asyncio.timeout(cfg.timeouts.first_byte if stream else cfg.timeouts.read):
-                resp = await session.post(
-                    req.url, data=req.data, headers=req.headers, timeout=dep.client_timeout
-                )
+                resp = await session.request(
+                    "POST", req.url, req.headers.items(), req.data,
+                    connect_timeout=cfg.timeouts.connect, read_timeout=cfg.timeouts.read,
+                )  # fmt: skip
                 status = resp.status
                 if status >= 500 or status == 429:
-                    detail = (await resp.content.read(_MAX_ERROR_BODY)).decode(errors="replace")[:200]
+                    detail = (await resp.read(_MAX_ERROR_BODY)).decode(errors="replace")[:200]
                     raise _Failed(Attempt(cfg.id, f"HTTP {status}: {detail}", status))
                 if status >= 400:
                     data = dep.adapter.translate_error(status, await resp.read())
@@ -574,7 +559,7 @@ class Router:
                 first = b""
                 eof = False
                 while not first:
-                    chunk = await resp.content.readany()
+                    chunk = await resp.readany()
                     if not chunk:
                         first = proc.finish()
                         eof = True
@@ -586,7 +571,7 @@ class Router:
         except TimeoutError as exc:
             self._fail(dep, resp)
             raise _Failed(Attempt(cfg.id, "timed out before the first byte"), timeout=True) from exc
-        except (aiohttp.ClientError, OSError, RetryableUpstreamError) as exc:
+        except (OSError, RetryableUpstreamError) as exc:
             self._fail(dep, resp)
             reason = str(exc) or type(exc).__name__
             raise _Failed(Attempt(cfg.id, f"{type(exc).__name__}: {reason}"[:300])) from exc
@@ -613,7 +598,7 @@ class Router:
         return out
 
     @staticmethod
-    def _fail(dep: _Deployment, resp: aiohttp.ClientResponse | None, *, count: bool = True) -> None:
+    def _fail(dep: _Deployment, resp: Response | None, *, count: bool = True) -> None:
         dep.server.inflight -= 1
         if count:
             dep.breaker.on_failure(time.monotonic())
@@ -639,16 +624,18 @@ class Router:
             headers["Authorization"] = "Bearer " + key
         inflight = server.inflight
         try:
-            async with session.get(
-                server.probe_url,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.routing.probe_timeout),
-            ) as r:
-                # Any answer below 500 means the server is up (a 404 /metrics is still a live vLLM).
-                if r.status >= 500:
-                    raise aiohttp.ClientResponseError(r.request_info, r.history, status=r.status)
-                text = await r.text() if server.vllm and r.status == 200 else ""
-        except (aiohttp.ClientError, OSError, TimeoutError):
+            async with asyncio.timeout(self.routing.probe_timeout):
+                r = await session.request("GET", server.probe_url, headers.items())
+                try:
+                    # Any answer below 500 means the server is up (a 404 /metrics is still a live vLLM).
+                    if r.status >= 500:
+                        raise UpstreamConnectionError(f"probe answered HTTP {r.status}")
+                    text = (
+                        (await r.read()).decode(errors="replace") if server.vllm and r.status == 200 else ""
+                    )
+                finally:
+                    r.release()  # back to the pool if read whole, else closed
+        except (OSError, TimeoutError):
             server.load = None
             now = time.monotonic()
             for d in server.deployments:

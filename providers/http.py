@@ -1,0 +1,339 @@
+"""The upstream HTTP/1.1 client of the request path: a keep-alive connection pool on asyncio protocols.
+
+Every request a student makes is also a request to a model server, so this
+client's CPU per request is part of the gateway's. A general-purpose client
+(aiohttp) spent about a quarter of the gateway's CPU here (measured with
+py-spy under `bench/gateway.py`): it builds multidicts, payload objects, tracing
+hooks and timers per request. This one writes the request in one buffer,
+parses the answer with httptools (the parser uvicorn uses) and hands body
+bytes over as they arrive, which is all a gateway relaying JSON and SSE needs.
+
+What it does: HTTP and HTTPS (system trust store), Content-Length and chunked
+bodies (and bodies ended by the server closing), keep-alive reuse per
+(scheme, host, port) with an idle limit, a connect timeout and a timeout for
+each read, back-pressure (reading pauses while a caller has not taken 1 MiB),
+and one retry on a fresh connection when a reused one turns out to have been
+closed by the server before it answered. What it leaves out on purpose:
+redirects, cookies, proxies, compression (it never asks for it), HTTP/2.
+Tools off the request path (`eduaiq selfhost register`) use aiohttp.
+
+Every failure is a `ConnectionError` (an `OSError`) or a `TimeoutError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+import httptools
+
+_HIGH_WATER = 1 << 20
+_USER_AGENT = b"eduaiq"
+
+
+class UpstreamConnectionError(ConnectionError):
+    """The upstream could not be reached, or broke the connection or the protocol."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; one exchange at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.idle_since = 0.0
+        self.lost = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.received = False  # any byte of the answer
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamConnectionError(f"malformed HTTP response from upstream: {exc}"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.complete:
+            return
+        close_delimited = (
+            self.headers_done
+            and "content-length" not in self.headers
+            and "chunked" not in self.headers.get("transfer-encoding", "").lower()
+        )
+        if close_delimited:
+            self.complete = True
+            self._wake()
+        else:
+            reason = f": {exc}" if exc else ""
+            self._fail(UpstreamConnectionError(f"upstream closed the connection{reason}"))
+
+    def pause_writing(self) -> None:  # requests are small; nothing to throttle
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks ------------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp answers this only before it resets
+        self._wake()
+
+    # -- the client side ----------------------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    async def wait(self, within: float | None) -> None:
+        """Until the parser has something new (or the connection failed, or `within` seconds passed).
+        A timer on the future, not `asyncio.timeout`: this runs for every chunk of every stream."""
+        if self.error is not None:
+            raise self.error
+        waiter = self.loop.create_future()
+        self.waiter = waiter
+        timer = None
+        if within is not None:
+            timer = self.loop.call_later(within, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    def reusable(self) -> bool:
+        return (
+            self.complete
+            and not self.lost
+            and self.error is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and self.keep_alive
+        )
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("upstream read timed out"))
+
+
+class Response:
+    """An answer being received. Read it to the end and `release()` it, or `close()` it."""
+
+    __slots__ = ("_conn", "_pool", "_read_timeout", "headers", "key", "status")
+
+    def __init__(
+        self, pool: UpstreamPool, key: tuple[str, str, int], conn: _Connection, read_timeout: float | None
+    ) -> None:
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self._read_timeout = read_timeout
+        self.key = key
+        self.status = conn.status
+        self.headers = conn.headers
+
+    async def readany(self) -> bytes:
+        """The body bytes that have arrived (waiting for some); b"" at the end of the body."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        while not conn.chunks:
+            if conn.complete:
+                return b""
+            await conn.wait(self._read_timeout)
+        return conn.take()
+
+    async def read(self, limit: int = -1) -> bytes:
+        """The whole body, or its first `limit` bytes (the rest is dropped with the connection)."""
+        parts: list[bytes] = []
+        size = 0
+        while limit < 0 or size < limit:
+            chunk = await self.readany()
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        data = b"".join(parts)
+        return data if limit < 0 else data[:limit]
+
+    def release(self) -> None:
+        """Done with it: the connection goes back to the pool when the answer was read whole."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool._give_back(self.key, conn)
+
+    def close(self) -> None:
+        """Drop the connection (a stream abandoned mid-way: the upstream stops generating)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class UpstreamPool:
+    """One per process, shared by every router; create and use it inside the serving event loop."""
+
+    def __init__(self, *, keepalive: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._keepalive = keepalive
+        self._ssl = ssl_context
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._targets: dict[str, tuple[tuple[str, str, int], bytes]] = {}
+        self.closed = False
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        *,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> Response:
+        """Send one request and return once the answer's status and headers are in."""
+        if self.closed:
+            raise UpstreamConnectionError("the upstream connection pool is closed")
+        key, target = self._target(url)
+        host = key[1] if ":" not in key[1] else f"[{key[1]}]"  # an IPv6 literal
+        head = [f"{method} ".encode(), target, b" HTTP/1.1\r\nHost: ", host.encode("idna")]
+        if key[2] not in (80, 443):
+            head.append(b":%d" % key[2])
+        head.append(b"\r\nUser-Agent: " + _USER_AGENT)
+        for name, value in headers:
+            head.append(f"\r\n{name}: {value}".encode("latin-1"))
+        head.append(b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+        payload = b"".join(head) + body
+        for attempt in range(2):
+            conn, reused = await self._connection(key, connect_timeout)
+            conn._reset()
+            assert conn.transport is not None
+            conn.transport.write(payload)
+            try:
+                while not conn.headers_done:
+                    await conn.wait(read_timeout)
+            except UpstreamConnectionError:
+                conn.close()
+                if reused and not conn.received and attempt == 0:
+                    continue  # the server had closed this idle connection: once more, on a new one
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            return Response(self, key, conn, read_timeout)
+        raise AssertionError("unreachable")
+
+    def _target(self, url: str) -> tuple[tuple[str, str, int], bytes]:
+        known = self._targets.get(url)
+        if known is None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UpstreamConnectionError(f"not an http(s) URL: {url}")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            known = ((parts.scheme, parts.hostname, port), path.encode())
+            if len(self._targets) < 10_000:  # a handful of deployment URLs; never grow without bound
+                self._targets[url] = known
+        return known
+
+    async def _connection(
+        self, key: tuple[str, str, int], connect_within: float | None
+    ) -> tuple[_Connection, bool]:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and now - conn.idle_since < self._keepalive:
+                return conn, True
+            conn.close()
+        loop = asyncio.get_running_loop()
+        scheme, host, port = key
+        tls = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        try:
+            async with asyncio.timeout(connect_within):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop), host, port, ssl=tls, server_hostname=host if tls else None
+                )
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise UpstreamConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
+        return conn, False
+
+    def _give_back(self, key: tuple[str, str, int], conn: _Connection) -> None:
+        if self.closed or not conn.reusable():
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(key, []).append(conn)
+
+    async def close(self) -> None:
+        self.closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()

@@ -1,0 +1,184 @@
+"""The request path's upstream client against raw servers that write exact bytes: reuse, framing, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from providers.http import UpstreamConnectionError, UpstreamPool
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ),
+        0,
+    )
+    return head + await reader.readexactly(length)
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A server calling `handler(reader, writer, connection number)`; yields (base URL, connections)."""
+    connections: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        try:
+            await handler(reader, writer, len(connections) - 1)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", connections
+    finally:
+        server.close()
+
+
+async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    while True:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+
+
+async def test_a_connection_is_reused_for_requests_one_after_another() -> None:
+    pool = UpstreamPool()
+    async with raw_server(answer_each) as (base, connections):
+        for _ in range(5):
+            r = await pool.request(
+                "POST", base + "/v1/chat/completions", [("Content-Type", "application/json")], b"{}"
+            )
+            assert (r.status, await r.read()) == (200, b"{}")
+            r.release()
+        assert len(connections) == 1
+    await pool.close()
+
+
+async def test_the_request_is_written_as_http_1_1_with_host_and_length() -> None:
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+        await writer.drain()
+
+    pool = UpstreamPool()
+    async with raw_server(record) as (base, _):
+        r = await pool.request("POST", base + "/v1/x?a=1", [("Authorization", "Bearer k")], b'{"a":1}')
+        await r.read()
+        r.release()
+    await pool.close()
+    head, body = seen[0].split(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/x?a=1 HTTP/1.1"
+    assert b"Host: " + base.split("//")[1].encode() in lines
+    assert b"Authorization: Bearer k" in lines and b"Content-Length: 7" in lines
+    assert body == b'{"a":1}'
+
+
+async def test_chunked_and_close_delimited_bodies_are_read_whole() -> None:
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if n == 0:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for part in (b"data: 1\n\n", b"data: [DONE]\n\n"):
+                writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+        await writer.drain()
+
+    pool = UpstreamPool()
+    async with raw_server(chunked) as (base, connections):
+        r = await pool.request("POST", base + "/a", body=b"{}")
+        assert await r.read() == b"data: 1\n\ndata: [DONE]\n\n"
+        r.release()
+        r = await pool.request("POST", base + "/b", body=b"{}")
+        assert await r.read() == b"until the end"
+        r.release()
+        assert len(connections) == 2  # the first was closed by its handler, so not reused
+    await pool.close()
+
+
+async def test_an_idle_connection_the_server_dropped_is_replaced_once() -> None:
+    async def drop_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        if n == 0:
+            await read_request(reader)  # the next request arrives on the reused connection: no answer
+            writer.transport.abort()
+            return
+        await answer_each(reader, writer, n)
+
+    pool = UpstreamPool()
+    async with raw_server(drop_second) as (base, connections):
+        for _ in range(2):
+            r = await pool.request("POST", base, body=b"{}")
+            assert await r.read() == b"{}"
+            r.release()
+        assert len(connections) == 2
+    await pool.close()
+
+
+async def test_failures_are_connection_errors_or_timeouts() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if n == 0:
+            writer.write(b"SPDY/9 nonsense\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")  # then silence
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    pool = UpstreamPool()
+    async with raw_server(garbage) as (base, _):
+        with pytest.raises(UpstreamConnectionError, match="malformed"):
+            await pool.request("POST", base, body=b"{}")
+        r = await pool.request("POST", base, body=b"{}", read_timeout=0.2)
+        assert await r.readany() == b"abc"
+        with pytest.raises(TimeoutError):
+            await r.readany()
+        r.close()
+    with pytest.raises(ConnectionError):
+        await pool.request("POST", base, body=b"{}")  # the server is gone
+    await pool.close()
+
+
+async def test_a_response_closed_mid_body_is_not_reused() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"cd")
+            await writer.drain()
+
+    pool = UpstreamPool()
+    async with raw_server(slow) as (base, connections):
+        r = await pool.request("POST", base, body=b"{}")
+        await r.readany()
+        r.release()  # not read whole: closed, never handed to the next request
+        r = await pool.request("POST", base, body=b"{}")
+        assert await r.read() == b"abcd"
+        r.release()
+        assert len(connections) == 2
+    await pool.close()
