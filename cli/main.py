@@ -165,11 +165,14 @@ def quota_check(institution: Annotated[str | None, typer.Option("--institution",
         raise typer.Exit(1)
 
 
-def _uvicorn(app: Any, host: str, port: int, workers: int = 1, factory: str | None = None) -> None:
+def _uvicorn(
+    app: Any, host: str, port: int, workers: int = 1, factory: str | None = None, proxy_headers: bool = True
+) -> None:
     import uvicorn
 
     options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False,
-                               "loop": "uvloop", "http": "httptools", "timeout_graceful_shutdown": 20}  # fmt: skip
+                               "loop": "uvloop", "http": "httptools", "timeout_graceful_shutdown": 20,
+                               "proxy_headers": proxy_headers}  # fmt: skip
     if workers > 1 and factory:
         uvicorn.run(factory, factory=True, workers=workers, **options)
     else:
@@ -186,7 +189,7 @@ def gateway(
     from gateway.app import create_asgi
 
     settings = settings_or_exit()
-    _uvicorn(create_asgi(settings), host, port, workers, "gateway.app:create_asgi")
+    _uvicorn(create_asgi(settings), host, port, workers, "gateway.app:create_asgi", proxy_headers=False)
 
 
 @app.command("admin-api")

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -34,6 +34,24 @@ def normalise_path(path: str) -> str:
     if not path.startswith("/v1/") and path.lstrip("/") in _V1:
         path = "/v1" + path
     return path
+
+
+class GatewayRequest(Request):
+    """Starlette's request, with the body read by a plain loop rather than its async generator:
+    every /v1 request reads a body, and the generator was a measurable share of the gateway's CPU."""
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            chunks = []
+            more = True
+            while more:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            self._body = b"".join(chunks)
+        return self._body
 
 
 class GatewayApp:
@@ -77,7 +95,7 @@ class GatewayApp:
         else:
             scope["app"] = self
             try:
-                response = await handler(Request(scope, receive))
+                response = await handler(GatewayRequest(scope, receive))
             except Exception:  # a bug must still answer in the OpenAI shape, and be in the log
                 log.exception("unhandled error on %s", path)
                 response = ApiError(500, "internal error in the gateway", code="internal_error").response()

@@ -7,7 +7,6 @@ a settlement into the fields of the usage event.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -116,9 +115,9 @@ async def settle(
     outcome.cost_micro = s.cost
     outcome.overage_micro = s.overage.get("cost", 0)
     if s.charge is not None:
-        outcome.funding = asdict(s.charge)
-        outcome.funding["path"] = list(s.charge.path)
-        outcome.funding["period_keys"] = list(s.charge.period_keys)
+        c = s.charge
+        outcome.funding = {"institution": c.institution, "path": list(c.path), "period_keys": list(c.period_keys),
+                           "allocation": dict(c.allocation), "extras": {m: list(t) for m, t in c.extras.items()}}  # fmt: skip
         outcome.extras_paid = [
             {"extra_id": xid, "unit_id": s.charge.path[j], "metric": metric, "amount": amount,
              "chargeback": view.chargebacks.get(xid)}

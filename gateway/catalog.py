@@ -10,7 +10,7 @@ a request sees either the old configuration or the new one, never a mix.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -45,6 +45,16 @@ class InstitutionView:
     spec: InstitutionSpec
     router: Router
     chargebacks: dict[str, str | None]  # extra id -> grant or cost centre, for the usage event
+    _lineage: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+
+    def lineage(self, unit_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(ids, kinds) of the unit and its ancestors, nearest first: what every usage event carries,
+        worked out once per unit for the life of this view rather than on every request."""
+        known = self._lineage.get(unit_id)
+        if known is None:
+            path = self.path(unit_id)
+            known = self._lineage[unit_id] = (tuple(u.id for u in path), tuple(u.kind for u in path))
+        return known
 
     def path(self, unit_id: str) -> list[UnitInfo]:
         """The unit and its ancestors, nearest first (the member node is quota's business)."""

@@ -6,7 +6,7 @@ auth -> policy -> estimate -> quota.reserve -> route -> stream -> quota.settle -
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 
 import orjson
 from starlette.background import BackgroundTask
@@ -56,15 +56,15 @@ def _view(rt: Runtime, principal: Principal) -> InstitutionView:
 
 
 def _outcome(principal: Principal, view: InstitutionView) -> Outcome:
-    path = view.path(principal.unit_id)
+    ids, kinds = view.lineage(principal.unit_id)
     return Outcome(
-        request_id="req_" + uuid.uuid4().hex,
+        request_id="req_" + os.urandom(16).hex(),
         institution_id=view.id,
         user_id=principal.user_id,
         key_id=principal.key_id,
         unit_id=principal.unit_id,
-        path=[u.id for u in path],
-        kinds=[u.kind for u in path],
+        path=list(ids),
+        kinds=list(kinds),
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from usage.events import ExtraPaid, Status, UsageEvent, purpose_for
+from usage.events import SCHEMA_VERSION, ExtraPaid, Status, UsageEvent, new_event_id, purpose_for
 
 
 class EventSink(Protocol):
@@ -48,11 +48,14 @@ class Outcome:
 
 
 def emit(sink: EventSink, o: Outcome) -> None:
-    """Built with `model_construct`: every field comes from the gateway's own typed values, and the
-    consumer validates each event again when it reads it, so validating here would only cost CPU."""
+    """Built with `model_construct`, every field given: the values are the gateway's own typed ones,
+    the consumer validates each event again when it reads it, and resolving defaults or validating
+    here would only cost CPU on the request path."""
     ended = datetime.now(UTC)
     sink.emit(
         UsageEvent.model_construct(
+            schema_version=SCHEMA_VERSION,
+            event_id=new_event_id(),
             request_id=o.request_id,
             institution_id=o.institution_id,
             started_at=o.started_wall,
@@ -74,7 +77,7 @@ def emit(sink: EventSink, o: Outcome) -> None:
             latency_ms=int((time.perf_counter() - o.started) * 1000),
             status=o.status,
             binding_unit=o.binding_unit,
-            extras_paid=[ExtraPaid.model_construct(**x) for x in o.extras_paid],
+            extras_paid=[ExtraPaid.model_construct(**x) for x in o.extras_paid] if o.extras_paid else [],
             funding=o.funding,
         )
     )

@@ -7,9 +7,10 @@ two commits redelivers the batch, which the ledger recognises by event id and sk
 
 PostgreSQL being down never skips a batch: the write is retried with backoff until
 it succeeds (or the consumer is asked to stop, leaving the offsets uncommitted).
-A message that can never be stored (not a usage event, an unknown schema version,
-a value the database refuses) goes to the dead-letter topic `<topic>.dlq` with the
-reason, so one bad message cannot stop billing for everyone.
+A record holds one or more events (`usage.events.pack`). An event that can never be
+stored (not a usage event, an unknown schema version, a value the database refuses)
+goes to the dead-letter topic `<topic>.dlq` by itself with the reason, while the rest
+of its record is stored, so one bad event cannot stop billing for everyone.
 """
 
 from __future__ import annotations

@@ -69,15 +69,8 @@ class PassthroughStream:
         self.usage_estimated = False
 
     def feed(self, data: bytes) -> bytes:
-        if (
-            not self._count
-            and not self._split._buf
-            and data.endswith(b"\n\n")
-            and b'"usage"' not in data
-            and b'"x_groq"' not in data
-            and b"\r" not in data
-        ):
-            return data  # fast path: whole events, nothing to look at
+        if not self._count and not self._split._buf and data.endswith(b"\n\n") and b"\r" not in data:
+            return self._pick_usage(data)  # whole events: pass them on, looking only at usage events
         out: list[bytes] = []
         for ev in self._split.feed(data):
             if self._count:
@@ -85,22 +78,50 @@ class PassthroughStream:
                     out.append(self._counted_usage())
                 else:
                     self._count_event(ev)
-            if b'"usage"' in ev or b'"x_groq"' in ev:
-                start = ev.find(b"{")
-                if start >= 0:
-                    try:
-                        obj = orjson.loads(ev[start:])
-                    except orjson.JSONDecodeError:
-                        obj = None
-                    usage = _usage_of(obj)
-                    if usage is not None:
-                        self.usage = from_openai(usage)
-                        self.usage_estimated = False
-                        if self._drop_usage_chunk and obj.get("choices") == []:
-                            continue
+            if _next_usage(ev, 0) >= 0 and not self._keep_usage_event(ev):
+                continue
             out.append(ev)
             out.append(b"\n\n")
         return b"".join(out)
+
+    def _pick_usage(self, data: bytes) -> bytes:
+        """`data` holds whole events: copy it through, parsing only the events that carry usage (the
+        upstream often sends a whole answer in one read, and OpenAI puts `"usage":null` in every
+        chunk once usage is asked for; parsing each of those cost the gateway CPU)."""
+        out: list[bytes] = []
+        copied = search = 0
+        while True:
+            hit = _next_usage(data, search)
+            if hit < 0:
+                break
+            start = data.rfind(b"\n\n", copied, hit)
+            start = copied if start < 0 else start + 2
+            end = data.find(b"\n\n", hit) + 2
+            out.append(data[copied:start])
+            if self._keep_usage_event(data[start : end - 2]):
+                out.append(data[start:end])
+            copied = search = end
+        if not out:
+            return data
+        out.append(data[copied:])
+        return b"".join(out)
+
+    def _keep_usage_event(self, ev: bytes) -> bool:
+        """Take the usage from an event that may carry it; False to drop it (a usage-only chunk the
+        client did not ask for)."""
+        start = ev.find(b"{")
+        if start < 0:
+            return True
+        try:
+            obj = orjson.loads(ev[start:])
+        except orjson.JSONDecodeError:
+            return True
+        usage = _usage_of(obj)
+        if usage is None:
+            return True
+        self.usage = from_openai(usage)
+        self.usage_estimated = False
+        return not (self._drop_usage_chunk and obj.get("choices") == [])
 
     def _count_event(self, ev: bytes) -> None:
         start = ev.find(b"{")
@@ -130,6 +151,20 @@ class PassthroughStream:
         if self._count and self.usage is None:
             out += self._counted_usage()
         return out
+
+
+def _next_usage(data: bytes, pos: int) -> int:
+    """Where the next usage object may be (`"usage": {...}` or Groq's `"x_groq"`), or -1; a
+    `"usage": null` is skipped without parsing."""
+    g = data.find(b'"x_groq"', pos) if b"x_groq" in data else -1
+    while True:
+        u = data.find(b'"usage"', pos)
+        if u < 0 or (0 <= g < u):
+            return g
+        after = data[u + 7 : u + 16].lstrip()
+        if not (after.startswith(b":") and after[1:].lstrip().startswith(b"null")):
+            return u
+        pos = u + 7
 
 
 class OpenAICompatAdapter:

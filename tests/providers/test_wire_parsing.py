@@ -46,6 +46,19 @@ def test_passthrough_forwards_every_byte_but_the_usage_only_chunk(cuts: list[int
     assert p.usage == NormalisedUsage(input=7, output=2)
 
 
+@given(st.lists(st.integers(0, 10_000), max_size=20), st.booleans(), st.integers(0, 3))
+def test_usage_on_a_content_chunk_is_read_and_the_chunk_kept(
+    cuts: list[int], want_usage: bool, n: int
+) -> None:
+    talk = b'data: {"choices":[{"delta":{"content":"the \\"usage\\" of x_groq"}}]}\n\n'
+    last = b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1}}\n\n'
+    raw = talk * n + last + talk + b"data: [DONE]\n\n"
+    p = PassthroughStream(include_usage_chunk=want_usage)
+    out = b"".join(p.feed(c) for c in split_at(raw, cuts)) + p.finish()
+    assert out == raw
+    assert p.usage == NormalisedUsage(input=5, output=1)
+
+
 def test_groq_usage_is_found_in_x_groq() -> None:
     p = PassthroughStream(include_usage_chunk=False)
     p.feed(
