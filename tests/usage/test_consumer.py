@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import psycopg2
 from kafka import KafkaConsumer, KafkaProducer
@@ -146,6 +147,19 @@ def test_rows_keep_every_field_and_record_when_they_were_ingested(
     assert row[9] >= row[8]
 
 
+def _dead_letters(settings: Settings) -> list[Any]:
+    reader = KafkaConsumer(
+        dead_letter_topic(settings.kafka_topic),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    try:
+        return list(reader)
+    finally:
+        reader.close()
+
+
 def test_messages_that_can_never_be_stored_go_to_the_dead_letter_topic(
     usage_settings: Settings, unique_id: str
 ) -> None:
@@ -166,14 +180,7 @@ def test_messages_that_can_never_be_stored_go_to_the_dead_letter_topic(
     assert stats.dead_lettered == 2
     assert ledger_count(url) == len(good)
     assert rollup_totals_by_unit(url, "day") == expected_by_unit(good)
-    reader = KafkaConsumer(
-        dead_letter_topic(usage_settings.kafka_topic),
-        bootstrap_servers=usage_settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=5000,
-    )
-    dead = [(r.value, dict(r.headers)["error"].decode()) for r in reader]
-    reader.close()
+    dead = [(r.value, dict(r.headers)["error"].decode()) for r in _dead_letters(usage_settings)]
     assert [value for value, _ in dead] == [b"{not json", v2]
     assert all(reason.startswith("BadEvent") for _, reason in dead)
 
@@ -213,12 +220,5 @@ def test_a_bad_event_inside_a_packed_record_is_dead_lettered_alone(
         wait_for(lambda: stats.received >= len(good) + 1, 60, "every event of the record handled")
     assert (stats.inserted, stats.dead_lettered) == (len(good), 1)
     assert rollup_totals_by_unit(url, "day") == expected_by_unit(good)
-    reader = KafkaConsumer(
-        dead_letter_topic(usage_settings.kafka_topic),
-        bootstrap_servers=usage_settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=5000,
-    )
-    dead = [(r.key, r.value) for r in reader]
-    reader.close()
+    dead = [(r.key, r.value) for r in _dead_letters(usage_settings)]
     assert dead == [(key, b'{"schema_version": 1, "event_id": "broken"}')]
