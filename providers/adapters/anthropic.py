@@ -21,9 +21,13 @@ from providers.adapters.base import (
     Endpoint,
     PreparedRequest,
     api_key,
+    content_parts,
     effective_max_tokens,
+    image_url,
+    merge_turn,
     openai_error,
     sse,
+    tool_arguments,
 )
 from providers.config import DeploymentConfig
 from providers.dataurl import split_data_url
@@ -36,56 +40,23 @@ DEFAULT_MAX_TOKENS = 4096
 
 
 def _image_block(part: Mapping[str, Any]) -> dict[str, Any]:
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, Mapping) else image
-    if not isinstance(url, str) or not url:
-        raise InvalidRequest("image_url part without a url")
+    url = image_url(part)
     if url.startswith("data:"):
         mime, data = split_data_url(url)
         return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
+def _text_block(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
 def _blocks(content: Any, *, images: bool = True) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise InvalidRequest("message content must be a string or a list of parts")
-    out: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text":
-            if part.get("text"):
-                out.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url" and images:
-            out.append(_image_block(part))
-        else:
-            raise InvalidRequest(f"content part type '{kind}' is not supported for anthropic models")
-    return out
+    return content_parts(content, "anthropic", _text_block, _image_block if images else None)
 
 
 def _append(msgs: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
-    """Anthropic wants strictly alternating roles: merge neighbours of the same role."""
-    if not blocks:
-        return
-    if msgs and msgs[-1]["role"] == role:
-        msgs[-1]["content"].extend(blocks)
-    else:
-        msgs.append({"role": role, "content": blocks})
-
-
-def _tool_input(arguments: Any) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("tool_calls[].function.arguments is not valid JSON") from None
-    return value if isinstance(value, dict) else {"value": value}
+    merge_turn(msgs, role, blocks, "content")
 
 
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
@@ -129,7 +100,7 @@ def to_anthropic(body: Mapping[str, Any], upstream: str, max_tokens: int, stream
                         "type": "tool_use",
                         "id": tc.get("id"),
                         "name": fn.get("name"),
-                        "input": _tool_input(fn.get("arguments")),
+                        "input": tool_arguments(fn.get("arguments")),
                     }
                 )
             _append(msgs, "assistant", blocks)

@@ -8,13 +8,14 @@ usage on the way. The router owns the network; adapters never do I/O.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import orjson
 
 from providers.config import DeploymentConfig
+from providers.errors import InvalidRequest
 from providers.usage import NormalisedUsage
 
 Endpoint = Literal["chat/completions", "completions", "embeddings"]
@@ -92,6 +93,66 @@ def openai_error(status: int, message: str, etype: str | None = None, code: str 
         if status == 429:
             etype = "rate_limit_error"
     return orjson.dumps({"error": {"message": message, "type": etype, "param": None, "code": code}})
+
+
+def content_parts(
+    content: Any,
+    provider: str,
+    text: Callable[[str], dict[str, Any]],
+    image: Callable[[Mapping[str, Any]], dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
+    """An OpenAI message's content (a string or a list of text and image_url parts) as the provider's
+    parts, built by `text` and `image`; `image=None` where the provider takes no images (system turns)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [text(content)] if content else []
+    if not isinstance(content, list):
+        raise InvalidRequest("message content must be a string or a list of parts")
+    out: list[dict[str, Any]] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text":
+            if part.get("text"):
+                out.append(text(part["text"]))
+        elif kind == "image_url" and image is not None:
+            out.append(image(part))
+        else:
+            raise InvalidRequest(f"content part type '{kind}' is not supported for {provider} models")
+    return out
+
+
+def image_url(part: Mapping[str, Any]) -> str:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, Mapping) else image
+    if not isinstance(url, str) or not url:
+        raise InvalidRequest("image_url part without a url")
+    return url
+
+
+def merge_turn(turns: list[dict[str, Any]], role: str, items: list[dict[str, Any]], key: str) -> None:
+    """Append a turn, merging it into the previous one of the same role: Anthropic and Gemini both
+    want user and model turns to alternate, which OpenAI message lists need not do."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
+def tool_arguments(arguments: Any) -> dict[str, Any]:
+    """OpenAI's tool-call arguments (a JSON string) as the object Anthropic's `input` and Gemini's
+    `args` require; a non-object value is wrapped as {"value": ...} rather than refused."""
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("tool_calls[].function.arguments is not valid JSON") from None
+    return value if isinstance(value, dict) else {"value": value}
 
 
 def sse(obj: Any) -> bytes:

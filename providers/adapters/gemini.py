@@ -19,9 +19,13 @@ from providers.adapters.base import (
     Endpoint,
     PreparedRequest,
     api_key,
+    content_parts,
     effective_max_tokens,
+    image_url,
+    merge_turn,
     openai_error,
     sse,
+    tool_arguments,
 )
 from providers.config import DeploymentConfig
 from providers.dataurl import split_data_url
@@ -52,54 +56,25 @@ def _clean_schema(schema: Any) -> Any:
     return schema
 
 
+def _image_part(part: Mapping[str, Any]) -> dict[str, Any]:
+    url = image_url(part)
+    if url.startswith("data:"):
+        mime, data = split_data_url(url)
+        return {"inlineData": {"mimeType": mime, "data": data}}
+    ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
+    return {"fileData": {"mimeType": _EXT_MIME.get("." + ext, "image/jpeg"), "fileUri": url}}
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"text": text}
+
+
 def _parts(content: Any, *, images: bool = True) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise InvalidRequest("message content must be a string or a list of parts")
-    out: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text":
-            if part.get("text"):
-                out.append({"text": part["text"]})
-        elif kind == "image_url" and images:
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, Mapping) else image
-            if not isinstance(url, str) or not url:
-                raise InvalidRequest("image_url part without a url")
-            if url.startswith("data:"):
-                mime, data = split_data_url(url)
-                out.append({"inlineData": {"mimeType": mime, "data": data}})
-            else:
-                ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
-                mime = _EXT_MIME.get("." + ext, "image/jpeg")
-                out.append({"fileData": {"mimeType": mime, "fileUri": url}})
-        else:
-            raise InvalidRequest(f"content part type '{kind}' is not supported for gemini models")
-    return out
+    return content_parts(content, "gemini", _text_part, _image_part if images else None)
 
 
 def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
-    if not parts:
-        return
-    if contents and contents[-1]["role"] == role:
-        contents[-1]["parts"].extend(parts)
-    else:
-        contents.append({"role": role, "parts": parts})
-
-
-def _args(arguments: Any) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        return orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("tool_calls[].function.arguments is not valid JSON") from None
+    merge_turn(contents, role, parts, "parts")
 
 
 def to_gemini(body: Mapping[str, Any], max_tokens: int | None) -> dict[str, Any]:
@@ -118,7 +93,9 @@ def to_gemini(body: Mapping[str, Any], max_tokens: int | None) -> dict[str, Any]
             for tc in m.get("tool_calls") or ():
                 fn = tc.get("function") or {}
                 tool_names[str(tc.get("id"))] = fn.get("name", "")
-                parts.append({"functionCall": {"name": fn.get("name"), "args": _args(fn.get("arguments"))}})
+                parts.append(
+                    {"functionCall": {"name": fn.get("name"), "args": tool_arguments(fn.get("arguments"))}}
+                )
             _append(contents, "model", parts)
         elif role == "tool":
             name = tool_names.get(str(m.get("tool_call_id")), m.get("name") or "")
