@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from providers.errors import ConfigError
-from providers.prices import SELF_HOSTED_TYPES, Price, litellm_price, units_to_micros
+from providers.prices import SELF_HOSTED_TYPES, Price, litellm_price, price_to_micros
 
 ProviderType = Literal[
     "openai-compatible", "vllm", "openai", "anthropic", "gemini", "together", "groq", "mistral", "deepseek"
@@ -180,9 +180,9 @@ def _resolve_price(
 ) -> Price | None:
     if m.price is not None:
         return Price(
-            units_to_micros(m.price.input_per_mtok),
-            units_to_micros(m.price.output_per_mtok),
-            units_to_micros(m.price.cached_input_per_mtok)
+            price_to_micros(m.price.input_per_mtok),
+            price_to_micros(m.price.output_per_mtok),
+            price_to_micros(m.price.cached_input_per_mtok)
             if m.price.cached_input_per_mtok is not None
             else None,
             "internal" if p.self_hosted else "contract",

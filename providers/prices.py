@@ -67,8 +67,12 @@ class Price:
         )
 
 
-def units_to_micros(value: Decimal | float | int | str) -> int:
-    """A currency amount (e.g. 0.05) to integer micro-units, rounding half up."""
+def price_to_micros(value: Decimal | float | int | str) -> int:
+    """A price per million tokens (e.g. 0.05) to integer micro-units, rounding half up.
+
+    Prices may come from float sources (YAML, litellm's map) and a sub-micro remainder is
+    noise there; budget and grant amounts go through `core.money.to_micro`, which is exact
+    and refuses such a remainder instead."""
     d = value if isinstance(value, Decimal) else Decimal(str(value))
     return int((d * MICROS).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers import ConfigError, NormalisedUsage, Price, build_router, compile_deployments, cost_micros
-from providers.prices import litellm_cost_map, litellm_price, per_token_to_micros_per_mtok, units_to_micros
+from providers.prices import litellm_cost_map, litellm_price, per_token_to_micros_per_mtok, price_to_micros
 
 # The worked example: the repository's copy (tests/orgfile), else shared/ beside the clone.
 _HERE = Path(__file__).resolve()
@@ -232,7 +232,7 @@ def test_unit_prices_round_trip_through_micro_units(value: object) -> None:
     from decimal import Decimal
 
     assert isinstance(value, Decimal)
-    assert units_to_micros(value) == int(value * 1_000_000)
+    assert price_to_micros(value) == int(value * 1_000_000)
 
 
 def test_per_token_floats_convert_exactly() -> None:
