@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from usage.events import SCHEMA_VERSION, ExtraPaid, Status, UsageEvent, new_event_id, purpose_for
+import orjson
+
+from usage.events import SCHEMA_VERSION, Status, new_event_id, purpose_for
 
 
 class EventSink(Protocol):
-    def emit(self, event: UsageEvent) -> None: ...
+    def emit_line(self, key: bytes, line: bytes) -> None: ...
 
 
 @dataclass(slots=True)
@@ -47,37 +49,45 @@ class Outcome:
     funding: dict[str, Any] = field(default_factory=dict)
 
 
-def emit(sink: EventSink, o: Outcome) -> None:
-    """Built with `model_construct`, every field given: the values are the gateway's own typed ones,
-    the consumer validates each event again when it reads it, and resolving defaults or validating
-    here would only cost CPU on the request path."""
+def encode_outcome(o: Outcome) -> bytes:
+    """The usage event of a finished request, encoded as `usage.events.encode` would encode the same
+    `UsageEvent` (tests/gateway/test_meter.py holds them equal). Written straight to JSON because this
+    runs once per request: building the pydantic model cost more than the rest of metering, and the
+    consumer validates every event when it reads it anyway."""
     ended = datetime.now(UTC)
-    sink.emit(
-        UsageEvent.model_construct(
-            schema_version=SCHEMA_VERSION,
-            event_id=new_event_id(),
-            request_id=o.request_id,
-            institution_id=o.institution_id,
-            started_at=o.started_wall,
-            ended_at=max(ended, o.started_wall),
-            user_id=o.user_id,
-            key_id=o.key_id,
-            unit_id=o.unit_id,
-            path=o.path,
-            purpose=purpose_for(o.kinds),
-            provider_id=o.provider_id,
-            deployment_id=o.deployment_id,
-            model_id=o.model_id,
-            input_tokens=o.input_tokens,
-            output_tokens=o.output_tokens,
-            image_tokens=o.image_tokens,
-            cached_tokens=o.cached_tokens,
-            cost_micro=o.cost_micro,
-            overage_micro=o.overage_micro,
-            latency_ms=int((time.perf_counter() - o.started) * 1000),
-            status=o.status,
-            binding_unit=o.binding_unit,
-            extras_paid=[ExtraPaid.model_construct(**x) for x in o.extras_paid] if o.extras_paid else [],
-            funding=o.funding,
-        )
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": new_event_id(),
+            "request_id": o.request_id,
+            "institution_id": o.institution_id,
+            "started_at": o.started_wall,
+            "ended_at": max(ended, o.started_wall),
+            "user_id": o.user_id,
+            "key_id": o.key_id,
+            "unit_id": o.unit_id,
+            "path": o.path,
+            "purpose": purpose_for(o.kinds),
+            "provider_id": o.provider_id,
+            "deployment_id": o.deployment_id,
+            "model_id": o.model_id,
+            "input_tokens": o.input_tokens,
+            "output_tokens": o.output_tokens,
+            "image_tokens": o.image_tokens,
+            "cached_tokens": o.cached_tokens,
+            "cost_micro": o.cost_micro,
+            "overage_micro": o.overage_micro,
+            "latency_ms": int((time.perf_counter() - o.started) * 1000),
+            "status": o.status,
+            "binding_unit": o.binding_unit,
+            "extras_paid": o.extras_paid,
+            "funding": o.funding,
+        },
+        option=orjson.OPT_UTC_Z,
     )
+
+
+def emit(sink: EventSink, o: Outcome) -> None:
+    sink.emit_line(
+        o.institution_id.encode(), encode_outcome(o)
+    )  # keyed by institution (usage.events.kafka_key)

@@ -164,16 +164,15 @@ def encode(event: UsageEvent) -> bytes:
 RECORD_MAX_BYTES = 256 * 1024
 
 
-def pack(events: Sequence[UsageEvent]) -> list[tuple[bytes, bytes]]:
-    """Events as Kafka records (key, value): one institution per record, in order.
-
-    Events of one institution stay in emission order inside and across records; JSON never holds a
-    raw newline, so the line break is an unambiguous separator."""
-    lines: dict[bytes, list[bytes]] = {}
-    for e in events:
-        lines.setdefault(kafka_key(e), []).append(encode(e))
+def pack(lines: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Encoded events, each with its Kafka key, as records (key, value): one institution per record,
+    in order. Events of one institution stay in emission order inside and across records; JSON never
+    holds a raw newline, so the line break is an unambiguous separator."""
+    by_key: dict[bytes, list[bytes]] = {}
+    for key, line in lines:
+        by_key.setdefault(key, []).append(line)
     records: list[tuple[bytes, bytes]] = []
-    for key, encoded in lines.items():
+    for key, encoded in by_key.items():
         start, size = 0, 0
         for i, line in enumerate(encoded):
             if i > start and size + len(line) > RECORD_MAX_BYTES:

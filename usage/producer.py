@@ -1,6 +1,7 @@
 """Publishing usage events off the request path, with a durable spool when the broker is away.
 
-The gateway calls `emit(event)`, which only puts the event on an in-memory queue.
+The gateway calls `emit(event)` (or `emit_line` with the event already encoded), which
+only puts it on an in-memory queue.
 One background thread owns the Kafka producer (idempotent, acks=all, keyed by
 institution), packs what accumulated in the last few milliseconds into one record
 per institution (see `usage.events.pack`) and works in one of two modes:
@@ -37,13 +38,14 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from core.settings import Settings
-from usage.events import UsageEvent, events_in, pack
+from usage.events import UsageEvent, encode, events_in, kafka_key, pack
 from usage.kafka_client import client_config, ensure_topic
 from usage.spool import Spool
 
 log = logging.getLogger(__name__)
 
 Record = tuple[bytes | None, bytes]
+Line = tuple[bytes, bytes]  # (Kafka key, one encoded event)
 
 # Replay this long before looking at the queue again: long enough to move thousands of rows per turn.
 _REPLAY_BURST_SECONDS = 0.5
@@ -86,9 +88,9 @@ class UsageProducer:
         self._retry_interval = retry_interval
         self._connect_timeout_ms = int(connect_timeout * 1000)
         self._spool = Spool(spool_dir or settings.spool_path)
-        self._queue: queue.SimpleQueue[UsageEvent] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Line] = queue.SimpleQueue()
         self._producer: KafkaProducer | None = None
-        self._carry: list[UsageEvent] = []
+        self._carry: list[Line] = []
         self._direct = False
         self._next_attempt = 0.0
         self._stopping = threading.Event()
@@ -106,11 +108,15 @@ class UsageProducer:
 
     def emit(self, event: UsageEvent) -> None:
         """Never blocks on the network: the event is queued for the sender thread."""
+        self.emit_line(kafka_key(event), encode(event))
+
+    def emit_line(self, key: bytes, line: bytes) -> None:
+        """An event its caller encoded (one JSON object, as `usage.events.encode` writes it)."""
         if self._closed:
             raise RuntimeError("usage producer is closed")
         with self._cond:
             self._emitted += 1
-        self._queue.put(event)
+        self._queue.put((key, line))
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -192,7 +198,7 @@ class UsageProducer:
             self._cond.notify_all()
         return True
 
-    def _take(self, wait: float, limit: int) -> list[UsageEvent]:
+    def _take(self, wait: float, limit: int) -> list[Line]:
         """Up to `limit` events: the first, then whatever arrives while we linger. Sleeping and then
         draining costs the request path (which shares this process and its GIL) far less than waking
         for every event, and one record per institution per batch is far cheaper to send than one per
@@ -212,7 +218,7 @@ class UsageProducer:
             pass
         return batch
 
-    def _send_direct(self, batch: list[UsageEvent]) -> None:
+    def _send_direct(self, batch: list[Line]) -> None:
         records = pack(batch)
         done = self._send(records)
         with self._cond:

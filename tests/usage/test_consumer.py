@@ -207,7 +207,7 @@ def test_a_bad_event_inside_a_packed_record_is_dead_lettered_alone(
 ) -> None:
     """A record holds many events: the good ones of it are stored, the bad line goes to the DLQ by itself."""
     good = [make_event(unique_id, i) for i in range(30)]
-    ((key, value),) = pack(good)
+    ((key, value),) = pack([(kafka_key(e), encode(e)) for e in good])
     lines = value.split(b"\n")
     value = b"\n".join([*lines[:10], b'{"schema_version": 1, "event_id": "broken"}', *lines[10:]])
     ensure_topic(usage_settings)

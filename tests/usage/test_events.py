@@ -193,7 +193,7 @@ def test_packed_records_keep_every_event_once_and_in_order_per_institution(
         make_event(inst, i).model_copy(update={"funding": {"pad": "x" * size}})
         for i, (inst, size) in enumerate(spec)
     ]
-    records = pack(events)
+    records = pack([(kafka_key(e), encode(e)) for e in events])
     assert all(len(value) <= RECORD_MAX_BYTES for _, value in records)
     got: dict[bytes, list[str]] = {}
     for key, value in records:
