@@ -151,8 +151,12 @@ def make_sso_router(
             return out
         raise SSOError(400, "saml_response_invalid", "expected SAMLRequest or SAMLResponse")
 
-    router.add_api_route("/saml/{institution}/slo", _json_errors(saml_slo), methods=["GET", "POST"],
-                         name="sso_saml_slo")  # fmt: skip
+    # The IdP uses the Redirect binding (GET) or the POST binding; one handler, two operations.
+    slo = _json_errors(saml_slo)
+    router.add_api_route("/saml/{institution}/slo", slo, methods=["GET"], name="sso_saml_slo",
+                         operation_id="sso_saml_slo_redirect")  # fmt: skip
+    router.add_api_route("/saml/{institution}/slo", slo, methods=["POST"], name="sso_saml_slo_post",
+                         operation_id="sso_saml_slo_post")  # fmt: skip
 
     # --- OIDC ---------------------------------------------------------------------------------
 

@@ -49,6 +49,8 @@ async def test_schema_docs_and_health_are_served(env: Env) -> None:
         assert schema.status_code == 200
         paths = schema.json()["paths"]
         assert "/api/v1/units/{unit_id}/budget/preview" in paths and "/api/v1/healthz" in paths
+        ids = [op["operationId"] for ops in paths.values() for op in ops.values() if "operationId" in op]
+        assert len(ids) == len(set(ids)), "every operation has its own id (client generators need it)"
         assert (await client.get("/api/docs")).status_code == 200
         health = await client.get("/api/v1/healthz")
         assert health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
