@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from providers.http import UpstreamConnectionError, UpstreamPool
 
@@ -181,4 +188,82 @@ async def test_a_response_closed_mid_body_is_not_reused() -> None:
         assert await r.read() == b"abcd"
         r.release()
         assert len(connections) == 2
+    await pool.close()
+
+
+def _localhost_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` (in its subjectAltName, which TLS hostname checks read)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_https_verifies_the_server_and_sends_its_name(tmp_path: Path) -> None:
+    cert, key = _localhost_cert(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    seen: list[bytes] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        trusting = UpstreamPool(ssl_context=ssl.create_default_context(cafile=str(cert)))
+        r = await trusting.request("POST", f"https://localhost:{port}/v1/chat/completions", body=b"{}")
+        assert (r.status, await r.read()) == (200, b"{}")
+        r.release()
+        await trusting.close()
+        assert f"Host: localhost:{port}".encode() in seen[0]
+        default = UpstreamPool()  # the system trust store does not know this certificate
+        with pytest.raises(ConnectionError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await default.request("POST", f"https://localhost:{port}/", body=b"{}")
+        await default.close()
+    finally:
+        server.close()
+
+
+async def test_a_large_body_arrives_whole_through_back_pressure() -> None:
+    blob = bytes(range(256)) * (5 * 4096)  # 5 MiB, five times the pool's read buffer
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(blob))
+        for i in range(0, len(blob), 65536):
+            writer.write(blob[i : i + 65536])
+            await writer.drain()
+
+    pool = UpstreamPool()
+    async with raw_server(big) as (base, _):
+        r = await pool.request("POST", base, body=b"{}")
+        got = bytearray()
+        while chunk := await r.readany():
+            got += chunk
+            await asyncio.sleep(0)  # a slow reader: the connection pauses and resumes
+        assert bytes(got) == blob
+        r.release()
     await pool.close()
