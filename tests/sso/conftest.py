@@ -35,8 +35,9 @@ from admin_api.sso import (
 )
 from core.db import make_async_engine, session_factory, session_scope
 from core.settings import Settings
+from tests.certs import key_pair
 from tests.sso import idps
-from tests.sso.support import SP, key_pair, org_document
+from tests.sso.support import SP, org_document
 
 SECRET = "test-session-secret-" + "x" * 40
 

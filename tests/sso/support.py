@@ -1,4 +1,4 @@
-"""Helpers the SSO tests share: a scripted browser's form handling, key pairs, SAML XML surgery, the org."""
+"""Helpers the SSO tests share: a scripted browser's form handling, SAML XML surgery, the org."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ import datetime as dt
 from typing import Any
 from urllib.parse import urljoin
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from lxml import etree, html
 from onelogin.saml2.constants import OneLogin_Saml2_Constants as C
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
@@ -39,29 +35,6 @@ def form_of(page: str, base_url: str, action_contains: str = "") -> tuple[str, d
                     fields[name] = el.get("value") or ""
             return urljoin(base_url, action), fields
     raise AssertionError(f"no form with action containing {action_contains!r} in page:\n{page[:2000]}")
-
-
-def key_pair(common_name: str) -> tuple[str, str]:
-    """(PKCS#1 private key PEM, self-signed certificate PEM): saml-idp only takes 'RSA PRIVATE KEY'."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ).decode()
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 # --- SAML response surgery -------------------------------------------------------------------

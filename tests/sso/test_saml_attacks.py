@@ -15,6 +15,7 @@ import datetime as dt
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tests.certs import key_pair
 from tests.sso import browse
 from tests.sso.conftest import browser_for, query
 from tests.sso.idps import SamlIdP
@@ -24,7 +25,6 @@ from tests.sso.support import (
     assertion_of,
     decode_response,
     encode_response,
-    key_pair,
     resign_assertion,
     saml_time,
     set_attribute,
