@@ -89,21 +89,18 @@ class PassthroughStream:
         upstream often sends a whole answer in one read, and OpenAI puts `"usage":null` in every
         chunk once usage is asked for; parsing each of those cost the gateway CPU)."""
         out: list[bytes] = []
-        copied = search = 0
-        while True:
-            hit = _next_usage(data, search)
-            if hit < 0:
-                break
-            start = data.rfind(b"\n\n", copied, hit)
-            start = copied if start < 0 else start + 2
+        pos = 0  # everything before it has been copied or dropped
+        while (hit := _next_usage(data, pos)) >= 0:
+            start = data.rfind(b"\n\n", pos, hit)
+            start = pos if start < 0 else start + 2
             end = data.find(b"\n\n", hit) + 2
-            out.append(data[copied:start])
+            out.append(data[pos:start])
             if self._keep_usage_event(data[start : end - 2]):
                 out.append(data[start:end])
-            copied = search = end
+            pos = end
         if not out:
             return data
-        out.append(data[copied:])
+        out.append(data[pos:])
         return b"".join(out)
 
     def _keep_usage_event(self, ev: bytes) -> bool:
@@ -156,7 +153,7 @@ class PassthroughStream:
 def _next_usage(data: bytes, pos: int) -> int:
     """Where the next usage object may be (`"usage": {...}` or Groq's `"x_groq"`), or -1; a
     `"usage": null` is skipped without parsing."""
-    g = data.find(b'"x_groq"', pos) if b"x_groq" in data else -1
+    g = data.find(b'"x_groq"', pos)
     while True:
         u = data.find(b'"usage"', pos)
         if u < 0 or (0 <= g < u):
