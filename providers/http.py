@@ -92,12 +92,6 @@ class _Connection(asyncio.Protocol):
             reason = f": {exc}" if exc else ""
             self._fail(UpstreamConnectionError(f"upstream closed the connection{reason}"))
 
-    def pause_writing(self) -> None:  # requests are small; nothing to throttle
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
@@ -318,7 +312,7 @@ class UpstreamPool:
                 _, conn = await loop.create_connection(
                     lambda: _Connection(loop), host, port, ssl=tls, server_hostname=host if tls else None
                 )
-        except TimeoutError:
+        except TimeoutError:  # an OSError too, but callers tell timeouts apart (504 vs 502)
             raise
         except OSError as exc:
             raise UpstreamConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
