@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from usage.events import SCHEMA_VERSION, Status, new_event_id, purpose_for
+from usage.events import SCHEMA_VERSION, Status, institution_key, new_event_id, purpose_for
 
 
 class EventSink(Protocol):
@@ -88,6 +88,4 @@ def encode_outcome(o: Outcome) -> bytes:
 
 
 def emit(sink: EventSink, o: Outcome) -> None:
-    sink.emit_line(
-        o.institution_id.encode(), encode_outcome(o)
-    )  # keyed by institution (usage.events.kafka_key)
+    sink.emit_line(institution_key(o.institution_id), encode_outcome(o))

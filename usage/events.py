@@ -4,8 +4,9 @@ The wire format is JSON so any consumer (ours, a data warehouse, a SIEM) can rea
 without our code. A Kafka record holds one event or several, one JSON object per line
 (newline-delimited JSON, all of one institution, in the order they happened): packing
 a few hundred events into one record is what lets a gateway process publish thousands
-of events a second without the Kafka client eating the CPU its requests need. `schema_version` changes only for breaking changes; new optional
-fields may be added within a version, so readers ignore fields they do not know.
+of events a second without the Kafka client eating the CPU its requests need.
+`schema_version` changes only for breaking changes; new optional fields may be added
+within a version, so readers ignore fields they do not know.
 
 Money conventions (integers of micro-units, never floats):
 - `cost_micro` is the whole actual cost of the request.
@@ -193,8 +194,12 @@ def events_in(value: bytes) -> int:
 
 
 def kafka_key(event: UsageEvent) -> bytes:
+    return institution_key(event.institution_id)
+
+
+def institution_key(institution_id: str) -> bytes:
     """Keyed by institution: Kafka keeps order per key, and an institution's events stay in one partition."""
-    return event.institution_id.encode()
+    return institution_id.encode()
 
 
 def decode(payload: bytes) -> UsageEvent:
