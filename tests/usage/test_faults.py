@@ -131,14 +131,14 @@ def _committed_events(settings: Settings, group: str) -> int:
     try:
         reader.assign(list(offsets))
         reader.seek_to_beginning()
-        events, left = 0, dict(offsets)
-        while left:
+        events, pending = 0, set(offsets)
+        while pending:
             for tp, records in reader.poll(timeout_ms=1000).items():
                 for r in records:
                     if r.offset < offsets[tp]:
                         events += events_in(r.value)
                     if r.offset + 1 >= offsets[tp]:
-                        left.pop(tp, None)
+                        pending.discard(tp)
         return events
     finally:
         reader.close()
