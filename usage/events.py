@@ -20,9 +20,8 @@ Token conventions: `input_tokens` includes image and cached tokens (as OpenAI re
 
 from __future__ import annotations
 
-import os
+import random
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -59,15 +58,22 @@ def purpose_for(kinds_nearest_first: Iterable[str]) -> Purpose:
 
 
 def new_event_id() -> str:
-    """A UUIDv7 string: time-ordered, so the ledger's primary key index grows at its right edge."""
+    """A UUIDv7 string: time-ordered, so the ledger's primary key index grows at its right edge.
+
+    The random bits come from the ``random`` module rather than ``os.urandom``: an id needs to be
+    unique, not secret, and urandom is a system call that releases the GIL on every request (the
+    producer's threads then take it, and the event loop waits). The module's generator is seeded
+    from the OS at start-up and re-seeded in every forked child, so processes never share a sequence.
+    """
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = random.getrandbits(74)
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version 7
-    value |= ((rand >> 62) & 0xFFF) << 64  # 12 random bits
+    value |= (rand >> 62) << 64  # 12 random bits
     value |= 0b10 << 62  # RFC 4122 variant
     value |= rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _utc(value: datetime) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -182,6 +183,24 @@ def test_event_ids_are_uuid7_and_ordered_by_time() -> None:
     millis = [u.int >> 80 for u in parsed]
     assert millis == sorted(millis)
     assert uuid.UUID(make_event("inst", 1).event_id).version == 7
+    assert all(i == str(uuid.UUID(i)) for i in ids)  # the canonical text form, as PostgreSQL prints it
+
+
+def test_a_forked_process_draws_other_event_ids_than_its_parent() -> None:
+    """Gateway workers may be forked: a child sharing its parent's random sequence would mint the
+    same ids in the same millisecond, and the ledger would drop one event as a duplicate."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its ids and leave without running the parent's cleanup
+        os.write(write, " ".join(new_event_id()[-17:] for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    mine = {new_event_id()[-17:] for _ in range(50)}
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        theirs = set(pipe.read().split())
+    assert len(theirs) == 50
+    assert not mine & theirs
 
 
 @settings(max_examples=60, deadline=None)
