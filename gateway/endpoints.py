@@ -6,7 +6,8 @@ auth -> policy -> estimate -> quota.reserve -> route -> stream -> quota.settle -
 from __future__ import annotations
 
 import logging
-import os
+import random
+import time
 
 import orjson
 from starlette.background import BackgroundTask
@@ -58,7 +59,7 @@ def _view(rt: Runtime, principal: Principal) -> InstitutionView:
 def _outcome(principal: Principal, view: InstitutionView) -> Outcome:
     ids, kinds = view.lineage(principal.unit_id)
     return Outcome(
-        request_id="req_" + os.urandom(16).hex(),
+        request_id=f"req_{random.getrandbits(128):032x}",  # not a secret; see new_event_id
         institution_id=view.id,
         user_id=principal.user_id,
         key_id=principal.key_id,
@@ -115,8 +116,7 @@ async def _finish(
         o.image_tokens = max(o.image_tokens, usage.image)
         o.cached_tokens = usage.cached_input
         await budget.settle(rt.quota, view, r, o, usage, price)
-        METRICS.tokens.labels("input").inc(usage.input)
-        METRICS.tokens.labels("output").inc(usage.output)
+        METRICS.settled(usage.input, usage.output)
     except Exception:
         log.exception(
             "settle failed for %s; the reservation expires and the ledger reconciles it", o.request_id
@@ -134,6 +134,13 @@ def _emit(rt: Runtime, o: Outcome) -> None:
 
 
 async def handle(request: Request, kind: str) -> Response:
+    started = time.perf_counter()
+    response = await _serve(request, kind)
+    METRICS.timed(kind, time.perf_counter() - started)
+    return response
+
+
+async def _serve(request: Request, kind: str) -> Response:
     rt = _runtime(request)
     outcome: Outcome | None = None
     reservation: Reservation | None = None

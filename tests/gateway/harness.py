@@ -152,3 +152,16 @@ def _wait_ready(base: str, timeout: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{base} not ready")
+
+
+def metric_samples(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The gateway's /metrics as {(sample name, sorted labels): value}, parsed by Prometheus' own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(base_url + "/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway.harness import Stack, gateway_stack
+from tests.gateway.harness import Stack, gateway_stack, metric_samples
 
 PROMPT = [{"role": "user", "content": "Explain recursion briefly."}]
 
@@ -69,6 +69,9 @@ def test_clamp_then_refuse_with_a_readable_429(tight: Stack) -> None:
     assert "It resets on" in error["message"] and "America/Chicago" in error["message"]
     assert refused.headers["x-should-retry"] == "false"
     assert refused.headers["x-eduaiq-binding-unit"] == "cs101"
+    samples = metric_samples(tight.base_url)  # Prometheus sees the refusal, by reason
+    assert samples[("eduaiq_refusals_total", (("reason", "insufficient_quota"),))] >= 1
+    assert samples[("eduaiq_requests_total", (("endpoint", "chat"), ("status", "429")))] >= 1
 
     with pytest.raises(openai.RateLimitError):
         openai.OpenAI(
