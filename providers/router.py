@@ -538,33 +538,34 @@ class Router:
         resp: Response | None = None
         try:
             # A non-stream answer's first byte is its last: it gets the read timeout as a whole.
-            async with asyncio.timeout(cfg.timeouts.first_byte if stream else cfg.timeouts.read):
-                resp = await session.request(
-                    "POST", req.url, req.headers.items(), req.data,
-                    connect_timeout=cfg.timeouts.connect, read_timeout=cfg.timeouts.read,
-                )  # fmt: skip
-                status = resp.status
-                if status >= 500 or status == 429:
-                    detail = (await resp.read(_MAX_ERROR_BODY)).decode(errors="replace")[:200]
-                    raise _Failed(Attempt(cfg.id, f"HTTP {status}: {detail}", status))
-                if status >= 400:
-                    data = dep.adapter.translate_error(status, await resp.read())
-                    return _whole(dep, server, resp, status, data, None, attempts)
-                if not stream:
-                    data, usage = dep.adapter.translate_body(cfg, await resp.read())
-                    return _whole(dep, server, resp, status, data, usage, attempts)
-                proc = dep.adapter.stream_processor(
-                    cfg, include_usage_chunk=include_usage_chunk, prompt_tokens_hint=prompt_tokens_hint
-                )
-                first = b""
-                eof = False
-                while not first:
-                    chunk = await resp.readany()
-                    if not chunk:
-                        first = proc.finish()
-                        eof = True
-                        break
-                    first = proc.feed(chunk)
+            resp = await session.request(
+                "POST", req.url, req.headers.items(), req.data,
+                connect_timeout=cfg.timeouts.connect, read_timeout=cfg.timeouts.read,
+                overall_timeout=cfg.timeouts.first_byte if stream else cfg.timeouts.read,
+            )  # fmt: skip
+            status = resp.status
+            if status >= 500 or status == 429:
+                detail = (await resp.read(_MAX_ERROR_BODY)).decode(errors="replace")[:200]
+                raise _Failed(Attempt(cfg.id, f"HTTP {status}: {detail}", status))
+            if status >= 400:
+                data = dep.adapter.translate_error(status, await resp.read())
+                return _whole(dep, server, resp, status, data, None, attempts)
+            if not stream:
+                data, usage = dep.adapter.translate_body(cfg, await resp.read())
+                return _whole(dep, server, resp, status, data, usage, attempts)
+            proc = dep.adapter.stream_processor(
+                cfg, include_usage_chunk=include_usage_chunk, prompt_tokens_hint=prompt_tokens_hint
+            )
+            first = b""
+            eof = False
+            while not first:
+                chunk = await resp.readany()
+                if not chunk:
+                    first = proc.finish()
+                    eof = True
+                    break
+                first = proc.feed(chunk)
+            resp.deadline = None  # the first byte came in time; from here each read has its own timeout
         except _Failed:
             self._fail(dep, resp)
             raise

@@ -165,6 +165,45 @@ async def test_failures_are_connection_errors_or_timeouts() -> None:
     await pool.close()
 
 
+async def test_the_overall_timeout_bounds_the_exchange_until_the_caller_clears_it() -> None:
+    """A model server that answers at once but then trickles a byte every 0.1 s never trips a 1 s
+    read timeout; the request's overall timeout (the router's first-byte or whole-answer limit) does."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if n == 0:
+            await asyncio.sleep(0.6)  # headers later than the overall timeout
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(12):
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    pool = UpstreamPool()
+    async with raw_server(trickle) as (base, _):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await pool.request("POST", base, body=b"{}", read_timeout=1.0, overall_timeout=0.3)
+        assert loop.time() - started < 0.55
+
+        r = await pool.request("POST", base, body=b"{}", read_timeout=1.0, overall_timeout=0.35)
+        got = b""
+        with pytest.raises(TimeoutError):
+            while True:
+                got += await r.readany()
+        assert 1 <= len(got) < 12  # some bytes came, then the overall deadline passed
+        r.close()
+
+        r = await pool.request("POST", base, body=b"{}", read_timeout=1.0, overall_timeout=0.35)
+        r.deadline = None  # cleared: only the per-read timeout is left, and the trickle is fast enough
+        assert await r.read() == b"x" * 12
+        r.release()
+    await pool.close()
+
+
 async def test_a_response_closed_mid_body_is_not_reused() -> None:
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         while True:
