@@ -1,8 +1,8 @@
 """Stage 8: one usage event per request, whatever happened, handed to the pipeline without waiting.
 
-`UsageProducer.emit` only enqueues: Kafka (or the disk spool when Kafka is
-away) is written by the producer's own thread, so a slow broker never slows a
-student's answer.
+Emitting only queues a line for the pipe to the gateway's producer process
+(`usage/sidecar.py`): Kafka, or the disk spool when Kafka is away, is written
+there, so a slow broker never slows a student's answer.
 """
 
 from __future__ import annotations

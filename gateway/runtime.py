@@ -2,8 +2,8 @@
 
 The hot path reads only memory and Redis: keys are cached here, institutions
 are compiled into the catalog, budgets live in Redis. PostgreSQL is read on a
-key-cache miss and when configuration changes; Kafka is written by the
-producer's own thread.
+key-cache miss and when configuration changes; Kafka is written by a
+producer process beside the gateway (`usage/sidecar.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from providers.http import UpstreamPool
 from quota import QuotaEngine
 from quota.sources import make_loader
 from usage.lag import settle_ledger
-from usage.producer import UsageProducer
+from usage.sidecar import ProducerSidecar
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Runtime:
         self.redis = Redis(connection_pool=pool)
         self.http: UpstreamPool | None = None
         self.catalog: Catalog | None = None
-        self.producer: UsageProducer | None = None
+        self.producer: ProducerSidecar | None = None
         self.quota = QuotaEngine(
             self.redis,
             reservation_ttl=settings.reservation_ttl_seconds,
@@ -53,7 +53,7 @@ class Runtime:
         """Before counters are rebuilt from the ledger: our own pending events into Kafka, and the consumers
         through Kafka into the ledger, so requests settled just before Redis lost its data are counted."""
         if self.producer is not None:
-            await asyncio.to_thread(self.producer.flush, 10.0)
+            await self.producer.flush(10.0)
         await settle_ledger(self.settings)
 
     async def start(self) -> None:
@@ -62,7 +62,8 @@ class Runtime:
         # An institution whose budgets are not in Redis yet (first start, or Redis lost its data) is
         # compiled and rebuilt from the ledger by the quota engine on its first request.
         await self.catalog.load_all()
-        self.producer = UsageProducer(self.settings)
+        self.producer = ProducerSidecar(self.settings)
+        await self.producer.start()
         # What start-up loaded (modules, price maps, compiled institutions) lives as long as the process:
         # frozen, the collector's full passes skip it. Unfrozen, each full pass walked ~400k objects and
         # stalled every request in flight for ~100 ms (the p99 of bench/gateway.py at concurrency 64).
@@ -103,7 +104,7 @@ class Runtime:
         if self.catalog is not None:
             await self.catalog.close()
         if self.producer is not None:
-            await asyncio.to_thread(self.producer.close)
+            await self.producer.close()
         if self.http is not None:
             await self.http.close()
         await self.quota.close()
