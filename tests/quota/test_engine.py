@@ -365,3 +365,24 @@ async def test_a_cancelled_reserve_gives_its_hold_back(engine: QuotaEngine, inst
         assert time.monotonic() < deadline, "the orphaned hold was never given back"
         await asyncio.sleep(0.02)
     assert isinstance(await reserve(engine, inst, input_tokens=100), Reservation)
+
+
+async def test_a_kept_connection_redis_closed_between_batches_is_not_used(
+    engine: QuotaEngine, inst: str, redis_url: str
+) -> None:
+    """The batcher keeps its Redis connection between batches; if Redis closed it meanwhile (a restart,
+    an idle timeout, CLIENT KILL), the next request must get a fresh one, not a ConnectionError."""
+    await engine.compile(tree(inst))
+    first = await reserve(engine, inst, input_tokens=1)
+    assert isinstance(first, Reservation)
+    kept = engine._batcher._idle
+    assert len(kept) == 1
+    local = kept[0]._writer.get_extra_info("sockname")
+    admin = redis.Redis.from_url(redis_url)
+    assert admin.client_kill(f"{local[0]}:{local[1]}")
+    admin.close()
+    await asyncio.sleep(0.2)  # the event loop reads the end of the killed connection
+    second = await reserve(engine, inst, input_tokens=1)
+    assert isinstance(second, Reservation)
+    await engine.release(first)
+    await engine.release(second)
