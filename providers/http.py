@@ -243,6 +243,7 @@ class UpstreamPool:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._targets: dict[tuple[str, str], tuple[tuple[str, str, int], bytes]] = {}
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def request(
         self,
@@ -267,7 +268,8 @@ class UpstreamPool:
         payload = b"".join((start, fields, b"\r\nContent-Length: %d\r\n\r\n" % len(body), body))
         deadline = None
         if overall_timeout is not None:
-            deadline = asyncio.get_running_loop().time() + overall_timeout
+            loop = self._loop or self._bind()
+            deadline = loop.time() + overall_timeout
             connect_timeout = min(connect_timeout or overall_timeout, overall_timeout)
         for attempt in range(2):
             conn, reused = await self._connection(key, connect_timeout)
@@ -287,6 +289,11 @@ class UpstreamPool:
                 raise
             return Response(self, key, conn, read_timeout, deadline)
         raise AssertionError("unreachable")
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """The serving loop, looked up once: on Python 3.11 every `get_running_loop()` is a system call."""
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _target(self, method: str, url: str) -> tuple[tuple[str, str, int], bytes]:
         """The pool key and the request's first bytes (request line, Host, User-Agent): the same for
