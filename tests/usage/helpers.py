@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+from kafka import KafkaConsumer
 
 from core.settings import Settings
 from usage.consumer import ConsumerStats, run_consumer
-from usage.events import UsageEvent
+from usage.events import UsageEvent, decode, split_record
 
 
 def make_event(institution_id: str, seq: int = 0, **overrides: Any) -> UsageEvent:
@@ -265,3 +266,22 @@ def execute(url: str, sql: str, *params: Any) -> int:
             return int(cur.rowcount)
     finally:
         conn.close()
+
+
+def read_topic(settings: Settings, expected: int, wait_ms: int = 5000) -> list[tuple[bytes, int]]:
+    """Every event of the topic, as (key, request sequence), in partition order."""
+    consumer = KafkaConsumer(
+        settings.kafka_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=wait_ms,
+    )
+    out: list[tuple[bytes, int]] = []
+    for record in consumer:
+        for line in split_record(record.value):
+            out.append((record.key, int(decode(line).request_id.split("-")[1])))
+        if len(out) >= expected:
+            break
+    consumer.close()
+    return out

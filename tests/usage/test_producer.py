@@ -4,33 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kafka import KafkaConsumer
-
 from cli.services.process import free_port
 from core.settings import Settings
-from tests.usage.helpers import consumer_thread, ledger_count, make_event, query, settings_for, wait_for
-from usage.events import decode, encode, events_in, kafka_key, split_record
+from tests.usage.helpers import (
+    consumer_thread,
+    ledger_count,
+    make_event,
+    query,
+    read_topic,
+    settings_for,
+    wait_for,
+)
+from usage.events import encode, events_in, kafka_key
 from usage.producer import UsageProducer
 from usage.spool import Spool
-
-
-def _read_topic(settings: Settings, expected: int) -> list[tuple[bytes, int]]:
-    """Every message of the topic, as (key, request sequence), in partition order."""
-    consumer = KafkaConsumer(
-        settings.kafka_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=5000,
-    )
-    out: list[tuple[bytes, int]] = []
-    for record in consumer:
-        for line in split_record(record.value):
-            out.append((record.key, int(decode(line).request_id.split("-")[1])))
-        if len(out) >= expected:
-            break
-    consumer.close()
-    return out
 
 
 def test_unreachable_broker_spools_and_a_restarted_producer_replays_in_order(
@@ -69,7 +56,7 @@ def test_unreachable_broker_spools_and_a_restarted_producer_replays_in_order(
     on_disk.close()
 
     # In order per institution, as emitted.
-    seen = _read_topic(usage_settings, len(events))
+    seen = read_topic(usage_settings, len(events))
     for inst in institutions:
         mine = [seq for key, seq in seen if key == inst.encode()]
         assert mine == [i for i, e in enumerate(events) if e.institution_id == inst]
@@ -98,5 +85,5 @@ def test_new_events_wait_behind_spooled_ones(
         wait_for(lambda: producer.stats().replayed + producer.stats().sent >= 4000, 60, "all sent")
     finally:
         producer.close()
-    seen = [seq for _, seq in _read_topic(usage_settings, 4000)]
+    seen = [seq for _, seq in read_topic(usage_settings, 4000)]
     assert seen == list(range(4000))

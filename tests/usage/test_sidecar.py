@@ -11,31 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer
 
 from core.settings import Settings
-from tests.usage.helpers import make_event, wait_for
-from usage.events import decode, encode, kafka_key, split_record
+from tests.usage.helpers import make_event, read_topic, wait_for
+from usage.events import encode, kafka_key
 from usage.sidecar import ProducerSidecar, serve
-
-
-def _read_topic(settings: Settings, expected: int, wait_ms: int = 5000) -> list[tuple[bytes, int]]:
-    """Every event of the topic, as (key, request sequence), in partition order."""
-    consumer = KafkaConsumer(
-        settings.kafka_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=wait_ms,
-    )
-    out: list[tuple[bytes, int]] = []
-    for record in consumer:
-        for line in split_record(record.value):
-            out.append((record.key, int(decode(line).request_id.split("-")[1])))
-        if len(out) >= expected:
-            break
-    consumer.close()
-    return out
 
 
 def _emit(sidecar: ProducerSidecar, institutions: list[str], seqs: range) -> None:
@@ -64,7 +44,7 @@ async def test_events_reach_the_broker_once_in_order_and_flush_waits_for_them(
         assert sidecar.stats().sent == 600
     finally:
         await sidecar.close()
-    _assert_once_in_order(_read_topic(usage_settings, 600), institutions, 600)
+    _assert_once_in_order(read_topic(usage_settings, 600), institutions, 600)
 
 
 async def test_a_killed_sidecar_is_replaced_and_the_pipe_keeps_what_it_had_not_read(
@@ -86,7 +66,7 @@ async def test_a_killed_sidecar_is_replaced_and_the_pipe_keeps_what_it_had_not_r
         assert sidecar._proc is not None and sidecar._proc.pid != first.pid
     finally:
         await sidecar.close()
-    _assert_once_in_order(_read_topic(usage_settings, 400), institutions, 400)
+    _assert_once_in_order(read_topic(usage_settings, 400), institutions, 400)
 
 
 async def test_closing_hands_everything_over_before_the_sidecar_exits(
@@ -98,7 +78,7 @@ async def test_closing_hands_everything_over_before_the_sidecar_exits(
     _emit(sidecar, institutions, range(1000))
     await sidecar.close()  # no flush first: close itself must not lose the tail
     assert sidecar._proc is not None and sidecar._proc.returncode == 0
-    _assert_once_in_order(_read_topic(usage_settings, 1000), institutions, 1000)
+    _assert_once_in_order(read_topic(usage_settings, 1000), institutions, 1000)
 
 
 _KILLED_GATEWAY = """
@@ -133,10 +113,10 @@ def test_a_killed_gateway_loses_nothing_it_had_written_to_the_pipe(
     assert gateway.returncode == -signal.SIGKILL
 
     def delivered() -> bool:
-        return len(_read_topic(usage_settings, 300, 2000)) >= 300
+        return len(read_topic(usage_settings, 300, 2000)) >= 300
 
     wait_for(delivered, 60, "the orphaned sidecar to send every event")
-    _assert_once_in_order(_read_topic(usage_settings, 300), [unique_id], 300)
+    _assert_once_in_order(read_topic(usage_settings, 300), [unique_id], 300)
 
 
 def test_the_rest_of_a_line_a_dead_sidecar_began_is_dropped_and_whole_lines_are_kept(
@@ -158,7 +138,7 @@ def test_the_rest_of_a_line_a_dead_sidecar_began_is_dropped_and_whole_lines_are_
     reader.join(5)
     os.close(status_r)
     assert reports and b'"direct"' in reports[0]
-    assert _read_topic(usage_settings, 2) == [(unique_id.encode(), 0), (unique_id.encode(), 1)]
+    assert read_topic(usage_settings, 2) == [(unique_id.encode(), 0), (unique_id.encode(), 1)]
 
 
 @pytest.mark.parametrize("key", [b"a\tb", b"a\nb", b"\x1eab", b"a\x00"])
