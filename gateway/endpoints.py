@@ -5,12 +5,12 @@ auth -> policy -> estimate -> quota.reserve -> route -> stream -> quota.settle -
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 
 import orjson
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,7 +30,7 @@ from gateway.observe import METRICS
 from gateway.policy import resolve_model
 from gateway.requests import ParsedRequest, parse_chat, parse_completion, parse_embedding, parse_json
 from gateway.runtime import Runtime
-from gateway.stream import RelayResponse, StreamResult
+from gateway.stream import RelayResponse, StreamResult, WholeAnswer
 from providers.errors import InvalidRequest, ModelNotFound, ProviderError, UpstreamUnavailable
 from providers.prices import Price
 from providers.router import UpstreamResponse
@@ -192,10 +192,9 @@ async def _serve(request: Request, kind: str) -> Response:
         return _relay(rt, view, upstream, reservation, outcome, parsed, images, headers)
     body = await upstream.read()
     usage = upstream.usage or _fallback_usage(parsed, images, 0)
-    response = Response(body, media_type="application/json",
-                        background=BackgroundTask(_finish, rt, view, reservation, outcome, usage, served.price))  # fmt: skip
-    response.raw_headers.extend(headers)
-    return response
+    return WholeAnswer(  # type: ignore[return-value]
+        body, headers, functools.partial(_finish, rt, view, reservation, outcome, usage, served.price)
+    )
 
 
 async def _upstream_refused(

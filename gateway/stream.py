@@ -36,6 +36,29 @@ class StreamResult:
     error: str | None = None
 
 
+class WholeAnswer:
+    """A non-stream answer, then `after()` (settle and meter) once it is sent. Starlette's Response with a
+    BackgroundTask did the same, rebuilding headers and inspecting the task's function on every request."""
+
+    __slots__ = ("after", "body", "headers")
+
+    def __init__(
+        self, body: bytes, headers: list[tuple[bytes, bytes]], after: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.body = body
+        self.headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            *headers,
+        ]
+        self.after = after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+        await self.after()
+
+
 class RelayResponse:
     def __init__(
         self,
