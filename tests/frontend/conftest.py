@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,31 +27,11 @@ from typing import Any
 import pytest
 
 from cli.services.postgres import SUPERUSER
+from cli.services.process import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = ROOT / "frontend"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_run(n: int) -> int:
-    """The first of `n` consecutive free ports (`eduaiq dev --services-port-base` takes base..base+2)."""
-    for _ in range(200):
-        base = free_port()
-        if base + n < 65000 and not any(port_open(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no run of free ports")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def ensure_chromium() -> str | None:
@@ -148,7 +127,7 @@ def dashboard_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     env = {**os.environ, "EDUAIQ_PUBLIC_BASE_URL": server}
     for name in ("EDUAIQ_DATABASE_URL", "EDUAIQ_REDIS_URL", "EDUAIQ_KAFKA_BOOTSTRAP"):
         env.pop(name, None)  # the quick start's own embedded servers
-    services = free_port_run(3)
+    services = free_port_block(3)  # `eduaiq dev --services-port-base` takes base..base+2
     cmd = [sys.executable, "-m", "cli", "dev", "--state-dir", str(state), "--port", str(port),
            "--services-port-base", str(services), "--demo-model-port", str(free_port())]  # fmt: skip
     dev = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
