@@ -174,8 +174,7 @@ class OpBatcher:
                     replies[i] = reply
         except BaseException as err:
             if conn is not None:
-                await conn.disconnect()
-                await pool.release(conn)
+                await self._discard(conn)
                 conn = None
             exc = err if isinstance(err, Exception) else ConnectionError("quota batch cancelled")
             for b in batches:
@@ -209,9 +208,14 @@ class OpBatcher:
             reader = getattr(conn, "_reader", None)
             if conn.is_connected and not (reader is not None and reader.at_eof()):
                 return conn
-            await conn.disconnect()
-            await self._redis.connection_pool.release(conn)
+            await self._discard(conn)
         return None
+
+    async def _discard(self, conn: Any) -> None:
+        """A connection whose state is unknown (a failed batch) or dead: closed, and back to the pool,
+        which reconnects it when it is next taken."""
+        await conn.disconnect()
+        await self._redis.connection_pool.release(conn)
 
     @staticmethod
     async def _roundtrip(conn: Any, packed: list[bytes]) -> list[Any]:
