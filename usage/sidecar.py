@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from dataclasses import asdict, replace
 
 import orjson
 
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 _SETTINGS_ENV = "EDUAIQ_SIDECAR_SETTINGS"
 _PIPE_BYTES = 1 << 20  # room for ~2,000 events while the sidecar is busy or being replaced
 _REPORT_EVERY = 0.5
+# Lines gather for this long and go to the pipe in one write: a write per request was a system call
+# per request; a killed gateway loses at most this much (the sidecar hands over the rest).
+_WRITE_EVERY = 0.005
 _F_SETPIPE_SZ = 1031  # Linux
 _RS = b"\x1e"
 _FRAMING = frozenset(b"\x1e\t\n\0")
@@ -70,7 +73,7 @@ class ProducerSidecar:
         self._writing = False
         self._closed = False
         self._emitted = 0
-        self._report: dict[str, Any] = {"direct": False, "pending": 0, "flushed": 0}
+        self._reported = ProducerStats(emitted=0, sent=0, spooled=0, replayed=0, pending=0, direct=False)
         self._flush_seq = 0
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._proc: subprocess.Popen[bytes] | None = None
@@ -85,7 +88,7 @@ class ProducerSidecar:
     # -- the request path -------------------------------------------------------------------------
 
     def emit_line(self, key: bytes, line: bytes) -> None:
-        """Never blocks: the line is written to the pipe at the end of this event-loop turn."""
+        """Never blocks: the line goes to the pipe with the others of the next `_WRITE_EVERY` seconds."""
         if self._closed:
             raise RuntimeError("usage producer is closed")
         if _FRAMING.intersection(key) or b"\n" in line or _RS in line:
@@ -95,11 +98,11 @@ class ProducerSidecar:
         if not self._scheduled:
             self._scheduled = True
             assert self._loop is not None
-            self._loop.call_later(0.005, self._write)
+            self._loop.call_later(_WRITE_EVERY, self._write)
 
     def _write(self) -> None:
-        """One write for everything this turn emitted; what the pipe cannot take now is kept, in order,
-        and written when the pipe has room again."""
+        """One write for everything emitted since the last; what the pipe cannot take now is kept, in
+        order, and written when the pipe has room again."""
         self._scheduled = False
         if self._buffer:
             self._unsent += b"".join(self._buffer)
@@ -114,28 +117,18 @@ class ProducerSidecar:
         assert self._loop is not None
         if self._unsent and not self._writing:
             self._writing = True
-            self._loop.add_writer(self._write_fd, self._on_writable)
+            self._loop.add_writer(self._write_fd, self._write)
         elif not self._unsent and self._writing:
             self._writing = False
             self._loop.remove_writer(self._write_fd)
-
-    def _on_writable(self) -> None:
-        self._write()
 
     # -- control ----------------------------------------------------------------------------------
 
     def stats(self) -> ProducerStats:
         """The sidecar's last report, with what this process has not handed to it yet as pending."""
-        r = self._report
         unwritten = len(self._buffer) + self._unsent.count(b"\n")
-        return ProducerStats(
-            emitted=self._emitted,
-            sent=int(r.get("sent", 0)),
-            spooled=int(r.get("spooled", 0)),
-            replayed=int(r.get("replayed", 0)),
-            pending=int(r.get("pending", 0)) + unwritten,
-            direct=bool(r.get("direct", False)),
-        )
+        r = self._reported
+        return replace(r, emitted=self._emitted, pending=r.pending + unwritten)
 
     async def flush(self, within: float = 10.0) -> bool:
         """Wait until every line emitted so far is with the broker or in the spool."""
@@ -225,9 +218,9 @@ class ProducerSidecar:
         finally:
             transport.close()
 
-    def _on_report(self, report: dict[str, Any]) -> None:
-        self._report = report
-        flushed = int(report.get("flushed", 0))
+    def _on_report(self, report: dict[str, int | bool]) -> None:
+        flushed = int(report.pop("flushed"))
+        self._reported = ProducerStats(**report)  # type: ignore[arg-type]
         waiting = []
         for seq, waiter in self._flush_waiters:
             if seq <= flushed:
@@ -249,10 +242,7 @@ class _Reporter:
         self.flushed = 0
 
     def report(self) -> None:
-        s = self._producer.stats()
-        state = {"direct": s.direct, "pending": s.pending, "sent": s.sent, "spooled": s.spooled,
-                 "replayed": s.replayed, "flushed": self.flushed}  # fmt: skip
-        line = orjson.dumps(state)
+        line = orjson.dumps({**asdict(self._producer.stats()), "flushed": self.flushed})
         with self._lock, contextlib.suppress(BrokenPipeError):
             os.write(self._fd, line + b"\n")
 

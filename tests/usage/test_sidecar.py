@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,50 +32,46 @@ def _assert_once_in_order(got: list[tuple[bytes, int]], institutions: list[str],
         assert mine == sorted(mine)  # in emission order per institution (one partition each)
 
 
+@pytest.fixture
+async def sidecar(usage_settings: Settings) -> AsyncIterator[ProducerSidecar]:
+    started = ProducerSidecar(usage_settings)
+    await started.start()
+    yield started
+    await started.close()  # a no-op for a test that closed it itself
+
+
 async def test_events_reach_the_broker_once_in_order_and_flush_waits_for_them(
-    usage_settings: Settings, unique_id: str
+    sidecar: ProducerSidecar, usage_settings: Settings, unique_id: str
 ) -> None:
     institutions = [f"{unique_id}-{n}" for n in range(3)]
-    sidecar = ProducerSidecar(usage_settings)
-    await sidecar.start()
-    try:
-        _emit(sidecar, institutions, range(600))
-        assert await sidecar.flush(30)
-        assert sidecar.stats().pending == 0 and sidecar.stats().direct
-        assert sidecar.stats().sent == 600
-    finally:
-        await sidecar.close()
+    _emit(sidecar, institutions, range(600))
+    assert await sidecar.flush(30)  # with the broker: the topic below holds them without a close
+    assert sidecar.stats().pending == 0 and sidecar.stats().direct
+    assert sidecar.stats().sent == 600
     _assert_once_in_order(read_topic(usage_settings, 600), institutions, 600)
 
 
 async def test_a_killed_sidecar_is_replaced_and_the_pipe_keeps_what_it_had_not_read(
-    usage_settings: Settings, unique_id: str
+    sidecar: ProducerSidecar, usage_settings: Settings, unique_id: str
 ) -> None:
     institutions = [f"{unique_id}-{n}" for n in range(2)]
-    sidecar = ProducerSidecar(usage_settings)
-    await sidecar.start()
-    try:
-        _emit(sidecar, institutions, range(100))
-        assert await sidecar.flush(30)
-        first = sidecar._proc
-        assert first is not None
-        first.send_signal(signal.SIGSTOP)  # it reads nothing more; what follows waits in the pipe
-        _emit(sidecar, institutions, range(100, 400))
-        assert not await sidecar.flush(1)
-        first.kill()
-        assert await sidecar.flush(60)  # answered by the replacement, after it read the whole pipe
-        assert sidecar._proc is not None and sidecar._proc.pid != first.pid
-    finally:
-        await sidecar.close()
+    _emit(sidecar, institutions, range(100))
+    assert await sidecar.flush(30)
+    first = sidecar._proc
+    assert first is not None
+    first.send_signal(signal.SIGSTOP)  # it reads nothing more; what follows waits in the pipe
+    _emit(sidecar, institutions, range(100, 400))
+    assert not await sidecar.flush(1)
+    first.kill()
+    assert await sidecar.flush(60)  # answered by the replacement, after it read the whole pipe
+    assert sidecar._proc is not None and sidecar._proc.pid != first.pid
     _assert_once_in_order(read_topic(usage_settings, 400), institutions, 400)
 
 
 async def test_closing_hands_everything_over_before_the_sidecar_exits(
-    usage_settings: Settings, unique_id: str
+    sidecar: ProducerSidecar, usage_settings: Settings, unique_id: str
 ) -> None:
     institutions = [unique_id]
-    sidecar = ProducerSidecar(usage_settings)
-    await sidecar.start()
     _emit(sidecar, institutions, range(1000))
     await sidecar.close()  # no flush first: close itself must not lose the tail
     assert sidecar._proc is not None and sidecar._proc.returncode == 0
@@ -143,12 +140,7 @@ def test_the_rest_of_a_line_a_dead_sidecar_began_is_dropped_and_whole_lines_are_
 
 @pytest.mark.parametrize("key", [b"a\tb", b"a\nb", b"\x1eab", b"a\x00"])
 async def test_keys_that_would_break_the_line_framing_are_refused(
-    usage_settings: Settings, key: bytes
+    sidecar: ProducerSidecar, key: bytes
 ) -> None:
-    sidecar = ProducerSidecar(usage_settings)
-    await sidecar.start()
-    try:
-        with pytest.raises(ValueError, match="framing"):
-            sidecar.emit_line(key, b"{}")
-    finally:
-        await sidecar.close()
+    with pytest.raises(ValueError, match="framing"):
+        sidecar.emit_line(key, b"{}")
