@@ -7,6 +7,7 @@ together, which is why it cannot live inside any of them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -165,18 +166,11 @@ def quota_check(institution: Annotated[str | None, typer.Option("--institution",
         raise typer.Exit(1)
 
 
-def _uvicorn(
-    app: Any, host: str, port: int, workers: int = 1, factory: str | None = None, proxy_headers: bool = True
-) -> None:
+def _uvicorn(app: Any, host: str, port: int) -> None:
     import uvicorn
 
-    options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False,
-                               "loop": "uvloop", "http": "httptools", "timeout_graceful_shutdown": 20,
-                               "proxy_headers": proxy_headers}  # fmt: skip
-    if workers > 1 and factory:
-        uvicorn.run(factory, factory=True, workers=workers, **options)
-    else:
-        uvicorn.run(app, **options)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, loop="uvloop",
+                http="httptools", timeout_graceful_shutdown=20)  # fmt: skip
 
 
 @app.command()
@@ -186,10 +180,14 @@ def gateway(
     workers: Annotated[int, typer.Option(help="worker processes (one per core is right)")] = 1,
 ) -> None:
     """Serve the OpenAI-compatible data plane (/v1, /healthz, /readyz, /metrics)."""
-    from gateway.app import create_asgi
+    from gateway.app import create_app
+    from gateway.server import run
 
     settings = settings_or_exit()
-    _uvicorn(create_asgi(settings), host, port, workers, "gateway.app:create_asgi", proxy_headers=False)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s gateway %(levelname)s %(name)s %(message)s"
+    )
+    run(lambda: create_app(settings), host, port, workers=workers, max_body=settings.max_body_bytes)
 
 
 @app.command("admin-api")

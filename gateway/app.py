@@ -121,6 +121,3 @@ class GatewayApp:
 
 def create_app(settings: Settings | None = None) -> GatewayApp:
     return GatewayApp(settings or get_settings())
-
-
-create_asgi = create_app  # the uvicorn factory for `eduaiq gateway --workers N`

@@ -1,0 +1,386 @@
+"""The gateway's HTTP/1.1 server (gateway/server.py), driven with raw bytes over real sockets.
+
+The server runs in the test's event loop in front of a small ASGI app; every
+test writes exact request bytes and reads exact response bytes, so framing,
+keep-alive, pipelining, limits, disconnects and shutdown are seen as a client
+sees them. The whole gateway runs on this server in every other gateway test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.server import MAX_HEADER_BYTES, listen, serve
+
+MAX_BODY = 4096
+
+
+@dataclass
+class Recorder:
+    lifespan: list[str] = field(default_factory=list)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    slow_started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def make_app(rec: Recorder) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    rec.lifespan.append("startup")
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    rec.lifespan.append("shutdown")
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        if path == "/crash":
+            raise ValueError("a bug")
+        message = await receive()
+        body = message["body"]
+        if path == "/stream":
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+            )
+            for part in (b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n"):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if path == "/hang":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"data: first\n\n", "more_body": True})
+            assert (await receive())["type"] == "http.disconnect"
+            rec.disconnected.set()
+            await send({"type": "http.response.body", "body": b"data: dropped\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if path == "/slow":
+            rec.slow_started.set()
+            await asyncio.sleep(0.5)
+        if path == "/badheader":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"x-evil", b"a\r\nset-cookie: x")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        answer = orjson.dumps(
+            {
+                "method": scope["method"],
+                "path": path,
+                "raw_path": scope["raw_path"].decode(),
+                "query": scope["query_string"].decode(),
+                "body": body.decode("latin-1"),  # every byte, back as it came
+                "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
+            }
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
+@dataclass
+class Server:
+    port: int
+    rec: Recorder
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+
+@contextlib.asynccontextmanager
+async def running(keep_alive: float = 5.0, grace: float = 5.0) -> AsyncIterator[Server]:
+    rec = Recorder()
+    sock = listen("127.0.0.1", 0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        serve(make_app(rec), sock, max_body=MAX_BODY, keep_alive=keep_alive, grace=grace, stop=stop)
+    )
+    server = Server(sock.getsockname()[1], rec, stop, task)
+    for _ in range(100):
+        if rec.lifespan:
+            break
+        await asyncio.sleep(0.01)
+    try:
+        yield server
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Answer:
+    """One HTTP/1.1 response, framed by Content-Length or chunked encoding, parsed by hand."""
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) != b"\r\n":
+        name, _, value = line.decode().partition(":")
+        assert name.lower() not in headers, f"duplicate header {name}"
+        headers[name.lower()] = value.strip()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    else:
+        assert headers.get("transfer-encoding") == "chunked", headers
+        parts = []
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            assert chunk.endswith(b"\r\n")
+            if size == 0:
+                break
+            parts.append(chunk[:-2])
+        body = b"".join(parts)
+    return Answer(status, headers, body)
+
+
+def request(path: str, body: bytes = b"", extra: str = "", method: str = "POST") -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+    )
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def test_keep_alive_serves_requests_in_turn_on_one_connection() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        for i in range(3):
+            writer.write(request(f"/echo/{i}?x={i}", f'{{"n": {i}}}'.encode()))
+            answer = await read_answer(reader)
+            assert answer.status == 200
+            assert "date" in answer.headers and "connection" not in answer.headers
+            got = orjson.loads(answer.body)
+            assert (got["path"], got["query"], got["body"]) == (f"/echo/{i}", f"x={i}", f'{{"n": {i}}}')
+        writer.close()
+        assert server.rec.lifespan == ["startup"]
+    assert server.rec.lifespan == ["startup", "shutdown"]
+
+
+async def test_headers_reach_the_app_lower_cased_and_paths_percent_decoded() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/a%20b//c", extra="Authorization: Bearer sk-1\r\nX-Mixed-Case: Yes\r\n"))
+        got = orjson.loads((await read_answer(reader)).body)
+        assert got["path"] == "/a b//c" and got["raw_path"] == "/a%20b//c"
+        assert got["headers"]["authorization"] == "Bearer sk-1"
+        assert got["headers"]["x-mixed-case"] == "Yes"
+        writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/slow", b"first") + request("/echo", b"second") + request("/stream"))
+        first, second, third = [await read_answer(reader) for _ in range(3)]
+        assert orjson.loads(first.body)["body"] == "first"
+        assert orjson.loads(second.body)["body"] == "second"
+        assert third.body == b"data: one\n\ndata: two\n\ndata: [DONE]\n\n"
+        writer.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    bodies=st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=4),
+    chunked=st.booleans(),
+    cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=8),
+)
+async def test_any_split_of_the_byte_stream_gives_the_same_answers(
+    bodies: list[bytes], chunked: bool, cuts: list[int]
+) -> None:
+    """Requests arrive in whatever pieces TCP delivers: split anywhere (mid request line, mid header,
+    mid chunk size), pipelined, Content-Length or chunked bodies, each body reaches the app whole."""
+    wire = b""
+    for body in bodies:
+        if chunked:
+            encoded = b"".join(
+                b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7)
+            )
+            wire += (
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + encoded
+                + b"0\r\n\r\n"
+            )
+        else:
+            wire += request("/echo", body)
+    points = sorted({c % len(wire) for c in cuts} - {0})
+    pieces = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
+    async with running() as server:
+        reader, writer = await server.connect()
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0)
+        for body in bodies:
+            answer = await read_answer(reader)
+            assert answer.status == 200
+            assert orjson.loads(answer.body)["body"] == body.decode("latin-1")
+        writer.close()
+
+
+async def test_a_streamed_answer_is_chunked_and_the_head_goes_out_with_the_first_bytes() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/stream"))
+        raw = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head and b"content-length" not in head
+        assert body == b"b\r\ndata: one\n\n\r\nb\r\ndata: two\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+        writer.close()
+
+
+async def test_expect_100_continue_is_answered_before_the_body() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        assert orjson.loads((await read_answer(reader)).body)["body"] == "hello"
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("wire", "status", "code"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_http_request"),
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 99999\r\n\r\n", 413, "request_too_large"),
+        (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"800\r\n" + b"x" * 2048 + b"\r\n" * 1
+         + b"800\r\n" + b"x" * 2048 + b"\r\n" + b"800\r\n" + b"x" * 2048 + b"\r\n", 413, "request_too_large"),
+        (b"GET /echo HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 1) + b"\r\n\r\n", 431, "headers_too_large"),
+        (b"GET /" + b"a" * (MAX_HEADER_BYTES + 1) + b" HTTP/1.1\r\n\r\n", 414, "uri_too_long"),
+    ],
+)  # fmt: skip
+async def test_a_request_refused_for_its_form_gets_a_json_error_and_the_connection_closes(
+    wire: bytes, status: int, code: str
+) -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(wire)
+        answer = await read_answer(reader)
+        assert answer.status == status
+        assert answer.headers["connection"] == "close"
+        error = orjson.loads(answer.body)["error"]
+        assert error["code"] == code and error["message"] and "type" in error and "param" in error
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_a_refused_request_after_a_good_one_is_answered_after_it() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/slow", b"ok") + b"NOT HTTP\r\n\r\n")
+        assert (await read_answer(reader)).status == 200
+        assert (await read_answer(reader)).status == 400
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_an_app_error_is_a_500_in_the_openai_shape_and_the_server_goes_on() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/crash"))
+        answer = await read_answer(reader)
+        assert answer.status == 500
+        assert orjson.loads(answer.body)["error"]["code"] == "internal_error"
+        reader, writer = await server.connect()
+        writer.write(request("/echo", b"after"))
+        assert (await read_answer(reader)).status == 200
+        writer.close()
+
+
+async def test_a_header_value_with_a_line_break_is_never_written() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/badheader"))
+        answer = await read_answer(reader)
+        assert answer.status == 500 and "set-cookie" not in answer.headers and "x-evil" not in answer.headers
+        writer.close()
+
+
+async def test_the_app_hears_a_client_hang_up_mid_stream() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/hang"))
+        await asyncio.wait_for(reader.readuntil(b"data: first\n\n"), 5)
+        writer.close()
+        await asyncio.wait_for(server.rec.disconnected.wait(), 5)
+        reader, writer = await server.connect()  # and the server serves on
+        writer.write(request("/echo"))
+        assert (await read_answer(reader)).status == 200
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"GET /echo HTTP/1.0\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ],
+)
+async def test_a_client_that_wants_the_connection_closed_gets_it_closed(wire: bytes) -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(wire)
+        raw = await asyncio.wait_for(reader.read(), 5)  # to the end: the server closed
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close\r\n" in raw.lower()
+        writer.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time() -> None:
+    async with running(keep_alive=0.2) as server:
+        reader, writer = await server.connect()
+        writer.write(request("/echo"))
+        assert (await read_answer(reader)).status == 200
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_shutdown_finishes_the_request_in_flight_then_runs_the_lifespan_shutdown() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        idle_reader, idle_writer = await server.connect()
+        writer.write(request("/slow", b"in flight"))
+        await asyncio.wait_for(server.rec.slow_started.wait(), 5)
+        server.stop.set()
+        answer = await read_answer(reader)
+        assert answer.status == 200 and answer.headers["connection"] == "close"
+        assert orjson.loads(answer.body)["body"] == "in flight"
+        assert await closed(idle_reader)  # the idle keep-alive connection was closed at once
+        await asyncio.wait_for(server.task, 5)
+        assert server.rec.lifespan == ["startup", "shutdown"]
+        with pytest.raises(OSError):
+            await server.connect()
+        writer.close()
+        idle_writer.close()
