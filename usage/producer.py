@@ -88,7 +88,9 @@ class UsageProducer:
         self._retry_interval = retry_interval
         self._connect_timeout_ms = int(connect_timeout * 1000)
         self._spool = Spool(spool_dir or settings.spool_path)
-        self._queue: queue.SimpleQueue[Line] = queue.SimpleQueue()
+        # Events travel in lists: the sidecar hands over what it read from its pipe at once, one put
+        # (and one wake-up of this thread) per read rather than per event.
+        self._queue: queue.SimpleQueue[list[Line]] = queue.SimpleQueue()
         self._producer: KafkaProducer | None = None
         self._carry: list[Line] = []
         self._direct = False
@@ -112,11 +114,15 @@ class UsageProducer:
 
     def emit_line(self, key: bytes, line: bytes) -> None:
         """An event its caller encoded (one JSON object, as `usage.events.encode` writes it)."""
+        self.emit_lines([(key, line)])
+
+    def emit_lines(self, lines: list[Line]) -> None:
+        """Events their caller encoded, in order; the list becomes the producer's."""
         if self._closed:
             raise RuntimeError("usage producer is closed")
         with self._cond:
-            self._emitted += 1
-        self._queue.put((key, line))
+            self._emitted += len(lines)
+        self._queue.put(lines)
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -135,7 +141,7 @@ class UsageProducer:
             log.error(
                 "usage producer did not stop within %.0fs; %d events still queued",
                 timeout,
-                self._queue.qsize(),
+                self._queued(),
             )
             return
         self._spool.close()
@@ -175,7 +181,7 @@ class UsageProducer:
         if not stopping and time.monotonic() >= self._next_attempt:
             self._replay_round()
         catching_up = not stopping and not self._direct and self._producer is not None
-        if not self._carry and catching_up and self._queue.qsize() < self._hold_max:
+        if not self._carry and catching_up and self._queued() < self._hold_max:
             # The broker is back and the spool is draining: newer events wait in memory behind it
             # (written to disk only if too many pile up), so replay is not slowed by re-spooling them.
             if self._next_attempt > time.monotonic():
@@ -198,22 +204,25 @@ class UsageProducer:
             self._cond.notify_all()
         return True
 
+    def _queued(self) -> int:
+        """Events emitted and not yet taken by the sender loop (nor in its carried batch)."""
+        return self._emitted - self._handled - len(self._carry)
+
     def _take(self, wait: float, limit: int) -> list[Line]:
-        """Up to `limit` events: the first, then whatever arrives while we linger. Sleeping and then
-        draining costs the request path (which shares this process and its GIL) far less than waking
-        for every event, and one record per institution per batch is far cheaper to send than one per
-        event."""
+        """About `limit` events (whole lists as emitted, so one more list may overshoot): the first
+        list, then whatever arrives while we linger. Sleeping and then draining costs the request
+        path far less than waking for every event, and one record per institution per batch is far
+        cheaper to send than one per event."""
         try:
-            first = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            batch = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
         except queue.Empty:
             return []
         if not self._stopping.is_set() and self._linger > 0:
             time.sleep(self._linger)
-        batch = [first]
         get = self._queue.get_nowait
         try:
             while len(batch) < limit:
-                batch.append(get())
+                batch.extend(get())
         except queue.Empty:
             pass
         return batch

@@ -261,16 +261,22 @@ def serve(settings: Settings, read_fd: int, status_fd: int) -> None:
     while chunk := os.read(read_fd, 1 << 20):
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
+        events: list[tuple[bytes, bytes]] = []  # handed over at once: one queue put per read
         for line in lines:
             if not line.startswith(_RS):  # the rest of a line a dead predecessor had begun
                 log.warning("dropped the rest of a usage line a previous sidecar had begun reading")
             elif line.startswith(b"\x1e\0F"):
+                if events:
+                    producer.emit_lines(events)
+                    events = []
                 producer.flush(None)
                 reporter.flushed = int(line[3:])
                 reporter.report()
             else:
                 key, _, event = line[1:].partition(b"\t")
-                producer.emit_line(key, event)
+                events.append((key, event))
+        if events:
+            producer.emit_lines(events)
     producer.close()
     stop.set()
     reporter.report()
