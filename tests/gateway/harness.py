@@ -78,6 +78,7 @@ def gateway_stack(
     consumer: bool = False,
     consumers: int = 1,
     gateways: int = 1,
+    workers: int = 1,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     from tests.conftest import _drop_database, make_database
@@ -115,7 +116,7 @@ def gateway_stack(
             stack.logs.append(log)
             stack.procs.append(
                 _spawn(
-                    ["cli", "gateway", "--port", str(port)],
+                    ["cli", "gateway", "--port", str(port), "--workers", str(workers)],
                     {**env, "EDUAIQ_SPOOL_DIR": str(tmp / f"spool{i}")},
                     log,
                 )
