@@ -14,10 +14,12 @@ request on the client side. The transport is a connection of the redis-py
 asyncio pool used directly (send the packed bytes, read one reply per call)
 and kept between batches.
 At most ``max_inflight`` writes are on the wire at once; meanwhile new
-operations gather into the next, larger batch. One is the default: in the
-gateway at concurrency 64 (bench/gateway.py, alternated A/B against four)
-batches grew, Redis spent ~14% less CPU a request on the scripts' fixed
-per-call work, the gateway ~10% less on writes and tasks, and throughput rose 6-10%.
+operations gather into the next, larger batch. Two is the default, measured
+with bench/gateway.py in alternated A/B runs: against four, batches at
+concurrency 64 grew, Redis spent ~14% less CPU a request, the gateway ~10% less
+on writes and tasks, and throughput rose 6-10%; one gave the same at
+concurrency 64 but added ~0.1 ms at concurrency 1, where a client's next
+request waits behind the settle of its previous one.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Op:
 
 
 class OpBatcher:
-    def __init__(self, redis: Redis, *, max_ops: int = 256, max_inflight: int = 1) -> None:
+    def __init__(self, redis: Redis, *, max_ops: int = 256, max_inflight: int = 2) -> None:
         self._redis = redis
         self._max_ops = max_ops
         self._max_inflight = max_inflight

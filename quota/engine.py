@@ -97,7 +97,7 @@ class QuotaEngine:
         counter_retention: float = 40 * 86400.0,
         loader: Loader | None = None,
         clock: Callable[[], float] = time.time,
-        max_inflight: int = 1,
+        max_inflight: int = 2,
         max_batch: int = 256,
     ) -> None:
         self.redis = redis
