@@ -166,7 +166,9 @@ class _Exchange:
         more: bool = message.get("more_body", False)
         conn = self.conn
         if conn.lost:
-            self.finished = not more
+            if not more:
+                self.finished = True
+                conn.answered(self)
             return
         if not self.written:  # the head goes out with these first bytes, in one write
             data = self._head(more, len(body))
@@ -185,6 +187,7 @@ class _Exchange:
             conn.transport.write(data)  # type: ignore[union-attr]
         if self.finished:
             self.hang_up()
+            conn.answered(self)
         elif conn.write_paused:
             await conn.drained()
 
@@ -409,6 +412,18 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()  # type: ignore[union-attr]
         self.loop.create_task(self._answer(exchange))
 
+    def answered(self, exchange: _Exchange) -> None:
+        """The response is whole on the wire: the connection moves on to the next request at once, while
+        the app may still be doing its work after the response (the gateway settles and meters there);
+        waiting for that would add a Redis round trip to every keep-alive client's next request."""
+        if self.exchange is exchange:
+            self.exchange = None
+            self.last_active = self.loop.time()
+            if exchange.keep_alive and not self.shared.closing:
+                self._next()
+            else:
+                self.close()
+
     async def _answer(self, exchange: _Exchange) -> None:
         try:
             if exchange.error is not None:
@@ -421,26 +436,20 @@ class _Connection(asyncio.Protocol):
             if not exchange.finished:
                 if exchange.written:  # an answer cut short cannot be framed: end the connection
                     log.error("the app returned before finishing its response to %s", exchange.scope)
-                    exchange.keep_alive = False
                 else:
                     await self._internal_error(exchange)
         except Exception:
             log.exception("unhandled error answering %s", exchange.scope and exchange.scope.get("path"))
-            if exchange.written:
-                exchange.keep_alive = False
-            else:
+            if not exchange.written:
                 await self._internal_error(exchange)
         finally:
             exchange.hang_up()
-            self.exchange = None
-            self.shared.answering -= 1
+            if not exchange.finished and self.exchange is exchange:  # cut short: the framing is lost
+                self.exchange = None
+                self.close()
+            self.shared.answering -= 1  # the app's work, after the response too
             if self.shared.closing and not self.shared.answering:
                 self.shared.quiet.set()
-            self.last_active = self.loop.time()
-            if not exchange.keep_alive or self.shared.closing or not exchange.finished:
-                self.close()
-            else:
-                self._next()
 
     @staticmethod
     async def _internal_error(exchange: _Exchange) -> None:

@@ -29,6 +29,7 @@ class Recorder:
     lifespan: list[str] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     slow_started: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # lets /after finish its work
 
 
 def make_app(rec: Recorder) -> Any:
@@ -63,6 +64,12 @@ def make_app(rec: Recorder) -> Any:
             rec.disconnected.set()
             await send({"type": "http.response.body", "body": b"data: dropped\n\n", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if path == "/after":  # answers, then goes on working (as the gateway settles and meters)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"answered"})
+            await rec.release.wait()
+            rec.lifespan.append("after-work")
             return
         if path == "/slow":
             rec.slow_started.set()
@@ -384,3 +391,28 @@ async def test_shutdown_finishes_the_request_in_flight_then_runs_the_lifespan_sh
             await server.connect()
         writer.close()
         idle_writer.close()
+
+
+async def test_the_next_request_on_a_connection_does_not_wait_for_the_apps_work_after_a_response() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/after"))
+        assert (await read_answer(reader)).body == b"answered"
+        writer.write(request("/echo", b"next"))
+        assert orjson.loads((await read_answer(reader)).body)["body"] == "next"
+        assert "after-work" not in server.rec.lifespan  # the first request's app is still working
+        server.rec.release.set()
+        writer.close()
+
+
+async def test_shutdown_waits_for_the_apps_work_after_a_response() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/after"))
+        assert (await read_answer(reader)).body == b"answered"
+        server.stop.set()
+        await asyncio.sleep(0.2)  # room for a wrong shutdown to run first
+        server.rec.release.set()
+        await asyncio.wait_for(server.task, 5)
+        assert server.rec.lifespan == ["startup", "after-work", "shutdown"]
+        writer.close()
