@@ -15,7 +15,8 @@ so this server speaks ASGI too, the part of it the gateway uses:
 
 - HTTP/1.1 and 1.0; keep-alive, closed after `keep_alive` seconds without a
   byte or an answer in progress (one sweep a second for all connections, not a
-  timer per request); pipelined requests answered in order;
+  timer per request); pipelined requests answered in order, the next one taken
+  as soon as a response is whole on the wire (the app may still be working);
 - Content-Length and chunked request bodies, given to the app whole;
   `Expect: 100-continue`; a body limit (413) and a header limit (431); a
   malformed request gets 400 and the connection is closed;
@@ -75,7 +76,7 @@ class _Shared:
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.closing = False
-        self.answering = 0  # exchanges in progress, on all connections
+        self.answering = 0  # app calls in progress on all connections, their work after the response included
         self.quiet = asyncio.Event()  # set when closing and nothing is in progress
         self._date_at = 0
         self._date = b""
@@ -622,7 +623,7 @@ def run(
         except ChildProcessError:
             break
         if pid not in children:
-            continue  # a grandchild (a worker's sidecar) reparented to us
+            continue  # not a worker (only possible were this process a child subreaper)
         children.discard(pid)
         if not stopping:
             log.error(
