@@ -428,10 +428,7 @@ class _Connection(asyncio.Protocol):
     async def _answer(self, exchange: _Exchange) -> None:
         try:
             if exchange.error is not None:
-                error = exchange.error
-                await exchange.send({"type": "http.response.start", "status": error.status,
-                                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-                await exchange.send({"type": "http.response.body", "body": error.body()})
+                await self._send_error(exchange, exchange.error)
             else:
                 await self.shared.app(exchange.scope, exchange.receive, exchange.send)  # type: ignore[arg-type]
             if not exchange.finished:
@@ -452,12 +449,15 @@ class _Connection(asyncio.Protocol):
             if self.shared.closing and not self.shared.answering:
                 self.shared.quiet.set()
 
-    @staticmethod
-    async def _internal_error(exchange: _Exchange) -> None:
-        error = ApiError(500, "internal error in the gateway", code="internal_error")
+    @classmethod
+    async def _internal_error(cls, exchange: _Exchange) -> None:
         exchange.keep_alive = False
         exchange.started = False  # whatever the app started never reached the wire
-        await exchange.send({"type": "http.response.start", "status": 500,
+        await cls._send_error(exchange, ApiError(500, "internal error in the gateway", code="internal_error"))
+
+    @staticmethod
+    async def _send_error(exchange: _Exchange, error: ApiError) -> None:
+        await exchange.send({"type": "http.response.start", "status": error.status,
                              "headers": [(b"content-type", b"application/json")]})  # fmt: skip
         await exchange.send({"type": "http.response.body", "body": error.body()})
 
