@@ -15,8 +15,12 @@ so this server speaks ASGI too, the part of it the gateway uses:
 
 - HTTP/1.1 and 1.0; keep-alive, closed after `keep_alive` seconds without a
   byte or an answer in progress (one sweep a second for all connections, not a
-  timer per request); pipelined requests answered in order, the next one taken
-  as soon as a response is whole on the wire (the app may still be working);
+  timer per request); a request whose head (request line and headers) is not
+  whole `header_timeout` seconds after its first byte gets 408 and the
+  connection is closed, so a client trickling bytes cannot hold a connection
+  for ever (the keep-alive limit alone restarts with every byte); pipelined
+  requests answered in order, the next one taken as soon as a response is
+  whole on the wire (the app may still be working);
 - Content-Length and chunked request bodies, given to the app whole;
   `Expect: 100-continue`; a body limit (413) and a header limit (431); a
   malformed request gets 400 and the connection is closed;
@@ -69,10 +73,11 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class _Shared:
     """What the connections of one listening server share."""
 
-    def __init__(self, app: ASGIApp, max_body: int, keep_alive: float) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, keep_alive: float, header_timeout: float) -> None:
         self.app = app
         self.max_body = max_body
         self.keep_alive = keep_alive
+        self.header_timeout = header_timeout
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.closing = False
@@ -90,10 +95,13 @@ class _Shared:
 
     def sweep(self) -> None:
         """Close keep-alive connections idle for longer than `keep_alive` (and half-sent requests
-        that stalled as long)."""
-        cutoff = self.loop.time() - self.keep_alive
+        that stalled as long); refuse a request whose head has taken longer than `header_timeout`."""
+        now = self.loop.time()
+        cutoff, head_cutoff = now - self.keep_alive, now - self.header_timeout
         for conn in list(self.connections):
-            if conn.exchange is None and not conn.queue and conn.last_active < cutoff:
+            if conn.head_since is not None and conn.head_since < head_cutoff:
+                conn.head_too_slow(self.header_timeout)
+            elif conn.exchange is None and not conn.queue and conn.last_active < cutoff:
                 conn.close()
 
 
@@ -241,6 +249,7 @@ class _Connection(asyncio.Protocol):
         self.server: tuple[str, int] | None = None
         self.read_paused = False
         self.refused = False  # a request was refused for its form: read nothing more
+        self.head_since: float | None = None  # when the head being parsed began to arrive
         # the request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -302,8 +311,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def head_too_slow(self, limit: float) -> None:
+        self.head_since = None
+        self._refuse(408, f"the request's headers did not arrive within {limit:g} seconds", "request_timeout")
+
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.head_since = self.loop.time()
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -326,6 +340,7 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.head_since = None
         parser = self.parser
         method_raw = parser.get_method()
         method = _METHODS.get(method_raw) or method_raw.decode("ascii", "replace")
@@ -513,6 +528,7 @@ async def serve(
     *,
     max_body: int,
     keep_alive: float = 5.0,
+    header_timeout: float = 20.0,
     grace: float = 20.0,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -521,7 +537,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     lifespan = _Lifespan(app)
     await lifespan.startup()
-    shared = _Shared(app, max_body, keep_alive)
+    shared = _Shared(app, max_body, keep_alive, header_timeout)
     if stop is None:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -576,12 +592,18 @@ def run(
     workers: int = 1,
     max_body: int,
     keep_alive: float = 5.0,
+    header_timeout: float = 20.0,
     grace: float = 20.0,
 ) -> None:
     """Bind, then serve in this process (one worker) or in `workers` forked processes that share the
     socket; SIGTERM or SIGINT stops them all gracefully. A worker that dies is replaced."""
     sock = listen(host, port)
-    options = {"max_body": max_body, "keep_alive": keep_alive, "grace": grace}
+    options = {
+        "max_body": max_body,
+        "keep_alive": keep_alive,
+        "header_timeout": header_timeout,
+        "grace": grace,
+    }
     if workers <= 1:
         _worker(app_factory, sock, options)
         return

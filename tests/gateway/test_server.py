@@ -118,12 +118,22 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def running(keep_alive: float = 5.0, grace: float = 5.0) -> AsyncIterator[Server]:
+async def running(
+    keep_alive: float = 5.0, grace: float = 5.0, header_timeout: float = 20.0
+) -> AsyncIterator[Server]:
     rec = Recorder()
     sock = listen("127.0.0.1", 0)
     stop = asyncio.Event()
     task = asyncio.create_task(
-        serve(make_app(rec), sock, max_body=MAX_BODY, keep_alive=keep_alive, grace=grace, stop=stop)
+        serve(
+            make_app(rec),
+            sock,
+            max_body=MAX_BODY,
+            keep_alive=keep_alive,
+            grace=grace,
+            header_timeout=header_timeout,
+            stop=stop,
+        )
     )
     server = Server(sock.getsockname()[1], rec, stop, task)
     for _ in range(100):
@@ -371,6 +381,42 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time
         writer.write(request("/echo"))
         assert (await read_answer(reader)).status == 200
         assert await closed(reader)
+        writer.close()
+
+
+async def test_a_head_trickled_in_slower_than_the_header_timeout_gets_408_and_the_connection_closes() -> None:
+    """A byte every 0.3 s keeps the keep-alive clock fresh for ever; the head's own deadline does not."""
+    async with running(keep_alive=1.0, header_timeout=1.5) as server:
+        reader, writer = await server.connect()
+        writer.write(request("/echo"))  # a whole request first: the deadline is the next head's own
+        assert (await read_answer(reader)).status == 200
+        started = asyncio.get_running_loop().time()
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\n")
+        answer: Answer | None = None
+        reading = asyncio.create_task(read_answer(reader))
+        for i in range(40):
+            done, _ = await asyncio.wait({reading}, timeout=0.3)
+            if done:
+                answer = reading.result()
+                break
+            writer.write(b"X-Slow-%d: y\r\n" % i)
+        assert answer is not None, "a trickled head was never refused"
+        waited = asyncio.get_running_loop().time() - started
+        assert answer.status == 408
+        assert orjson.loads(answer.body)["error"]["code"] == "request_timeout"
+        assert 1.5 <= waited < 4.0
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_a_slow_but_steady_head_within_the_header_timeout_is_served() -> None:
+    async with running(keep_alive=1.0, header_timeout=3.0) as server:
+        reader, writer = await server.connect()
+        for part in (b"POST /echo HTTP/1.1\r\n", b"Host: t\r\n", b"Content-Length: 2\r\n", b"\r\nhi"):
+            writer.write(part)
+            await asyncio.sleep(0.4)
+        answer = await read_answer(reader)
+        assert answer.status == 200 and orjson.loads(answer.body)["body"] == "hi"
         writer.close()
 
 
