@@ -187,7 +187,8 @@ def gateway(
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s gateway %(levelname)s %(name)s %(message)s"
     )
-    run(lambda: create_app(settings), host, port, workers=workers, max_body=settings.max_body_bytes)
+    run(lambda: create_app(settings), host, port, workers=workers, max_body=settings.max_body_bytes,
+        grace=settings.shutdown_grace_seconds)  # fmt: skip
 
 
 @app.command("admin-api")

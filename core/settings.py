@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(default=2.0, ge=0, le=5)
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_read_timeout: float = Field(default=300.0, gt=0)
+    # After SIGTERM the gateway stops accepting and lets requests in flight finish for this long, streams
+    # included (a student's answer is not cut by a rolling update); a second SIGTERM or Ctrl-C cuts them.
+    shutdown_grace_seconds: float = Field(default=300.0, ge=0)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 

@@ -30,8 +30,9 @@ so this server speaks ASGI too, the part of it the gateway uses:
   cancelled at once); writes after that are dropped, as uvicorn drops them;
 - the ASGI lifespan; graceful shutdown on SIGTERM or SIGINT (stop accepting,
   let what is in flight finish within the grace period, then the lifespan's
-  shutdown, which hands the usage events over); N worker processes on one
-  listening socket, a worker that dies is replaced.
+  shutdown, which hands the usage events over); a second signal ends the
+  grace period at once; N worker processes on one listening socket, a worker
+  that dies is replaced.
 
 Left out on purpose: TLS (the ingress terminates it), HTTP/2, WebSockets and
 upgrades (answered 400), proxy headers, access logs.
@@ -68,6 +69,7 @@ _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) f
 _NO_BODY_STATUS = frozenset({204, 304})
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_AFTER_CUT = 10.0  # seconds the requests cut at shutdown get to settle and meter what they produced
 
 
 class _Shared:
@@ -531,17 +533,20 @@ async def serve(
     header_timeout: float = 20.0,
     grace: float = 20.0,
     stop: asyncio.Event | None = None,
+    cut: asyncio.Event | None = None,
 ) -> None:
     """Serve `app` on a listening socket until `stop` is set (or SIGTERM/SIGINT when it is not given),
-    then shut down gracefully."""
+    then shut down gracefully: requests in flight get `grace` seconds to finish, or until `cut` is set
+    (or a second signal arrives)."""
     loop = asyncio.get_running_loop()
     lifespan = _Lifespan(app)
     await lifespan.startup()
     shared = _Shared(app, max_body, keep_alive, header_timeout)
+    cut = cut or asyncio.Event()
     if stop is None:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, _on_stop_signal, stop, cut)
     server = await loop.create_server(lambda: _Connection(shared), sock=sock, backlog=2048)
 
     async def sweeper() -> None:
@@ -559,13 +564,27 @@ async def serve(
         for conn in list(shared.connections):
             if conn.exchange is None and not conn.queue:
                 conn.close()
-        if shared.answering:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shared.quiet.wait(), grace)
+        if shared.answering and not cut.is_set():
+            waits = {asyncio.ensure_future(shared.quiet.wait()), asyncio.ensure_future(cut.wait())}
+            await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
         for conn in list(shared.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        if shared.answering:
+            # What was cut hears the hang-up and cancels its upstream; it still settles and meters what
+            # it produced, which must happen before the lifespan shutdown closes Redis and the sidecar.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shared.quiet.wait(), _AFTER_CUT)
         await lifespan.shutdown()
+
+
+def _on_stop_signal(stop: asyncio.Event, cut: asyncio.Event) -> None:
+    if stop.is_set():
+        log.warning("second stop signal: cutting the requests still in flight")
+        cut.set()
+    stop.set()
 
 
 def listen(host: str, port: int) -> socket.socket:

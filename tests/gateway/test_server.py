@@ -64,6 +64,8 @@ def make_app(rec: Recorder) -> Any:
             rec.disconnected.set()
             await send({"type": "http.response.body", "body": b"data: dropped\n\n", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await asyncio.sleep(0.2)  # what the gateway does after a hang-up: settle, meter
+            rec.lifespan.append("hang-settled")
             return
         if path == "/after":  # answers, then goes on working (as the gateway settles and meters)
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -111,6 +113,7 @@ class Server:
     port: int
     rec: Recorder
     stop: asyncio.Event
+    cut: asyncio.Event
     task: asyncio.Task[None]
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -123,7 +126,7 @@ async def running(
 ) -> AsyncIterator[Server]:
     rec = Recorder()
     sock = listen("127.0.0.1", 0)
-    stop = asyncio.Event()
+    stop, cut = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         serve(
             make_app(rec),
@@ -133,9 +136,10 @@ async def running(
             grace=grace,
             header_timeout=header_timeout,
             stop=stop,
+            cut=cut,
         )
     )
-    server = Server(sock.getsockname()[1], rec, stop, task)
+    server = Server(sock.getsockname()[1], rec, stop, cut, task)
     for _ in range(100):
         if rec.lifespan:
             break
@@ -417,6 +421,26 @@ async def test_a_slow_but_steady_head_within_the_header_timeout_is_served() -> N
             await asyncio.sleep(0.4)
         answer = await read_answer(reader)
         assert answer.status == 200 and orjson.loads(answer.body)["body"] == "hi"
+        writer.close()
+
+
+async def test_shutdown_waits_the_grace_period_for_a_stream_and_a_cut_ends_it_after_the_cut_work() -> None:
+    """A stream still running at shutdown keeps going (grace 30 s here) until the cut (a second signal);
+    the cut request's own work after the hang-up (settle, meter) still runs before the lifespan's
+    shutdown, which closes what that work needs."""
+    async with running(grace=30.0) as server:
+        reader, writer = await server.connect()
+        writer.write(request("/hang"))
+        assert (await reader.readuntil(b"data: first\n\n")).startswith(b"HTTP/1.1 200 OK")
+        server.stop.set()
+        await asyncio.sleep(1.2)
+        assert not server.task.done() and not server.rec.disconnected.is_set()  # the stream goes on
+        server.cut.set()
+        await asyncio.wait_for(server.task, 5)
+        assert server.rec.disconnected.is_set()
+        assert server.rec.lifespan == ["startup", "hang-settled", "shutdown"]
+        rest = await asyncio.wait_for(reader.read(), 5)  # read() returns at the end: the server closed
+        assert b"dropped" not in rest and not rest.endswith(b"0\r\n\r\n")  # cut, not ended
         writer.close()
 
 

@@ -209,3 +209,11 @@ def test_gateway_outlives_the_longest_stream_when_stopping(read_timeout: float) 
     rendered = render_chart({"settings": {"upstream_read_timeout": read_timeout}})
     spec = pod_template(rendered.workload("gateway"))["spec"]
     assert spec["terminationGracePeriodSeconds"] > read_timeout
+
+
+@pytest.mark.parametrize("grace", [None, 10, 600, 1200.5])
+def test_gateway_pods_outlive_the_process_shutdown_grace_period(grace: float | None) -> None:
+    """Kubernetes must not kill a gateway before its own grace period for streams (300 s by default) is over."""
+    rendered = render_chart({"settings": {"shutdown_grace_seconds": grace}} if grace is not None else {})
+    spec = pod_template(rendered.workload("gateway"))["spec"]
+    assert spec["terminationGracePeriodSeconds"] >= (300 if grace is None else grace) + 30

@@ -1,0 +1,106 @@
+"""Stopping `eduaiq gateway` while a student's answer streams: the stream runs on for the configured grace
+period (EDUAIQ_SHUTDOWN_GRACE_SECONDS), a second signal cuts it at once, and a cut stream is still in the
+ledger with what it produced."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.gateway.harness import Stack, gateway_stack
+from tests.usage.helpers import query, wait_for
+
+SLOW_STREAM = ("--chunk-delay-ms", "250")  # 60 tokens: ~15 s of stream
+
+
+class Reader(threading.Thread):
+    """Reads one streamed chat answer line by line, as a client would, until it ends or is cut."""
+
+    def __init__(self, stack: Stack) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.lines: list[str] = []
+        self.started = threading.Event()
+        self.cut = False
+
+    def run(self) -> None:
+        body = {"model": "demo-chat", "messages": [{"role": "user", "content": "tell me a long story"}],
+                "max_tokens": 60, "stream": True}  # fmt: skip
+        headers = {"Authorization": f"Bearer {self.stack.key('alice')}"}
+        try:
+            with (
+                httpx.Client(timeout=60) as client,
+                client.stream(
+                    "POST", f"{self.stack.base_url}/v1/chat/completions", json=body, headers=headers
+                ) as r,
+            ):
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        self.lines.append(line)
+                        self.started.set()
+        except httpx.HTTPError:
+            self.cut = True
+
+    def data_lines(self) -> int:
+        return len(self.lines)
+
+
+def _gateway(stack: Stack) -> subprocess.Popen[bytes]:
+    return next(p for p in stack.procs if "gateway" in " ".join(p.args))  # type: ignore[arg-type]
+
+
+def _ledger_rows(stack: Stack) -> list[tuple[str, int]]:
+    return [(str(s), int(n)) for s, n in query(
+        stack.db_url, "SELECT status, output_tokens FROM usage_event WHERE institution_id = %s", stack.institution
+    )]  # fmt: skip
+
+
+def test_a_stream_outlives_the_stop_for_the_grace_period_then_is_cut_and_still_metered(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, consumer=True,
+                       upstream_args=SLOW_STREAM, extra_env={"EDUAIQ_SHUTDOWN_GRACE_SECONDS": "2"}) as stack:  # fmt: skip
+        reader = Reader(stack)
+        reader.start()
+        assert reader.started.wait(30)
+        gateway = _gateway(stack)
+        stopped = time.monotonic()
+        gateway.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        during_grace = reader.data_lines()
+        reader.join(20)
+        assert not reader.is_alive()
+        assert gateway.wait(30) == 0
+        cut_after = time.monotonic() - stopped
+        assert reader.data_lines() > during_grace  # it streamed on after the stop...
+        assert "data: [DONE]" not in reader.lines  # ...and was cut before its end, at the grace period
+        assert cut_after < 12
+        wait_for(lambda: len(_ledger_rows(stack)) == 1, 60, "the cut stream's usage event in the ledger")
+        [(status, output_tokens)] = _ledger_rows(stack)
+        assert status == "client_abort" and output_tokens >= reader.data_lines() - 1
+
+
+def test_a_second_stop_signal_cuts_the_streams_at_once(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, consumer=True,
+                       upstream_args=SLOW_STREAM) as stack:  # fmt: skip
+        reader = Reader(stack)
+        reader.start()
+        assert reader.started.wait(30)
+        gateway = _gateway(stack)
+        gateway.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert reader.is_alive()  # the default grace period is minutes: the stream goes on
+        second = time.monotonic()
+        gateway.send_signal(signal.SIGTERM)
+        reader.join(10)
+        assert not reader.is_alive() and "data: [DONE]" not in reader.lines
+        assert gateway.wait(30) == 0
+        assert time.monotonic() - second < 10
+        wait_for(lambda: len(_ledger_rows(stack)) == 1, 60, "the cut stream's usage event in the ledger")
