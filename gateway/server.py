@@ -70,6 +70,7 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _AFTER_CUT = 10.0  # seconds the requests cut at shutdown get to settle and meter what they produced
+_SAME_STOP = 1.0  # signals within this many seconds of the first are the same stop, not a second one
 
 
 class _Shared:
@@ -101,7 +102,9 @@ class _Shared:
         now = self.loop.time()
         cutoff, head_cutoff = now - self.keep_alive, now - self.header_timeout
         for conn in list(self.connections):
-            if conn.head_since is not None and conn.head_since < head_cutoff:
+            if conn.transport is None or conn.transport.is_closing():
+                continue  # already on its way out (a close waiting for its last bytes to drain)
+            if conn.head_since is not None and conn.head_since < head_cutoff and not conn.read_paused:
                 conn.head_too_slow(self.header_timeout)
             elif conn.exchange is None and not conn.queue and conn.last_active < cutoff:
                 conn.close()
@@ -428,6 +431,8 @@ class _Connection(asyncio.Protocol):
         if self.read_paused and len(self.queue) <= _MAX_QUEUED // 2 and not self.refused:
             self.read_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
+            if self.head_since is not None:  # the rest of that head waited on us, not on the client
+                self.head_since = self.loop.time()
         self.loop.create_task(self._answer(exchange))
 
     def answered(self, exchange: _Exchange) -> None:
@@ -545,8 +550,9 @@ async def serve(
     cut = cut or asyncio.Event()
     if stop is None:
         stop = asyncio.Event()
+        first: list[float] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _on_stop_signal, stop, cut)
+            loop.add_signal_handler(signum, _on_stop_signal, loop, stop, cut, first)
     server = await loop.create_server(lambda: _Connection(shared), sock=sock, backlog=2048)
 
     async def sweeper() -> None:
@@ -580,8 +586,16 @@ async def serve(
         await lifespan.shutdown()
 
 
-def _on_stop_signal(stop: asyncio.Event, cut: asyncio.Event) -> None:
-    if stop.is_set():
+def _on_stop_signal(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, cut: asyncio.Event, first: list[float]
+) -> None:
+    """The first signal stops; one more, a moment later, cuts. Signals arriving together are one stop:
+    a terminal's Ctrl-C reaches every worker as SIGINT while the supervisor passes it on as SIGTERM,
+    and systemd signals every process of the unit at once."""
+    now = loop.time()
+    if not first:
+        first.append(now)
+    elif now - first[0] >= _SAME_STOP and not cut.is_set():
         log.warning("second stop signal: cutting the requests still in flight")
         cut.set()
     stop.set()

@@ -76,6 +76,8 @@ def make_app(rec: Recorder) -> Any:
         if path == "/slow":
             rec.slow_started.set()
             await asyncio.sleep(0.5)
+        if path == "/held":  # answers only once the test releases it
+            await rec.release.wait()
         if path == "/badheader":
             await send(
                 {
@@ -411,6 +413,41 @@ async def test_a_head_trickled_in_slower_than_the_header_timeout_gets_408_and_th
         assert 1.5 <= waited < 4.0
         assert await closed(reader)
         writer.close()
+
+
+async def test_the_head_clock_stops_while_the_server_is_not_reading_behind_pipelined_requests() -> None:
+    """Behind 17 queued requests the server stops reading; a head it had begun parsing then waits on the
+    server, not on the client, and must not be refused as slow."""
+    async with running(header_timeout=1.5) as server:
+        reader, writer = await server.connect()
+        whole = request("/held") + b"".join(request("/echo", b"%d" % i) for i in range(17))
+        last = request("/echo", b"last")
+        writer.write(whole + last[:10])
+        await asyncio.sleep(2.6)  # two sweeps past the header timeout while reading is paused
+        writer.write(last[10:])
+        server.rec.release.set()
+        answers = [await read_answer(reader) for _ in range(19)]
+        assert [a.status for a in answers] == [200] * 19
+        assert orjson.loads(answers[-1].body)["body"] == "last"
+        writer.close()
+
+
+def test_signals_arriving_together_are_one_stop_and_a_later_one_cuts() -> None:
+    """A terminal's Ctrl-C reaches every worker as SIGINT while the supervisor passes it on as SIGTERM:
+    that is one stop. A signal a moment later is the second one, which cuts."""
+    from gateway.server import _on_stop_signal
+
+    loop = asyncio.new_event_loop()
+    try:
+        stop, cut, first = asyncio.Event(), asyncio.Event(), []  # type: ignore[var-annotated]
+        _on_stop_signal(loop, stop, cut, first)
+        _on_stop_signal(loop, stop, cut, first)
+        assert stop.is_set() and not cut.is_set()
+        first[0] -= 1.5  # the first signal, 1.5 s ago
+        _on_stop_signal(loop, stop, cut, first)
+        assert cut.is_set()
+    finally:
+        loop.close()
 
 
 async def test_a_slow_but_steady_head_within_the_header_timeout_is_served() -> None:

@@ -4,6 +4,7 @@ ledger with what it produced."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -103,4 +104,26 @@ def test_a_second_stop_signal_cuts_the_streams_at_once(
         assert not reader.is_alive() and "data: [DONE]" not in reader.lines
         assert gateway.wait(30) == 0
         assert time.monotonic() - second < 10
+        wait_for(lambda: len(_ledger_rows(stack)) == 1, 60, "the cut stream's usage event in the ledger")
+
+
+def test_ctrl_c_reaching_every_worker_at_once_is_one_stop_and_a_second_ctrl_c_cuts(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """With --workers, a terminal's Ctrl-C reaches the supervisor and every worker at once (SIGINT to the
+    process group) and the supervisor passes it on as SIGTERM: the workers must see one stop, not two."""
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, consumer=True, workers=2,
+                       upstream_args=SLOW_STREAM) as stack:  # fmt: skip
+        reader = Reader(stack)
+        reader.start()
+        assert reader.started.wait(30)
+        gateway = _gateway(stack)
+        os.killpg(gateway.pid, signal.SIGINT)  # the harness starts the gateway in its own process group
+        at_stop = reader.data_lines()
+        time.sleep(1.5)
+        assert reader.is_alive() and reader.data_lines() > at_stop  # one stop: it streams on
+        os.killpg(gateway.pid, signal.SIGINT)
+        reader.join(10)
+        assert not reader.is_alive() and "data: [DONE]" not in reader.lines
+        assert gateway.wait(30) == 0
         wait_for(lambda: len(_ledger_rows(stack)) == 1, 60, "the cut stream's usage event in the ledger")
