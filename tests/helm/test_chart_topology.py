@@ -216,4 +216,4 @@ def test_gateway_pods_outlive_the_process_shutdown_grace_period(grace: float | N
     """Kubernetes must not kill a gateway before its own grace period for streams (300 s by default) is over."""
     rendered = render_chart({"settings": {"shutdown_grace_seconds": grace}} if grace is not None else {})
     spec = pod_template(rendered.workload("gateway"))["spec"]
-    assert spec["terminationGracePeriodSeconds"] >= (300 if grace is None else grace) + 30
+    assert spec["terminationGracePeriodSeconds"] >= (300 if grace is None else grace) + 60
