@@ -91,11 +91,6 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.terminate()
-        proc.wait(30)
-        self.procs.remove(proc)
-
     def cli(self, *args: str) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "cli", *args], env=self.env, capture_output=True, text=True

@@ -43,6 +43,10 @@ class Stack:
     def key(self, who: str) -> str:
         return f"{KEYS[who]}-{self.institution}"
 
+    def gateway_process(self) -> subprocess.Popen[bytes]:
+        """The first `eduaiq gateway` process (with --workers, the supervisor)."""
+        return next(p for p in self.procs if "gateway" in " ".join(p.args))  # type: ignore[arg-type]
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, capture_output=True, text=True,
                               timeout=120)  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -51,10 +50,6 @@ class Reader(threading.Thread):
         return len(self.lines)
 
 
-def _gateway(stack: Stack) -> subprocess.Popen[bytes]:
-    return next(p for p in stack.procs if "gateway" in " ".join(p.args))  # type: ignore[arg-type]
-
-
 def _ledger_rows(stack: Stack) -> list[tuple[str, int]]:
     return [(str(s), int(n)) for s, n in query(
         stack.db_url, "SELECT status, output_tokens FROM usage_event WHERE institution_id = %s", stack.institution
@@ -69,7 +64,7 @@ def test_a_stream_outlives_the_stop_for_the_grace_period_then_is_cut_and_still_m
         reader = Reader(stack)
         reader.start()
         assert reader.started.wait(30)
-        gateway = _gateway(stack)
+        gateway = stack.gateway_process()
         stopped = time.monotonic()
         gateway.send_signal(signal.SIGTERM)
         time.sleep(1.0)
@@ -94,7 +89,7 @@ def test_a_second_stop_signal_cuts_the_streams_at_once(
         reader = Reader(stack)
         reader.start()
         assert reader.started.wait(30)
-        gateway = _gateway(stack)
+        gateway = stack.gateway_process()
         gateway.send_signal(signal.SIGTERM)
         time.sleep(1.5)
         assert reader.is_alive()  # the default grace period is minutes: the stream goes on
@@ -117,7 +112,7 @@ def test_ctrl_c_reaching_every_worker_at_once_is_one_stop_and_a_second_ctrl_c_cu
         reader = Reader(stack)
         reader.start()
         assert reader.started.wait(30)
-        gateway = _gateway(stack)
+        gateway = stack.gateway_process()
         os.killpg(gateway.pid, signal.SIGINT)  # the harness starts the gateway in its own process group
         at_stop = reader.data_lines()
         time.sleep(1.5)

@@ -35,7 +35,7 @@ def test_two_workers_share_a_port_a_dead_one_is_replaced_and_sigterm_loses_no_ev
     with gateway_stack(
         pg_server_url, redis_url, kafka_bootstrap, tmp_path, consumer=True, workers=2
     ) as stack:
-        supervisor_proc = next(p for p in stack.procs if "gateway" in " ".join(p.args))  # type: ignore[arg-type]
+        supervisor_proc = stack.gateway_process()
         supervisor = psutil.Process(supervisor_proc.pid)
 
         def workers() -> list[psutil.Process]:
