@@ -70,7 +70,7 @@ from quota.model import (
     spec_from_org,
 )
 from quota.rebuild import CounterValues, Drift, recompute_counters
-from quota.results import Charge, Refusal, Remaining, Reservation, Settlement
+from quota.results import Charge, Refusal, Remaining, Reservation, Settlement, UnsettledHold
 
 __all__ = [
     "Charge",
@@ -96,6 +96,7 @@ __all__ = [
     "Settlement",
     "SpecError",
     "UnitSpec",
+    "UnsettledHold",
     "keys",
     "recompute_counters",
     "spec_from_org",

@@ -129,6 +129,7 @@ class OpBatcher:
             keys.extras(inst),
             keys.registry(inst),
             keys.records(inst),
+            keys.unsettled(inst),
         ]
         seen: set[str] = set()
         for op in ops:

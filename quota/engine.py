@@ -55,7 +55,7 @@ from quota.model import METRICS, InstitutionSpec, Metric
 from quota.periods import window_for_key
 from quota.rebuild import CounterValues, Drift, compare, recompute_counters
 from quota.resp import bulk, bulks
-from quota.results import Charge, ExtraTake, Refusal, Remaining, Reservation, Settlement
+from quota.results import Charge, ExtraTake, Refusal, Remaining, Reservation, Settlement, UnsettledHold
 from quota.snapshot import Snapshot
 from quota.waterfall import MAX_EXACT, cost_of
 
@@ -65,7 +65,7 @@ Loader = Callable[[str], Awaitable[tuple[InstitutionSpec, Iterable[Charge]]]]
 _CODE: dict[str, Metric] = {"cost": "cost", "tokens": "tokens"}
 
 
-_R, _S, _L, _X = bulk("R"), bulk("S"), bulk("L"), bulk("X")
+_R, _S, _L, _X, _N = bulk("R"), bulk("S"), bulk("L"), bulk("X"), bulk("N")
 
 
 class InstitutionNotLoaded(LookupError):
@@ -248,17 +248,21 @@ class QuotaEngine:
         price_out: int,
         min_output_tokens: int | None = None,
         request_id: str = "",
+        meta: str = "",
         now: float | None = None,
     ) -> Reservation | Refusal:
         """Hold an upper bound for one request, clamping ``max_output_tokens`` if only less fits.
 
         ``input_tokens`` is the prompt's upper bound (images included); prices
         are micro-units per 1M tokens. Returns a :class:`Reservation` to settle
-        or release, or a :class:`Refusal` naming the binding unit.
+        or release, or a :class:`Refusal` naming the binding unit. ``meta`` (one line) is kept with the
+        hold and handed back by :meth:`drain_unsettled` if the hold expires unsettled.
         """
         nmin = self.min_output_tokens if min_output_tokens is None else min_output_tokens
         if not user.isprintable():  # the id goes into tab- and line-separated hold records
             raise ValueError(f"user id {user!r} has control characters")
+        if "\n" in meta:
+            raise ValueError("meta must be one line")
         _check_ints(
             input_tokens=input_tokens,
             max_output_tokens=max_output_tokens,
@@ -277,9 +281,9 @@ class QuotaEngine:
             snap = await self.snapshot(institution)
             prep = snap.prepared(unit, now_ms)
             rid = self._new_id()
-            head = b"".join((_R, bulk(snap.token), bulk(deadline_ms), bulk(rid), amounts))
+            head = b"".join((_R, bulk(snap.token), bulk(deadline_ms), bulk(rid), amounts, bulk(meta)))
             member = keys.member_node(user, unit)
-            fut = self._submit(institution, 9, head, prep.pkeys, prep.unit_packed, prep.unit_nargs, member)
+            fut = self._submit(institution, 10, head, prep.pkeys, prep.unit_packed, prep.unit_nargs, member)
             try:
                 reply = await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -375,10 +379,12 @@ class QuotaEngine:
         reply = await self._op(r.institution, 4, head, r.pkeys, r.packed_path, r.path_nargs, r.path[0])
         status = _text(reply[0])
         actual: dict[Metric, int] = {"cost": cost, "tokens": tokens}
-        if status == "GONE":
-            return Settlement(
-                r.id, r.request_id, "gone", cost, tokens, {"cost": 0, "tokens": 0}, actual, None
-            )
+        if status in ("GONE", "LATE"):
+            # GONE: unknown here (settled before, or Redis lost it): nothing charged, the usage unfunded.
+            # LATE: the sweeper billed the whole hold on expiry and its usage event says so.
+            none: dict[Metric, int] = {"cost": 0, "tokens": 0}
+            over = actual if status == "GONE" else none
+            return Settlement(r.id, r.request_id, status.lower(), cost, tokens, none, over, None)
         pos = 1
         alloc: dict[Metric, int] = {}
         funded: dict[Metric, int] = {}
@@ -395,13 +401,23 @@ class QuotaEngine:
         return Settlement(
             reservation_id=r.id,
             request_id=r.request_id,
-            status="settled" if status == "OK" else "late",
+            status="settled",
             cost=cost,
             tokens=tokens,
             charged=funded,
             overage={m: actual[m] - funded[m] for m in METRICS},
             charge=charge,
         )
+
+    async def renew(self, reservations: Iterable[Reservation], *, now: float | None = None) -> int:
+        """Move the deadline of live holds to now + TTL (a long stream's lease); returns how many were
+        still held. Holds already settled, released or expired are left alone."""
+        deadline = bulk(self._now_ms(now) + int(self.reservation_ttl * 1000))
+        futs = [
+            self._submit(r.institution, 3, b"".join((_N, bulk(r.id), deadline)), ()) for r in reservations
+        ]
+        replies = await asyncio.gather(*futs)
+        return sum(1 for reply in replies if _text(reply[0]) == "RENEWED")
 
     async def release(self, reservation: Reservation) -> str:
         """Undo a reservation without charging: 'released', 'expired' (already swept) or 'gone'."""
@@ -428,7 +444,7 @@ class QuotaEngine:
                 for rid, rec in zip(rids, await self.redis.hmget(rs, rids) if rids else [], strict=True):
                     if rec is None:
                         continue  # settled or released since the range read
-                    pkeys = tuple(dict.fromkeys(_text(rec).split("\n", 1)[1].split("\t")[0::2]))
+                    pkeys = tuple(dict.fromkeys(_text(rec).split("\n")[1].split("\t")[0::2]))
                     ops.append(self._op(inst, 3, b"".join((_X, bulk(rid), bulk(now_ms))), pkeys))
                 replies = await asyncio.gather(*ops)
                 total += sum(1 for r in replies if _text(r[0]) == "EXPIRED")
@@ -436,6 +452,30 @@ class QuotaEngine:
                     break
             await self.redis.zremrangebyscore(xp, "-inf", now_ms - int(self.expired_retention * 1000))
         return total
+
+    async def drain_unsettled(
+        self, institution: str, handle: Callable[[UnsettledHold], None], *, batch: int = 100
+    ) -> int:
+        """Hand every hold the sweeper billed on expiry to ``handle`` (which writes its usage event), once.
+
+        Entries are popped atomically, so two replicas never take the same one; ``handle`` must not
+        await (the gateway's emit only queues a line), so nothing can stop between the pop and the
+        hand-over but the process dying. One that raises goes back on the list for the next round."""
+        name = keys.unsettled(institution)
+        done = 0
+        while True:
+            popped = await self.redis.lpop(name, batch)
+            if not popped:
+                return done
+            for i, raw in enumerate(popped):
+                try:
+                    handle(_unsettled(institution, _text(raw)))
+                except Exception:
+                    await self.redis.rpush(name, *popped[i:])
+                    raise
+                done += 1
+            if len(popped) < batch:
+                return done
 
     async def prune(self, institution: str, *, now: float | None = None) -> int:
         """Drop counter hashes of periods that ended more than ``counter_retention`` ago."""
@@ -455,11 +495,17 @@ class QuotaEngine:
         return len(old)
 
     async def run_sweeper(
-        self, interval: float = 1.0, prune_every: float = 3600.0, institutions: Iterable[str] | None = None
+        self,
+        interval: float = 1.0,
+        prune_every: float = 3600.0,
+        institutions: Iterable[str] | None = None,
+        on_unsettled: Callable[[UnsettledHold], None] | None = None,
     ) -> None:
         """Sweep every ``interval`` seconds until cancelled; prune old periods now and then.
 
-        ``institutions`` limits it to those (default: every institution ever compiled here).
+        ``institutions`` limits it to those (default: every institution ever compiled here). With
+        ``on_unsettled``, the holds billed on expiry are handed to it (:meth:`drain_unsettled`); a
+        process that cannot write usage events passes none and leaves them to one that can.
         """
         only = None if institutions is None else list(institutions)
         last_prune = time.monotonic()
@@ -467,6 +513,9 @@ class QuotaEngine:
             try:
                 for inst in only if only is not None else [None]:
                     await self.sweep(inst)
+                if on_unsettled is not None:
+                    for inst in only if only is not None else await self.institutions():
+                        await self.drain_unsettled(inst, on_unsettled)
                 if time.monotonic() - last_prune > prune_every:
                     last_prune = time.monotonic()
                     for inst in only if only is not None else await self.institutions():
@@ -610,3 +659,25 @@ class QuotaEngine:
         if extra_ids:
             xcounters = {x: keys.unpack_counters(v) for x, v in zip(extra_ids, replies[-1], strict=True)}
         return build(snap, prep, user, _dt(now_ms), caps, counters, xcounters)
+
+
+def _unsettled(institution: str, raw: str) -> UnsettledHold:
+    """Parse an unsettled-list entry: ``<reservation id>\\n<record>`` as lua/ops.lua wrote it."""
+    rid, holds_line, path_line, meta = (raw.split("\n", 3) + [""])[:4]
+    words = holds_line.split()
+    at = 0
+    alloc: dict[Metric, int] = {}
+    extras: dict[Metric, tuple[ExtraTake, ...]] = {}
+    totals: dict[Metric, int] = {}
+    for m in METRICS:
+        alloc[m], n = int(words[at]), int(words[at + 1])
+        at += 2
+        takes = []
+        for _ in range(n):
+            takes.append((words[at], int(words[at + 1]) - 1, int(words[at + 2])))  # j: 1-based there
+            at += 3
+        extras[m] = tuple(takes)
+        totals[m] = alloc[m] + sum(x for _, _, x in takes)
+    parts = path_line.split("\t")
+    charge = Charge(institution, tuple(parts[1::2]), tuple(parts[0::2]), alloc, extras)
+    return UnsettledHold(rid, charge, totals["cost"], totals["tokens"], meta)

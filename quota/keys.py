@@ -21,7 +21,9 @@ names they need first, then declare them). Fields inside the hashes:
 ``eq:{I}:dl`` sorted set: pending reservation ids scored by deadline (ms).
 ``eq:{I}:rs`` hash: pending reservation id -> record of exactly what it holds.
 ``eq:{I}:xp`` sorted set: ids the sweeper expired, scored by expiry time, so a
-    late settle charges without undoing twice and a second settle is refused.
+    late settle charges nothing more (expiry billed the hold) and a second settle is refused.
+``eq:{I}:un`` list: records of holds the sweeper billed on expiry (``<id>\n<record>``), waiting for a
+    gateway's sweeper to write their usage events (:meth:`QuotaEngine.drain_unsettled`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ def expired(inst: str) -> str:
 
 def records(inst: str) -> str:
     return prefix(inst) + "rs"
+
+
+def unsettled(inst: str) -> str:
+    return prefix(inst) + "un"
 
 
 def member_node(user: str, unit: str) -> str:

@@ -84,9 +84,22 @@ class Refusal:
 class Settlement:
     reservation_id: str
     request_id: str
-    status: str  # 'settled' | 'late' (hold had expired) | 'gone' (nothing charged)
+    status: str  # 'settled' | 'late' (expiry had billed the hold: nothing more) | 'gone' (unknown: nothing)
     cost: int  # actual cost of the usage (micro-units)
     tokens: int
     charged: Mapping[Metric, int]  # what the counters took
     overage: Mapping[Metric, int]  # actual - charged: unfunded, for the ledger
-    charge: Charge | None  # None when status is 'gone'
+    charge: Charge | None  # None when status is 'late' or 'gone'
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledHold:
+    """A hold the sweeper billed because nobody settled it by its deadline (its gateway died, or could
+    not reach Redis for a whole TTL): what it took from the counters, and the usage-event skeleton the
+    gateway stored with it, so its ledger row can still be written."""
+
+    reservation_id: str
+    charge: Charge
+    cost: int  # micro-units billed (the hold's whole cost bound)
+    tokens: int  # tokens billed (prompt bound + granted output)
+    meta: str  # as the gateway passed it to reserve (opaque to quota/)

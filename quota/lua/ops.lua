@@ -3,33 +3,42 @@
 -- batch is atomic as a whole, which is stronger still); batching only shares the reads and
 -- writes of the nodes several operations touch (a course's requests share six of seven).
 --
--- KEYS: 1 cfg, 2 deadlines, 3 expired, 4 extras counters, 5 registry, 6 records,
---       7.. the counter hash of every period key the operations name (all declared).
+-- KEYS: 1 cfg, 2 deadlines, 3 expired, 4 extras counters, 5 registry, 6 records, 7 unsettled,
+--       8.. the counter hash of every period key the operations name (all declared).
 -- ARGV: the unit paths of the batch, each once (many requests share one course's path):
 --   number of paths, then each: K (nodes, the member's included), the member nodes' cfg cap
 --   field and period key, then per unit node (unit first, root last): node id, cfg cap field,
 --   period key, number of eligible extras, their ids in spend order.
 -- Then the number of operations, and each operation:
 --   'R' token deadline_ms reservation_id input_tokens max_output price_in price_out min_output
---       PATH MEMBER
+--       META PATH MEMBER                   (META: the request's usage-event skeleton, kept in the
+--                                           record so an expired hold can still be billed)
 --   'S' reservation_id actual_cost actual_tokens PATH MEMBER  (the path it was reserved on)
 --   'L' reservation_id                                         (release: undo the holds)
 --   'X' reservation_id now_ms                                  (expire, if deadline <= now)
+--   'N' reservation_id deadline_ms                             (renew: move a live hold's deadline)
 -- PATH: the index of a path above; MEMBER: the member node's id, member(user,unit).
 -- Reply: one reply per operation, in order:
 --   R: {'OK', output tokens, clamped 0/1, cost held, tokens held, limiting node or -1, room left
 --       or -1 (cost), the same two for tokens} | {'REFUSED', metric, binding node, needed,
 --       available} | {'STALE', current token} | {'NOINST'}
---   S: {'OK'|'LATE', then for cost and tokens: allocation, funded, n, (extra, j, amount)*n}
---      | {'GONE'}   -- LATE: holds already released by expiry; GONE: nothing charged
+--   S: {'OK', then for cost and tokens: allocation, funded, n, (extra, j, amount)*n}
+--      | {'LATE'} | {'GONE'}   -- LATE: expiry already billed the hold; GONE: unknown, nothing charged
 --   L: {'RELEASED'} | {'EXPIRED'} | {'GONE'}        X: {'EXPIRED'} | {'SKIP'}
+--   N: {'RENEWED'} | {'GONE'}
+--
+-- Expiry bills the hold. A hold outlives its deadline only when its gateway died or could not reach
+-- Redis for a whole TTL (live requests renew theirs), so nobody can report the real usage: the hold,
+-- an upper bound that by construction fits every cap, becomes spend, and the record goes to the
+-- unsettled list (KEYS[7]) from which a gateway's sweeper writes its usage event (status
+-- 'unsettled'). A settle that arrives after that charges nothing more ('LATE': the hold paid).
 --
 -- Settle: undo the holds, then charge the actual amount by the waterfall. What cannot be funded
 -- (the provider overran the granted output, a cap was lowered meanwhile, the hold had expired
 -- and its room was taken) is charged to no counter and returned as overage: caps are never
 -- exceeded, and the ledger still records the whole usage.
 
-local CFG, DL, XP, XC, PK, RS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local CFG, DL, XP, XC, PK, RS, UN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local KPFX = string.sub(CFG, 1, -4) .. 'k:' -- 'eq:{I}:cfg' -> 'eq:{I}:k:'
 
 -- ---- parse ------------------------------------------------------------------------------
@@ -81,8 +90,9 @@ for o = 1, tonumber(ARGV[pos]) do
     op.token, op.deadline, op.rid = ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
     op.tin, op.nout = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
     op.pin, op.pout, op.nmin = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7]), tonumber(ARGV[pos + 8])
-    op.p = op_path(ARGV[pos + 9], ARGV[pos + 10])
-    pos = pos + 10
+    op.meta = ARGV[pos + 9]
+    op.p = op_path(ARGV[pos + 10], ARGV[pos + 11])
+    pos = pos + 11
   elseif t == 'S' then
     op.rid, op.cost, op.tokens = ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
     op.p = op_path(ARGV[pos + 4], ARGV[pos + 5])
@@ -93,16 +103,20 @@ for o = 1, tonumber(ARGV[pos]) do
   elseif t == 'X' then
     op.rid, op.now = ARGV[pos + 1], tonumber(ARGV[pos + 2])
     pos = pos + 2
+  elseif t == 'N' then
+    op.rid, op.deadline = ARGV[pos + 1], tonumber(ARGV[pos + 2])
+    pos = pos + 2
   else
     return redis.error_reply('ERR quota ops: unknown operation ' .. tostring(t))
   end
   ops[o] = op
 end
 
--- ---- records: line 1 the holds, line 2 the path ------------------------------------------
+-- ---- records: line 1 the holds, line 2 the path, line 3 the event skeleton -----------------
 -- Line 1: "<cost alloc> <n> (<extra> <j> <x>)*n <tokens alloc> <n> ..." (j 1-based);
--- line 2: "<period key>\t<node id>" per node, tab-separated, member first.
-local function encode_record(p, plans)
+-- line 2: "<period key>\t<node id>" per node, tab-separated, member first;
+-- line 3: META as the gateway sent it (JSON: no raw newline), possibly empty.
+local function encode_record(p, plans, meta)
   local out = {}
   for mi = 1, 2 do
     local a, taken = plans[mi][1], plans[mi][2]
@@ -121,7 +135,7 @@ local function encode_record(p, plans)
     tail = '\t' .. table.concat(path, '\t')
     p.shared.tail = tail
   end
-  return table.concat(out, ' ') .. '\n' .. p.pkey[1] .. '\t' .. p.member .. tail
+  return table.concat(out, ' ') .. '\n' .. p.pkey[1] .. '\t' .. p.member .. tail .. '\n' .. meta
 end
 
 local function decode_holds(rec)
@@ -143,7 +157,7 @@ end
 
 local function decode_path(rec)
   local parts = {}
-  for w in string.gmatch(string.match(rec, '\n(.*)$'), '[^\t]+') do parts[#parts + 1] = w end
+  for w in string.gmatch(string.match(rec, '\n([^\n]*)'), '[^\t]+') do parts[#parts + 1] = w end
   local p = {k = 0, snid = {}, pkey = {}}
   for i = 1, #parts, 2 do
     p.k = p.k + 1
@@ -215,7 +229,7 @@ for o = 1, #ops do
   local p = op.p
   if p then
     want(p.pkey[1], p.member)
-  elseif REC[op.rid] then
+  elseif REC[op.rid] and op.t ~= 'N' then
     op.rp = decode_path(REC[op.rid])
     op.holds = decode_holds(REC[op.rid])
     for i = 1, op.rp.k do want(op.rp.pkey[i], nid_of(op.rp, i)) end
@@ -399,7 +413,7 @@ local function reserve(op)
   local at, tt = plan(amt_t, rooms_t, xs_t, k)
   apply(p, 1, 2, ac, tc, 1)
   apply(p, 2, 2, at, tt, 1)
-  set_rec(op.rid, encode_record(p, {{ac, tc}, {at, tt}}))
+  set_rec(op.rid, encode_record(p, {{ac, tc}, {at, tt}}, op.meta))
   set_dl(op.rid, tonumber(op.deadline))
   -- What is left after this hold, and which node limits it (rate-limit style headers).
   local out = {'OK', n, clamped, amt_c, amt_t}
@@ -435,8 +449,8 @@ local function settle(op)
     set_rec(op.rid, false)
     set_dl(op.rid, false)
   elseif INXP[op.rid] then
-    status = 'LATE'
     set_xp(op.rid, false)
+    return {'LATE'} -- expiry billed the hold: charging the usage too would bill it twice
   else
     return {'GONE'}
   end
@@ -472,15 +486,31 @@ local function release(op)
   return {'GONE'}
 end
 
+local UNSETTLED = {}
 local function expire(op)
   local score = SCORE[op.rid]
   if REC[op.rid] and not op.rp then error('quota ops: a reservation expired in the batch that made it') end
   if REC[op.rid] and score and score <= op.now then
-    unhold_record(op)
+    -- the hold becomes spend, exactly as held (it fitted every cap when it was made)
+    for mi = 1, 2 do
+      apply(op.rp, mi, 2, op.holds[mi][1], op.holds[mi][2], -1)
+      apply(op.rp, mi, 1, op.holds[mi][1], op.holds[mi][2], 1)
+    end
+    UNSETTLED[#UNSETTLED + 1] = op.rid .. '\n' .. REC[op.rid]
+    set_rec(op.rid, false)
+    set_dl(op.rid, false)
     set_xp(op.rid, op.now)
     return {'EXPIRED'}
   end
   return {'SKIP'}
+end
+
+local function renew(op)
+  if REC[op.rid] and SCORE[op.rid] then
+    if op.deadline > SCORE[op.rid] then set_dl(op.rid, op.deadline) end
+    return {'RENEWED'}
+  end
+  return {'GONE'}
 end
 
 local replies = {}
@@ -492,6 +522,8 @@ for o = 1, #ops do
     replies[o] = settle(op)
   elseif op.t == 'L' then
     replies[o] = release(op)
+  elseif op.t == 'N' then
+    replies[o] = renew(op)
   else
     replies[o] = expire(op)
   end
@@ -563,4 +595,5 @@ chunked('ZADD', DL, zadd, 1000)
 chunked('ZREM', DL, zrem, 1000)
 chunked('ZADD', XP, xadd, 1000)
 chunked('ZREM', XP, xrem, 1000)
+chunked('RPUSH', UN, UNSETTLED, 1000)
 return replies

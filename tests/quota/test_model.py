@@ -171,6 +171,7 @@ class Reference:
         self.extras: dict[tuple[str, Metric], list[int]] = {}
         self.pending: dict[str, Hold] = {}
         self.expired: dict[str, tuple[Hold, int]] = {}
+        self.billed: dict[str, Charge] = {}
         self.set_spec(spec)
 
     def set_spec(self, spec: InstitutionSpec) -> None:
@@ -239,8 +240,8 @@ class Reference:
             self._undo(h)
             status = "settled"
         elif rid in self.expired:
-            h, _ = self.expired.pop(rid)
-            status = "late"
+            del self.expired[rid]
+            return "late", None, {}  # expiry billed the hold: nothing more
         else:
             return "gone", None, {}
         actual: dict[Metric, int] = {
@@ -270,10 +271,21 @@ class Reference:
         return "gone"
 
     def sweep(self, now_ms: int) -> int:
+        """Holds past their deadline become spend as held (nobody can report the real usage), and
+        their charges wait in `billed` for the ledger, as the engine's unsettled list does."""
         due = [rid for rid, h in self.pending.items() if h.deadline_ms <= now_ms]
         for rid in due:
             h = self.pending.pop(rid)
             self._undo(h)
+            for m in METRICS:
+                apply_plan(self.units, self.extras, h.path, m, h.plans[m], slot=0)
+            self.billed[rid] = Charge(
+                self.spec.id,
+                tuple(n for n, _ in h.path),
+                tuple(k for _, k in h.path),
+                {m: h.plans[m].allocation for m in METRICS},
+                {m: h.plans[m].extras for m in METRICS},
+            )
             self.expired[rid] = (h, now_ms)
         for rid, (_, at) in list(self.expired.items()):
             if at <= now_ms - int(XP_RETENTION * 1000):
@@ -475,6 +487,11 @@ class QuotaMachine(RuleBasedStateMachine):
     def sweep(self) -> None:
         now = self.now()
         assert self.run(self.a.sweep(self.inst, now=now)) == self.ref.sweep(int(now * 1000))
+        drained: list[Any] = []
+        self.run(self.a.drain_unsettled(self.inst, drained.append))
+        assert {h.reservation_id: h.charge for h in drained} == self.ref.billed
+        self.charges.extend(self.ref.billed.values())
+        self.ref.billed.clear()
 
     # -- budget edits, compiled by another replica ---------------------------------------
     @precondition(lambda self: self.ready)
