@@ -7,6 +7,7 @@ a settlement into the fields of the usage event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -17,7 +18,7 @@ from gateway.errors import ApiError
 from gateway.meter import Outcome
 from providers.prices import Price
 from providers.usage import NormalisedUsage
-from quota import QuotaEngine, Refusal, Reservation, Settlement
+from quota import Charge, QuotaEngine, Refusal, Reservation, Settlement
 
 
 def _money(micro: int, currency: str) -> str:
@@ -65,6 +66,7 @@ async def reserve(
     input_bound: int,
     max_output: int,
     price: Price,
+    meta: str = "",
 ) -> Reservation:
     result = await engine.reserve(
         view.id,
@@ -75,6 +77,7 @@ async def reserve(
         price_in=price.input_per_mtok,
         price_out=price.output_per_mtok,
         request_id=outcome.request_id,
+        meta=meta,
     )
     if isinstance(result, Refusal):
         outcome.status = "refused"
@@ -115,12 +118,16 @@ async def settle(
     outcome.cost_micro = s.cost
     outcome.overage_micro = s.overage.get("cost", 0)
     if s.charge is not None:
-        c = s.charge
-        outcome.funding = {"institution": c.institution, "path": list(c.path), "period_keys": list(c.period_keys),
-                           "allocation": dict(c.allocation), "extras": {m: list(t) for m, t in c.extras.items()}}  # fmt: skip
-        outcome.extras_paid = [
-            {"extra_id": xid, "unit_id": s.charge.path[j], "metric": metric, "amount": amount,
-             "chargeback": view.chargebacks.get(xid)}
-            for metric, takes in s.charge.extras.items() for xid, j, amount in takes
-        ]  # fmt: skip
+        record_charge(outcome, s.charge, view.chargebacks)
     return s
+
+
+def record_charge(outcome: Outcome, c: Charge, chargebacks: Mapping[str, str | None]) -> None:
+    """The event's funding (what `quota rebuild` replays) and the extras that paid, as quota/ charged them."""
+    outcome.funding = {"institution": c.institution, "path": list(c.path), "period_keys": list(c.period_keys),
+                       "allocation": dict(c.allocation), "extras": {m: list(t) for m, t in c.extras.items()}}  # fmt: skip
+    outcome.extras_paid = [
+        {"extra_id": xid, "unit_id": c.path[j], "metric": metric, "amount": amount,
+         "chargeback": chargebacks.get(xid)}
+        for metric, takes in c.extras.items() for xid, j, amount in takes
+    ]  # fmt: skip

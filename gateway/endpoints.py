@@ -32,7 +32,6 @@ from gateway.requests import ParsedRequest, parse_chat, parse_completion, parse_
 from gateway.runtime import Runtime
 from gateway.stream import RelayResponse, StreamResult, WholeAnswer
 from providers.errors import InvalidRequest, ModelNotFound, ProviderError, UpstreamUnavailable
-from providers.prices import Price
 from providers.router import UpstreamResponse
 from providers.usage import NormalisedUsage
 from quota import Reservation
@@ -108,24 +107,8 @@ def _fallback_usage(parsed: ParsedRequest, images: int, produced: int) -> Normal
     return NormalisedUsage(input=prompt_tokens(parsed.body) + images, output=produced, image=images)
 
 
-async def _finish(
-    rt: Runtime, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage, price: Price
-) -> None:
-    """Settle and meter; never raises (the answer has already gone to the client)."""
-    try:
-        o.image_tokens = max(o.image_tokens, usage.image)
-        o.cached_tokens = usage.cached_input
-        await budget.settle(rt.quota, view, r, o, usage, price)
-        METRICS.settled(usage.input, usage.output)
-    except Exception:
-        log.exception(
-            "settle failed for %s; the reservation expires and the ledger reconciles it", o.request_id
-        )
-    finally:
-        _emit(rt, o)
-
-
 def _emit(rt: Runtime, o: Outcome) -> None:
+    """The event of a request that ended before anything was served (refused, invalid, upstream down)."""
     try:
         if rt.producer is not None:
             emit(rt.producer, o)
@@ -158,8 +141,8 @@ async def _serve(request: Request, kind: str) -> Response:
         else:
             max_out = parsed.max_tokens or view.router.model(model).max_output_tokens or DEFAULT_MAX_OUTPUT
         price = view.router.price_ceiling(model, allowed)
-        reservation = await budget.reserve(rt.quota, view, outcome, input_bound=input_bound,
-                                           max_output=max_out, price=price)  # fmt: skip
+        reservation = await rt.accounting.reserve(view, outcome, input_bound=input_bound, max_output=max_out,
+                                                  price=price)  # fmt: skip
         upstream = await view.router.open(
             model, parsed.body, stream=parsed.stream, endpoint=_ENDPOINTS[kind],  # type: ignore[arg-type]
             max_tokens=reservation.output_tokens if kind != "embedding" else None,
@@ -168,10 +151,7 @@ async def _serve(request: Request, kind: str) -> Response:
     except Exception as exc:
         error = _as_api_error(exc)
         if reservation is not None:
-            try:
-                await rt.quota.release(reservation)
-            except Exception:  # the hold expires by itself; the sweeper releases it
-                log.exception("could not release reservation %s", reservation.id)
+            await rt.accounting.release(reservation)
         METRICS.count(kind, error.status, error.code)
         if outcome is not None:
             if outcome.status != "refused":
@@ -193,7 +173,9 @@ async def _serve(request: Request, kind: str) -> Response:
     body = await upstream.read()
     usage = upstream.usage or _fallback_usage(parsed, images, 0)
     return WholeAnswer(  # type: ignore[return-value]
-        body, headers, functools.partial(_finish, rt, view, reservation, outcome, usage, served.price)
+        body,
+        headers,
+        functools.partial(rt.accounting.finish, view, reservation, outcome, usage, served.price),
     )
 
 
@@ -207,7 +189,7 @@ async def _upstream_refused(
 ) -> Response:
     """The model's server refused the request itself (e.g. prompt too long): its error, nothing charged."""
     body = await upstream.read()
-    await rt.quota.release(r)
+    await rt.accounting.release(r)
     o.status = "bad_request"
     _emit(rt, o)
     METRICS.count(kind, upstream.status, "upstream_refused")
@@ -234,7 +216,7 @@ def _relay(
             o.status = "client_abort"
         elif result.error is not None:
             o.status = "upstream_error"
-        await _finish(rt, view, r, o, usage, upstream.served_by.price)
+        await rt.accounting.finish(view, r, o, usage, upstream.served_by.price)
 
     return RelayResponse(upstream, headers, done)  # type: ignore[return-value]
 

@@ -49,7 +49,7 @@ class Outcome:
     funding: dict[str, Any] = field(default_factory=dict)
 
 
-def encode_outcome(o: Outcome) -> bytes:
+def encode_outcome(o: Outcome, event_id: str | None = None) -> bytes:
     """The usage event of a finished request, encoded as `usage.events.encode` would encode the same
     `UsageEvent` (tests/gateway/test_meter.py holds them equal). Written straight to JSON because this
     runs once per request: building the pydantic model cost more than the rest of metering, and the
@@ -58,7 +58,7 @@ def encode_outcome(o: Outcome) -> bytes:
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
-            "event_id": new_event_id(),
+            "event_id": event_id or new_event_id(),
             "request_id": o.request_id,
             "institution_id": o.institution_id,
             "started_at": o.started_wall,
@@ -87,5 +87,5 @@ def encode_outcome(o: Outcome) -> bytes:
     )
 
 
-def emit(sink: EventSink, o: Outcome) -> None:
-    sink.emit_line(institution_key(o.institution_id), encode_outcome(o))
+def emit(sink: EventSink, o: Outcome, event_id: str | None = None) -> None:
+    sink.emit_line(institution_key(o.institution_id), encode_outcome(o, event_id))

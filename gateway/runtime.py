@@ -18,8 +18,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from core.channels import CATALOG_CHANNEL
 from core.db import make_async_engine
 from core.settings import Settings
+from gateway.accounting import Accounting
 from gateway.auth import KeyCache
 from gateway.catalog import Catalog
+from gateway.meter import Outcome, emit
 from providers.http import UpstreamPool
 from quota import QuotaEngine
 from quota.sources import make_loader
@@ -47,7 +49,17 @@ class Runtime:
             min_output_tokens=settings.min_clamp_tokens,
             loader=make_loader(self.db, self._drain_own_events),
         )
+        self.accounting = Accounting(self.quota, self._emit, self._chargebacks)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _emit(self, o: Outcome, event_id: str | None) -> None:
+        if self.producer is None:
+            raise RuntimeError("the usage producer is not running")
+        emit(self.producer, o, event_id)
+
+    def _chargebacks(self, institution: str) -> dict[str, str | None]:
+        view = self.catalog.views.get(institution) if self.catalog is not None else None
+        return dict(view.chargebacks) if view is not None else {}
 
     async def _drain_own_events(self) -> None:
         """Before counters are rebuilt from the ledger: our own pending events into Kafka, and the consumers
@@ -75,7 +87,10 @@ class Runtime:
         # (non-stream) and ~370 to ~260 µs (stream) in bench/gateway.py's concurrency-64 runs.
         gc.set_threshold(20_000, 20, 20)
         self._tasks = [
-            asyncio.create_task(self.quota.run_sweeper(), name="quota-sweeper"),
+            asyncio.create_task(
+                self.quota.run_sweeper(on_unsettled=self.accounting.bill_unsettled), name="quota-sweeper"
+            ),
+            asyncio.create_task(self.accounting.run_leases(), name="quota-leases"),
             asyncio.create_task(self.quota.listen_invalidations(), name="quota-invalidations"),
             asyncio.create_task(self._listen_catalog(), name="catalog-invalidations"),
         ]

@@ -663,7 +663,7 @@ class QuotaEngine:
 
 def _unsettled(institution: str, raw: str) -> UnsettledHold:
     """Parse an unsettled-list entry: ``<reservation id>\\n<record>`` as lua/ops.lua wrote it."""
-    rid, holds_line, path_line, meta = (raw.split("\n", 3) + [""])[:4]
+    rid, holds_line, path_line, meta = [*raw.split("\n", 3), ""][:4]
     words = holds_line.split()
     at = 0
     alloc: dict[Metric, int] = {}

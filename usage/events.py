@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SCHEMA_VERSION: Literal[1] = 1
 
-Status = Literal["ok", "clamped", "refused", "upstream_error", "client_abort", "bad_request"]
+# unsettled: billed at its hold because its gateway never settled it (gateway/accounting.py)
+Status = Literal["ok", "clamped", "refused", "upstream_error", "client_abort", "bad_request", "unsettled"]
 Purpose = Literal["teaching", "research", "other"]
 Metric = Literal["cost", "tokens"]
 

@@ -15,6 +15,8 @@ import psycopg2
 import pytest
 import redis
 
+from cli.services.process import free_port
+from cli.services.redis import start_redis
 from tests.gateway.harness import gateway_stack
 
 PER_REQUEST = 20  # tokens, and micro-units: input is free and each output token costs 1 micro-unit
@@ -38,10 +40,14 @@ def _cost(stack: Any, who: str = "alice") -> dict[str, int]:
     return course["metrics"]["cost"]  # type: ignore[no-any-return]
 
 
-def test_gateway_killed_between_reserve_and_settle_releases_after_the_deadline(
+def test_gateway_killed_mid_stream_is_billed_at_its_hold_in_counters_and_ledger(
     pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
+    """SIGKILL while a stream is being served: nobody can report what was served, so after the deadline the
+    survivor's sweeper bills the hold (an upper bound) and writes its usage event from the skeleton the dead
+    gateway stored with it. Before the fix the hold was released: the served stream cost nothing."""
     with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, mutate=_priced(10_000), gateways=2,
+                       consumer=True,
                        upstream_args=("--chunk-delay-ms", "200", "--reply-tokens", "200"),
                        extra_env={"EDUAIQ_RESERVATION_TTL_SECONDS": "5"}) as stack:  # fmt: skip
         first, second = stack.env["GATEWAY_URLS"].split(",")
@@ -72,8 +78,15 @@ def test_gateway_killed_between_reserve_and_settle_releases_after_the_deadline(
         deadline = time.monotonic() + 30
         while (state := _cost(survivor))["reserved"] != 0 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert state == {**state, "reserved": 0, "used": 0}  # released by the survivor's sweeper: whole again
-        assert state["room"] == 10_000
+        assert state == {**state, "reserved": 0, "used": 100}  # billed at the hold by the survivor's sweeper
+        assert state["room"] == 9_900
+        deadline = time.monotonic() + 60
+        while (
+            rows := _ledger_rows(stack.db_url, stack.institution, "unsettled")
+        ) == [] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [(r[1], r[2], r[3]) for r in rows] == [(100, 0, "alice")]  # cost, overage, user: funded whole
+        assert rows[0][4]["allocation"]["cost"] == 100  # the funding `quota rebuild` replays
 
 
 async def _burst(base: str, key: str, n: int) -> list[httpx.Response]:
@@ -84,6 +97,13 @@ async def _burst(base: str, key: str, n: int) -> list[httpx.Response]:
                               "messages": [{"role": "user", "content": f"q{i}"}]})
             for i in range(n)
         ])  # fmt: skip
+
+
+def _ledger_rows(db_url: str, institution: str, status: str) -> list[tuple[Any, ...]]:
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("select request_id, cost_micro, overage_micro, user_id, funding from usage_event"
+                    " where institution_id = %s and status = %s", (institution, status))  # fmt: skip
+        return list(cur.fetchall())
 
 
 def _ledger_cost(db_url: str, institution: str) -> tuple[int, int, int]:
@@ -131,3 +151,89 @@ def test_redis_flushed_under_load_rebuilds_from_the_ledger_and_never_exceeds_the
         # Every served request is in the ledger at its full cost; any caught mid-flight by the flush is
         # recorded as unfunded overage (cost - funded) rather than pushed past the cap.
         assert cost == statuses[200] * PER_REQUEST
+
+
+def test_settle_while_redis_is_down_is_retried_and_the_request_is_charged_in_full(
+    pg_server_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Redis goes away while a stream is being served, so its settle fails; Redis comes back (append-only
+    file intact). The settle is retried: counters and ledger both carry the 30 tokens served. Before the fix
+    the event was written at once with 0 tokens and 0 cost, and the sweeper then released the hold: free."""
+    port = free_port()
+    data = tmp_path / "redis"
+    server = start_redis(data, port, persist=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        with gateway_stack(pg_server_url, url, kafka_bootstrap, tmp_path, mutate=_priced(10_000), consumer=True,
+                           upstream_args=("--chunk-delay-ms", "150", "--reply-tokens", "30")) as stack:  # fmt: skip
+            got_bytes, body = threading.Event(), bytearray()
+
+            def stream() -> None:
+                with httpx.stream("POST", stack.base_url + "/v1/chat/completions", timeout=60,
+                                  headers={"Authorization": f"Bearer {stack.key('alice')}"},
+                                  json={"model": "demo-chat", "stream": True, "max_tokens": 100,
+                                        "messages": [{"role": "user", "content": "long story"}]}) as r:  # fmt: skip
+                    for chunk in r.iter_bytes():
+                        body.extend(chunk)
+                        got_bytes.set()
+
+            reader = threading.Thread(target=stream)
+            reader.start()
+            assert got_bytes.wait(20)
+            server.stop()  # the stream goes on; its settle will find no Redis
+            reader.join(60)
+            assert body.endswith(b"data: [DONE]\n\n")  # the student got the whole answer
+            time.sleep(1.0)  # the settle has failed at least once by now
+            server = start_redis(data, port, persist=True)
+            deadline = time.monotonic() + 60
+            while (
+                not (rows := _ledger_rows(stack.db_url, stack.institution, "ok"))
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.5)
+            assert [(r[1], r[2]) for r in rows] == [(30, 0)]  # 30 output tokens x 1 micro-unit, funded
+            assert rows[0][4]["allocation"]["cost"] == 30
+            state = _cost(stack)
+            assert (state["used"], state["reserved"]) == (30, 0)
+    finally:
+        server.stop()
+
+
+def test_a_stream_outliving_the_reservation_ttl_keeps_its_hold(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A 60-token stream lasting ~12 s on a 5 s TTL, on a cap of 100: its lease is renewed while it lives, so a
+    second request made after the first deadline finds only 40 left (clamped), and the first is settled, not
+    billed by the sweeper. Before the fix the sweeper released the live hold at 5 s, the second request took
+    60 and the cap was passed (120 spent on 100)."""
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, mutate=_priced(100), consumer=True,
+                       upstream_args=("--chunk-delay-ms", "200", "--reply-tokens", "60"),
+                       extra_env={"EDUAIQ_RESERVATION_TTL_SECONDS": "5"}) as stack:  # fmt: skip
+        headers = {"Authorization": f"Bearer {stack.key('alice')}"}
+        got_bytes = threading.Event()
+
+        def stream() -> None:
+            with httpx.stream("POST", stack.base_url + "/v1/chat/completions", timeout=60, headers=headers,
+                              json={"model": "demo-chat", "stream": True, "max_tokens": 60,
+                                    "messages": [{"role": "user", "content": "long story"}]}) as r:  # fmt: skip
+                for _ in r.iter_bytes():
+                    got_bytes.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert got_bytes.wait(20)
+        time.sleep(7)  # past the first deadline (5 s) and a sweep (every second)
+        assert _cost(stack)["reserved"] == 60  # still held by the live stream
+        second = httpx.post(stack.base_url + "/v1/chat/completions", headers=headers, timeout=60,
+                            json={"model": "demo-chat", "max_tokens": 60,
+                                  "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert second.status_code == 200 and second.headers["x-eduaiq-max-tokens-clamped"] == "60->40"
+        reader.join(60)
+        deadline = time.monotonic() + 60
+        while len(rows := _ledger_rows(stack.db_url, stack.institution, "ok") + _ledger_rows(
+            stack.db_url, stack.institution, "clamped")) < 2 and time.monotonic() < deadline:  # fmt: skip
+            time.sleep(0.5)
+        assert sorted(r[1] for r in rows) == [40, 60]  # both settled with what was served
+        assert _ledger_rows(stack.db_url, stack.institution, "unsettled") == []
+        state = _cost(stack)
+        assert (state["used"], state["reserved"]) == (100, 0)

@@ -1,0 +1,200 @@
+"""The money path of one gateway process: reserve, renew, settle and record, once per request.
+
+One owner, because every way a request can end must leave the counters and the ledger agreeing, and
+none may make a served request free:
+
+* **Settled.** The provider's usage is charged by the waterfall and the usage event carries the funding.
+* **Settle fails** (Redis away or timing out): the settle is retried with backoff while the hold lives.
+  Once it succeeds the request is recorded as usual. If Redis stays away past the hold's deadline, the
+  sweeper bills the hold when Redis is back, and the settle that finally gets through answers ``late``:
+  this process then writes nothing, because the sweeper's event already bills the request.
+* **The process dies** (SIGKILL, OOM, node loss) with requests in flight: their holds carry the usage
+  event's skeleton (``skeleton``), so after the deadline any replica's sweeper bills each hold whole and
+  writes its event (status ``unsettled``, the hold's tokens and cost: an upper bound of what was served).
+* **A long stream**: its hold's deadline is renewed every third of the TTL while it lives
+  (:meth:`Accounting.run_leases`), so the sweeper never takes the room of a request still being served.
+* **Settled before, or Redis lost the record** (``gone``): the usage is recorded with its cost as
+  overage (unfunded), never as zero.
+
+Only ``finish`` and ``release`` end a request; both forget its lease, and ``finish`` never raises (the
+answer has already gone to the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway import budget
+from gateway.catalog import InstitutionView
+from gateway.meter import Outcome
+from gateway.observe import METRICS
+from providers.prices import Price
+from providers.usage import NormalisedUsage
+from quota import QuotaEngine, Reservation, UnsettledHold
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Outcome, str | None], None]  # (outcome, event id or None for a fresh one)
+ChargebacksOf = Callable[[str], Mapping[str, str | None]]  # institution -> {extra id: chargeback code}
+
+# Redis errors worth retrying a settle for: the script either did not run or its reply was lost. Any other
+# error (a bug, a bound too large) would fail again; the hold then expires and the sweeper bills it.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+_FIRST_RETRY, _MAX_RETRY = 0.1, 2.0
+_UNSETTLED_NS = uuid.UUID("6f1d7a52-3c1e-4f0a-9a55-0e2b8c1d4e77")
+
+
+def skeleton(o: Outcome, input_bound: int) -> str:
+    """What a usage event needs that only the gateway knows at reserve time, kept with the hold (one line
+    of JSON) so the hold can be billed and recorded even if this process dies."""
+    return orjson.dumps(
+        {
+            "r": o.request_id,
+            "u": o.user_id,
+            "k": o.key_id,
+            "n": o.unit_id,
+            "p": o.path,
+            "d": o.kinds,
+            "m": o.model_id,
+            "t": o.started_wall.timestamp(),
+            "i": input_bound,
+            "g": o.image_tokens,
+        }
+    ).decode()
+
+
+def unsettled_outcome(
+    hold: UnsettledHold, institution: str, chargebacks: Mapping[str, str | None]
+) -> Outcome:
+    """The usage event of a hold billed on expiry: the hold's tokens (prompt bound first) and cost, funded
+    exactly as the sweeper charged them."""
+    meta: dict[str, Any] = orjson.loads(hold.meta) if hold.meta else {}
+    bound = int(meta.get("i") or 0)
+    o = Outcome(
+        request_id=str(meta.get("r") or f"req_unsettled_{hold.reservation_id}"),
+        institution_id=institution,
+        status="unsettled",
+        user_id=meta.get("u"),
+        key_id=meta.get("k"),
+        unit_id=meta.get("n"),
+        path=list(meta.get("p") or []),
+        kinds=list(meta.get("d") or []),
+        model_id=meta.get("m"),
+        image_tokens=int(meta.get("g") or 0),
+    )
+    if "t" in meta:
+        o.started_wall = datetime.fromtimestamp(float(meta["t"]), UTC)
+    o.input_tokens = min(bound, hold.tokens)
+    o.output_tokens = hold.tokens - o.input_tokens
+    o.cost_micro = hold.cost
+    budget.record_charge(o, hold.charge, chargebacks)
+    return o
+
+
+class Accounting:
+    def __init__(self, quota: QuotaEngine, emit: Emit, chargebacks_of: ChargebacksOf) -> None:
+        self.quota = quota
+        self._emit = emit
+        self._chargebacks_of = chargebacks_of
+        self._live: dict[str, Reservation] = {}  # the holds this process must keep alive (leases)
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    async def reserve(
+        self, view: InstitutionView, o: Outcome, *, input_bound: int, max_output: int, price: Price
+    ) -> Reservation:
+        """Hold the request's bound (or raise the 429) and keep the hold alive until `finish`/`release`."""
+        r = await budget.reserve(
+            self.quota, view, o, input_bound=input_bound, max_output=max_output, price=price,
+            meta=skeleton(o, input_bound),
+        )  # fmt: skip
+        self._live[r.id] = r
+        return r
+
+    async def release(self, r: Reservation) -> None:
+        """Nothing was served (the model refused or failed before answering): give the hold back."""
+        self._live.pop(r.id, None)
+        try:
+            await self.quota.release(r)
+        except Exception:  # the hold expires; it is then billed, conservatively, by the sweeper
+            log.exception("could not release reservation %s", r.id)
+
+    async def finish(
+        self, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage, price: Price
+    ) -> None:
+        """Charge what the provider served and record it, exactly once; never raises."""
+        try:
+            o.image_tokens = max(o.image_tokens, usage.image)
+            o.cached_tokens = usage.cached_input
+            s = await self._settle(view, r, o, usage, price)
+        except Exception:
+            # Not free: the hold stays in Redis, and after its deadline the sweeper bills it and writes
+            # the event. Writing one here too would bill the request twice.
+            log.exception("settle of %s failed; its hold will be billed when it expires", o.request_id)
+            return
+        finally:
+            self._live.pop(r.id, None)
+        if s.status == "late":
+            log.warning("%s settled after its hold expired: billed at the hold by the sweeper", o.request_id)
+            return
+        if s.status == "gone":
+            log.warning("%s: its hold was unknown to Redis; recorded as unfunded overage", o.request_id)
+        METRICS.settled(usage.input, usage.output)
+        self._record(o, None)
+
+    async def _settle(
+        self, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage, price: Price
+    ) -> Any:
+        """Settle, retrying while Redis is unreachable: for as long as the hold can live (its TTL past the
+        last known deadline), after which the sweeper has billed it and a settle would answer `late`."""
+        delay = _FIRST_RETRY
+        give_up = time.monotonic() + 2 * self.quota.reservation_ttl
+        while True:
+            try:
+                return await budget.settle(self.quota, view, r, o, usage, price)
+            except _TRANSIENT:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning("settle of %s: Redis unreachable; retrying in %.1f s", o.request_id, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY)
+
+    def _record(self, o: Outcome, event_id: str | None) -> None:
+        try:
+            self._emit(o, event_id)
+        except Exception:
+            log.exception("could not record usage event %s", o.request_id)
+
+    def bill_unsettled(self, hold: UnsettledHold) -> None:
+        """The sweeper's hand-over: write the usage event of a hold billed on expiry. Its event id comes
+        from the hold, so a hand-over repeated after a crash is one ledger row."""
+        o = unsettled_outcome(hold, hold.charge.institution, self._chargebacks_of(hold.charge.institution))
+        self._emit(o, str(uuid.uuid5(_UNSETTLED_NS, f"{hold.charge.institution}/{hold.reservation_id}")))
+        log.warning("billed unsettled hold %s of %s at its bound", hold.reservation_id, o.request_id)
+
+    async def run_leases(self) -> None:
+        """Renew every live hold each third of the TTL, so only a dead process's holds ever expire."""
+        every = self.quota.reservation_ttl / 3
+        while True:
+            await asyncio.sleep(every)
+            live = list(self._live.values())
+            if not live:
+                continue
+            try:
+                await self.quota.renew(live)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: the next round tries again, well before the deadline
+                log.warning("could not renew %d holds", len(live), exc_info=True)
