@@ -283,7 +283,7 @@ def _as_date(v: date | str) -> date:
 
 
 def spec_from_org(doc: Mapping[str, Any], cost_scale: int = 1) -> InstitutionSpec:
-    """Read the budget part of an institution file (spec/org-file.md) as parsed YAML.
+    """Read the budget part of an institution file (docs/spec/org-file.md) as parsed YAML.
 
     ``cost_scale`` multiplies every ``cost`` amount: 1 keeps the file's numbers
     as micro-units (how the tests read the worked example), 1_000_000 reads

@@ -1,4 +1,4 @@
-"""The institution file (spec/org-file.md): parse and check it, apply it as a diff, export it back.
+"""The institution file (docs/spec/org-file.md): parse and check it, apply it as a diff, export it back.
 
 `load_file` turns YAML into a checked `OrgFile` or a list of every problem by its
 path; `apply_org` writes only the difference in one transaction; `export_org`

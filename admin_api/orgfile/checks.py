@@ -1,4 +1,4 @@
-"""Rules that relate one part of the institution file to another (spec/org-file.md, "Rules the import checks").
+"""Rules that relate one part of the institution file to another (docs/spec/org-file.md, "Rules the import checks").
 
 They read the raw document defensively rather than the parsed model, so that a
 file with a type error in one place still gets every cross-reference problem
