@@ -7,6 +7,13 @@ afterwards. Finance can re-download an invoice basis and get the same file, byte
 byte. An open month is computed fresh each time.
 
 Money is written as decimal strings in currency units with 6 decimals.
+
+The CSV export is opened in spreadsheets, so its text cells are neutralised against formula injection
+(OWASP's CSV injection guidance): a cell starting with = + - @, a tab or a carriage return (or the
+full-width = + - @) gets a leading single quote, which makes the spreadsheet show it as text instead of
+evaluating it. Unit names, chargeback codes and every other text column come from admins and the
+institution file, so none of them is trusted. JSON and the FOCUS dataset are for programs and stay raw.
+A closed month exported before this rule keeps its stored bytes.
 """
 
 from __future__ import annotations
@@ -167,8 +174,17 @@ def render(fmt: Format, account: focus.Account, period: str, scope: str, lines: 
     return _json(account, period, scope, lines)
 
 
+# What a spreadsheet reads as the start of a formula (or, for tab and CR, of a cell it may re-split).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_text(value: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading quote before anything that starts a formula."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def _csv_row(account: focus.Account, period: str, line: Line) -> list[str]:
-    return [
+    text_cells = [
         period,
         account.institution_id,
         line.unit_id,
@@ -179,13 +195,16 @@ def _csv_row(account: focus.Account, period: str, line: Line) -> list[str]:
         line.funding,
         line.extra_id,
         line.cost_object,
+    ]
+    return [
+        *(spreadsheet_text(cell) for cell in text_cells),
         str(line.requests),
         str(line.input_tokens),
         str(line.output_tokens),
         str(line.image_tokens),
         str(line.cached_tokens),
         money(line.cost_micro),
-        account.currency,
+        spreadsheet_text(account.currency),
     ]
 
 
