@@ -13,6 +13,7 @@ silently act with whatever session the machine's browser jar holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -79,24 +80,27 @@ def _bearer(request: Request) -> str | None:
     return token
 
 
-async def _token_caller(session: AsyncSession, token: str) -> Caller:
+async def _token_caller(session: AsyncSession, token: str, max_days: int) -> Caller:
     stmt = select(PersonalAccessToken).where(PersonalAccessToken.token_hash == hash_secret(token))
     row = (await session.execute(stmt)).scalar_one_or_none()
     if row is None:
         raise _unauthenticated("unknown personal access token")
     if row.revoked_at is not None:
         raise _unauthenticated("this personal access token has been revoked")
-    if row.expires_at is not None and row.expires_at <= utcnow():
+    # Tokens made before every token had an expiry (or before the maximum was lowered) end by their age.
+    now = utcnow()
+    expired = row.expires_at is not None and row.expires_at <= now
+    if expired or row.created_at + timedelta(days=max_days) <= now:
         raise _unauthenticated("this personal access token has expired")
     if await session.get(User, (row.institution_id, row.user_id)) is None:
         raise _unauthenticated("the owner of this token no longer exists")
     return Caller(row.institution_id, row.user_id, "pat", row.id, frozenset(row.scopes))
 
 
-async def authenticate(request: Request, session: AsyncSession) -> Caller:
+async def authenticate(request: Request, session: AsyncSession, pat_max_days: int) -> Caller:
     token = _bearer(request)
     if token is not None:
-        return await _token_caller(session, token)
+        return await _token_caller(session, token, pat_max_days)
     principal = await current_principal(request)
     if principal is None:
         raise _unauthenticated("sign in first, or send 'Authorization: Bearer pat-...'")

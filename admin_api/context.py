@@ -95,7 +95,7 @@ class Ctx:
 async def _open(request: Request, scope: str, write: bool, lock: bool) -> AsyncIterator[Ctx]:
     state = admin_state(request)
     async with state.sessions() as session:
-        caller = await authenticate(request, session)
+        caller = await authenticate(request, session, state.settings.pat_max_days)
         if not caller.may(scope):
             raise ApiError(403, "token_scope", f"this token lacks the {scope!r} scope", {"needed": scope})
         if write and not caller.via_token:

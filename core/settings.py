@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=300.0, ge=0)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Longest life of a personal access token (admin API automation): a leaked token stops working by
+    # itself. Creation refuses a later expiry; older tokens without one expire this long after creation.
+    pat_max_days: int = Field(default=90, ge=1, le=3660)
 
     @field_validator("database_url")
     @classmethod

@@ -1,12 +1,14 @@
 """Personal access tokens for automation (a finance office's nightly export), managed from a browser session.
 
 Tokens act as their owner narrowed by their scopes; they cannot manage tokens
-themselves (a leaked token cannot mint a longer-lived one).
+themselves (a leaked token cannot mint a longer-lived one). Every token expires:
+at most `EDUAIQ_PAT_MAX_DAYS` (90) after it is made, and that is also its expiry
+when none is asked for, so a token forgotten in a script dies on its own.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -15,7 +17,7 @@ from sqlmodel import col, select
 
 from admin_api.auth import PAT_PREFIX, SESSION_ONLY, TOKEN_SCOPES
 from admin_api.context import Ctx, reader, writer
-from admin_api.errors import not_found
+from admin_api.errors import invalid, not_found
 from admin_api.ids import TokenId
 from admin_api.routes.keys import KeyBody
 from core.keys import hash_secret, new_id, new_secret
@@ -42,6 +44,8 @@ class TokenCreated(TokenOut):
 
 
 class TokenCreate(KeyBody):
+    """`expires_at` defaults to, and may not be later than, EDUAIQ_PAT_MAX_DAYS (90) days from now."""
+
     scopes: list[Scope] = Field(
         min_length=1, max_length=len(TOKEN_SCOPES), description=", ".join(TOKEN_SCOPES)
     )
@@ -78,10 +82,15 @@ async def list_tokens(ctx: Ctx = Depends(reader(SESSION_ONLY))) -> list[TokenOut
 async def create_token(
     body: TokenCreate, ctx: Ctx = Depends(writer(SESSION_ONLY, lock=False))
 ) -> TokenCreated:
+    days = ctx.state.settings.pat_max_days
+    latest = utcnow() + timedelta(days=days)
+    if body.expires_at is not None and body.expires_at > latest:
+        raise invalid(f"a personal access token lives at most {days} days",
+                      [{"path": "body.expires_at", "message": f"at most {latest.isoformat()}"}])  # fmt: skip
     secret = new_secret(PAT_PREFIX)
     row = PersonalAccessToken(id=new_id(), token_hash=hash_secret(secret), prefix=secret[:12],
                               institution_id=ctx.institution_id, user_id=ctx.caller.user_id, name=body.name,
-                              scopes=sorted(set(body.scopes)), expires_at=body.expires_at)  # fmt: skip
+                              scopes=sorted(set(body.scopes)), expires_at=body.expires_at or latest)  # fmt: skip
     ctx.session.add(row)
     ctx.audit_row("token.create", None, row, org=False)
     await ctx.commit()
