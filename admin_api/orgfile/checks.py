@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from core.keys import hash_secret
+
 Problem = tuple[str, str]
 
 
@@ -143,9 +145,17 @@ def cross_checks(doc: dict[str, Any]) -> list[Problem]:
         elif uid in user_ids and str(uid) not in members_of.get(str(unit_id), set()):
             problems.append((f"keys[{i}]", f"user {uid!r} is not a member of unit {unit_id!r}"))
     problems += _duplicates(
-        [(f"keys[{i}].key", _dict(k).get("key")) for i, k in enumerate(_list(doc.get("keys")))], "key"
+        [(f"keys[{i}]", _key_digest(k)) for i, k in enumerate(_list(doc.get("keys")))], "key (SHA-256)"
     )
     return problems
+
+
+def _key_digest(entry: Any) -> str | None:
+    """One key given twice, whether as the key or as its SHA-256 (never the key itself in a message)."""
+    key, digest = _dict(entry).get("key"), _dict(entry).get("key_sha256")
+    if isinstance(key, str):
+        return hash_secret(key)
+    return digest.lower() if isinstance(digest, str) else None
 
 
 def _root_checks(root: dict[str, Any]) -> list[Problem]:

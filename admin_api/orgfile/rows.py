@@ -9,8 +9,7 @@ from typing import Any
 
 from sqlmodel import SQLModel
 
-from admin_api.orgfile.schema import OrgFile, UnitNode
-from core.keys import hash_secret
+from admin_api.orgfile.schema import Key, OrgFile, UnitNode
 from core.models import (
     AdminScope,
     ApiKey,
@@ -43,9 +42,16 @@ def _metric_amount(metric: str, value: Decimal) -> int:
     return to_micro(value) if metric == "cost" else int(value)
 
 
-def imported_key_id(secret: str) -> str:
-    """Deterministic, so importing the same key twice is one row, not two."""
-    return "org-" + hashlib.sha256(("key-id:" + secret).encode()).hexdigest()[:12]
+def imported_key_id(key: Key) -> str:
+    """Deterministic, so importing the same key twice is one row, not two (ids of keys given as themselves
+    are what they always were; a key given by its SHA-256 gets an id from that)."""
+    seed = "key-id:" + key.key if key.key is not None else "key-id-sha256:" + key.digest
+    return "org-" + hashlib.sha256(seed.encode()).hexdigest()[:12]
+
+
+def imported_key_prefix(key: Key) -> str:
+    """Shown in key lists; a key given by its hash has no characters of its own to show."""
+    return key.key[:12] if key.key is not None else "sha256:" + key.digest[:8]
 
 
 def desired_rows(org: OrgFile) -> Desired:
@@ -76,8 +82,7 @@ def desired_rows(org: OrgFile) -> Desired:
     for root in org.units:
         _add_unit(out, inst_id, root, None, 0)
     for key in org.keys:
-        digest = hash_secret(key.key)
-        out.add(ApiKey(id=imported_key_id(key.key), key_hash=digest, prefix=key.key[:12], institution_id=inst_id,
+        out.add(ApiKey(id=imported_key_id(key), key_hash=key.digest, prefix=imported_key_prefix(key), institution_id=inst_id,
                        user_id=key.user, unit_id=key.unit, name="institution file", created_by="org-file"))  # fmt: skip
     return out
 

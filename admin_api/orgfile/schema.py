@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.keys import hash_secret
 from providers.config import ProviderConfig
 
 Period = Literal["day", "week", "month", "semester", "year", "none"]
@@ -120,9 +121,27 @@ class User(Strict):
 
 
 class Key(Strict):
+    """An API key the file issues to a member. `key` is the key itself; `key_sha256` is its SHA-256 (hex)
+    instead, so the file (and a Kubernetes ConfigMap holding it) need not contain a working key. Give one.
+
+    An import only adds keys: a key already in the database keeps its revocation and expiry, and a key
+    that was revoked or deleted is never brought back by importing the file again."""
+
     user: str
     unit: str
-    key: str = Field(min_length=20)
+    key: str | None = Field(default=None, min_length=20)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Key:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give either key or key_sha256")
+        return self
+
+    @property
+    def digest(self) -> str:
+        """What the database stores for the key (core.keys.hash_secret)."""
+        return self.key_sha256.lower() if self.key_sha256 else hash_secret(str(self.key))
 
 
 class OrgFile(Strict):

@@ -3,9 +3,12 @@
 The file is declarative for what it names. Rows it no longer names are removed,
 with three exceptions finance and IT would insist on: units are archived, not
 deleted (their usage history stays readable); users are never deleted (the
-ledger names them); and API keys are only added or updated, never revoked by an
-import (revoking is an explicit act in the admin API). Memberships and admin
-scopes granted by SSO or through the admin API are not the file's to remove.
+ledger names them); and API keys are only ever added: a key the database already
+has is left exactly as it is, so an import never revokes, un-revokes or extends
+one (revoking is an explicit act in the admin API, and the chart re-imports the
+file on every upgrade), and a key deleted since it was imported is not made
+again. Memberships and admin scopes granted by SSO or through the admin API are
+not the file's to remove.
 Every change is written to the audit log with its before and after.
 """
 
@@ -17,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col
 
 from admin_api.orgfile.rows import comparable, desired_rows
 from admin_api.orgfile.schema import OrgFile
@@ -113,6 +116,32 @@ async def _existing(
     return {_pk(r): r for r in rows}
 
 
+# Audit actions after which a key the file names must stay gone (a member's removal deletes their keys).
+_KEY_ENDED = ("key.delete", "key.revoke")
+
+
+async def _new_keys(session: AsyncSession, inst: str, wanted: list[SQLModel]) -> list[SQLModel]:
+    """The file's keys the database has never had. A key it has, found by its hash under whatever id (and
+    in whichever institution: hashes are unique), keeps its revocation and expiry; a key whose id the audit
+    log shows deleted or revoked is not reinstated."""
+    keys = [row for row in wanted if isinstance(row, ApiKey)]
+    if not keys:
+        return []
+    stmt = select(ApiKey.key_hash).where(col(ApiKey.key_hash).in_([k.key_hash for k in keys]))
+    known = set((await session.execute(stmt)).scalars())
+    fresh = [k for k in keys if k.key_hash not in known]
+    if not fresh:
+        return []
+    labels = {f"api_key:{k.id}" for k in fresh}
+    stmt = select(AuditEntry.target).where(
+        AuditEntry.institution_id == inst,
+        col(AuditEntry.target).in_(labels),
+        col(AuditEntry.action).in_(_KEY_ENDED),
+    )
+    ended = set((await session.execute(stmt)).scalars())
+    return [k for k in fresh if f"api_key:{k.id}" not in ended]
+
+
 async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-import") -> ChangeReport:
     """Write the difference; the caller owns the transaction (commit, or roll back for a dry run)."""
     inst = org.institution.id
@@ -129,6 +158,8 @@ async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-impor
     for table in ORDER:
         existing = existing_by_table[table] = await _existing(session, table, inst)
         wanted = desired.tables.get(table, [])
+        if table is ApiKey:
+            wanted = await _new_keys(session, inst, wanted)
         for row in wanted:
             current = existing.get(_pk(row))
             if current is None:

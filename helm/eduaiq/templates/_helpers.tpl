@@ -301,6 +301,12 @@ otherwise start and fail every request that needs it.
 {{- if hasKey $doc "Error" }}
 {{- fail (printf "the institution file (org.content/org.file) is not a YAML mapping: %v" $doc.Error) }}
 {{- end }}
+{{- /* The file lives in a ConfigMap, which is not for secrets: API keys go in as key_sha256 only. */}}
+{{- range $i, $k := default list $doc.keys }}
+{{- if and (kindIs "map" $k) (hasKey $k "key") }}
+{{- fail (printf "keys[%d] gives the key itself, and the institution file is stored in a ConfigMap: give its SHA-256 as key_sha256 instead (sha256sum of the key)" $i) }}
+{{- end }}
+{{- end }}
 {{- $providers := default list $doc.providers }}
 {{- if include "eduaiq.registerModels" . }}
 {{- $providers = concat $providers (include "eduaiq.selfHostedProviders" . | fromYaml).providers }}
