@@ -16,7 +16,7 @@ gateways on the same code, side by side:
 
 "Left out" is done here, in this benchmark's own process, by replacing the stage's function
 (`gateway.budget.reserve` answers every request with the first reservation it made,
-`gateway.budget.settle` and `gateway.endpoints._emit` do nothing); nothing in the gateway can
+`gateway.budget.settle`, `gateway.endpoints._emit` and `Runtime._emit` do nothing); nothing in the gateway can
 switch a stage off. Each round drives every variant in turn with bench/load.py, each time
 right after a direct run against the mock, and reads the CPU time of the gateway process
 (with its sidecar), Redis, the broker and the mock before and after. It prints the medians:
@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -79,6 +80,7 @@ def _proxy_app(upstream: str) -> Callable[..., Any]:
 def _leave_out(budget: bool, metering: bool) -> None:
     import gateway.budget
     import gateway.endpoints
+    import gateway.runtime
     from quota import Reservation
 
     if budget:
@@ -90,13 +92,14 @@ def _leave_out(budget: bool, metering: bool) -> None:
                 first.append(await reserve(*args, **kwargs))
             return first[0]
 
-        async def no_settle(*args: Any, **kwargs: Any) -> None:
-            return None
+        async def no_settle(*args: Any, **kwargs: Any) -> Any:
+            return SimpleNamespace(status="settled")  # what gateway/accounting.py reads of a Settlement
 
         gateway.budget.reserve = reserve_once  # type: ignore[assignment]
         gateway.budget.settle = no_settle  # type: ignore[assignment]
-    if metering:
+    if metering:  # both places a usage event leaves: unserved requests, and gateway/accounting.py's record
         gateway.endpoints._emit = lambda rt, o: None  # type: ignore[assignment]
+        gateway.runtime.Runtime._emit = lambda self, o, event_id: None  # type: ignore[method-assign]
 
 
 def serve(variant: str, port: int, upstream: str) -> None:
