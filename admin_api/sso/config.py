@@ -166,7 +166,14 @@ class Mapping(Strict):
     subject_fallback: bool = True
     # Create a user on first sign-in; off = only users already in the institution file may sign in.
     create_users: bool = True
-    allow_admin_scopes: bool = True
+    # Admin roles (admin, finance, auditor) from the IdP. Off by default: a group name is often editable
+    # by people who should not become admins (self-service groups, another institution's IdP in a
+    # federation). When on, only eduPersonEntitlement values under the institution's own namespace count:
+    # `<prefix>unit:<unit-id>:<role>`, the prefix being `admin_entitlement_prefix`, or else
+    # `urn:mace:<domain>:eduaiq:` for each security domain in `scopes`. Admin roles matched any other way
+    # (groups, isMemberOf, affiliations, other entitlements) are ignored.
+    allow_admin_scopes: bool = False
+    admin_entitlement_prefix: str | None = Field(default=None, pattern=r"^urn:[A-Za-z0-9][^\s]*:$")
 
     @model_validator(mode="after")
     def _disjoint(self) -> Mapping:
@@ -174,6 +181,21 @@ class Mapping(Strict):
         if both:
             raise ValueError(f"roles both member and admin: {sorted(both)}")
         return self
+
+    @model_validator(mode="after")
+    def _namespaced_admins(self) -> Mapping:
+        if self.allow_admin_scopes and not self.admin_prefixes():
+            raise ValueError(
+                "allow_admin_scopes needs the institution's entitlement namespace: admin_entitlement_prefix "
+                "(e.g. urn:mace:stateu.edu:eduaiq:) or scopes (security domains)"
+            )
+        return self
+
+    def admin_prefixes(self) -> tuple[str, ...]:
+        """Entitlement prefixes under which the IdP may grant admin roles (empty: it may not)."""
+        if self.admin_entitlement_prefix:
+            return (self.admin_entitlement_prefix,)
+        return tuple(f"urn:mace:{domain.lower()}:eduaiq:" for domain in self.scopes)
 
 
 class InstitutionSSO(Strict):

@@ -8,18 +8,22 @@ convention (see README.md beside this file):
   (or `...:unit:<unit-id>:<role>`),
 - isMemberOf / groups `course:<unit-id>:<role>` (or `unit:<unit-id>:<role>`),
 
-where a role in `member_roles` (student, ta, instructor, ...) makes a membership
-and one in `admin_roles` (admin, finance, auditor) an admin scope. Anything
-else is ignored, never guessed. Whether the named units exist is the
+where a role in `member_roles` (student, ta, instructor, ...) makes a membership.
+A role in `admin_roles` (admin, finance, auditor) makes an admin scope only when
+the institution switched that on (`allow_admin_scopes`) and the value is an
+entitlement in the institution's own namespace, `<prefix>unit:<unit-id>:<role>`
+(`Mapping.admin_prefixes`): a group name like `unit:root:admin` must never make
+someone an institution admin. Anything else is ignored, never guessed. Whether the named units exist is the
 provisioning step's business, not this one's.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from admin_api.sso.config import AttributeKind
+from admin_api.sso.config import ROLE, UNIT_ID, AttributeKind, GrantRule
 from admin_api.sso.config import Mapping as MappingConfig
 from admin_api.sso.errors import SSOError
 
@@ -71,6 +75,23 @@ def _in_scope(value: str, scopes: Sequence[str]) -> bool:
     return bool(at) and scope.lower() in {s.lower() for s in scopes}
 
 
+def _admin_rules(config: MappingConfig) -> list[GrantRule]:
+    """The namespaced entitlement form, `<prefix>unit:<unit-id>:<role>`, for each accepted prefix."""
+    return [
+        GrantRule(
+            attribute="entitlement", pattern=rf"{re.escape(prefix)}unit:(?P<unit>{UNIT_ID}):(?P<role>{ROLE})"
+        )
+        for prefix in config.admin_prefixes()
+    ]
+
+
+def _admin_value(value: str, attribute: AttributeKind, config: MappingConfig) -> bool:
+    """May this matched value grant an admin role? Only a namespaced entitlement, only when switched on."""
+    return (
+        config.allow_admin_scopes and attribute == "entitlement" and value.startswith(config.admin_prefixes())
+    )
+
+
 def map_identity(
     institution_id: str, attrs: Attributes, config: MappingConfig, protocol_subject: str | None = None
 ) -> Identity:
@@ -98,7 +119,7 @@ def map_identity(
     memberships: dict[str, str] = {}
     scopes: set[tuple[str, str]] = set()
     ignored: list[str] = []
-    for rule in config.rules:
+    for rule in [*config.rules, *_admin_rules(config)]:
         pattern = rule.compiled(institution_id)
         for value in values[rule.attribute]:
             match = pattern.fullmatch(value)
@@ -111,7 +132,7 @@ def map_identity(
                 continue
             role = rule.roles.get(role, role)
             if role in admin:
-                if config.allow_admin_scopes:
+                if _admin_value(value, rule.attribute, config):
                     scopes.add((unit, role))
                 else:
                     ignored.append(value)

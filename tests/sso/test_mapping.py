@@ -38,11 +38,34 @@ def test_entitlement_of_a_member_role_is_a_membership(unit: str, role: str, kind
     assert got.admin_scopes == frozenset()
 
 
+ADMINS_ON = Mapping(allow_admin_scopes=True, scopes=["stateu.edu"])
+
+
 @given(unit_ids, admin_roles)
-def test_group_of_an_admin_role_is_an_admin_scope(unit: str, role: str) -> None:
-    got = identity({IS_MEMBER_OF[1]: [f"unit:{unit}:{role}"]})
+def test_admin_roles_from_sso_are_off_by_default(unit: str, role: str) -> None:
+    values = {IS_MEMBER_OF[1]: [f"unit:{unit}:{role}"],
+              ENTITLEMENT[0]: [f"urn:mace:{INST}:unit:{unit}:{role}", f"urn:mace:stateu.edu:eduaiq:unit:{unit}:{role}"]}  # fmt: skip
+    got = identity(values)
+    assert got.admin_scopes == frozenset() and dict(got.memberships) == {}
+
+
+@given(unit_ids, admin_roles)
+def test_when_on_only_the_namespaced_entitlement_is_an_admin_scope(unit: str, role: str) -> None:
+    got = identity({IS_MEMBER_OF[1]: [f"unit:{unit}:{role}"], ENTITLEMENT[0]: [f"urn:mace:{INST}:unit:x:{role}"]},
+                   ADMINS_ON)  # fmt: skip
+    assert got.admin_scopes == frozenset()
+    got = identity({ENTITLEMENT[0]: [f"urn:mace:stateu.edu:eduaiq:unit:{unit}:{role}",
+                                     f"urn:mace:other.edu:eduaiq:unit:{unit}x:{role}"]}, ADMINS_ON)  # fmt: skip
     assert got.admin_scopes == {(unit, role)}
-    assert dict(got.memberships) == {}
+    prefixed = Mapping(allow_admin_scopes=True, admin_entitlement_prefix="urn:mace:stateu.edu:ai:")
+    got = identity({ENTITLEMENT[0]: [f"urn:mace:stateu.edu:ai:unit:{unit}:{role}"]}, prefixed)
+    assert got.admin_scopes == {(unit, role)}
+
+
+def test_admin_roles_need_a_namespace_to_be_switched_on() -> None:
+    with pytest.raises(SSOConfigError) as err:
+        parse_sso_section(INST, {"mapping": {"allow_admin_scopes": True}})
+    assert [p for p, _ in err.value.problems] == ["sso.mapping"]
 
 
 @given(unit_ids, other_roles)
@@ -97,7 +120,7 @@ def test_custom_rules_fixed_units_and_renamed_roles() -> None:
     assert dict(got.memberships) == {INST: "member", "cs101": "instructor", "cs102": "student"}
 
 
-def test_admin_scopes_can_be_switched_off() -> None:
+def test_admin_scopes_switched_off_are_ignored_values() -> None:
     got = identity({"groups": ["unit:cs:admin"]}, Mapping(allow_admin_scopes=False))
     assert got.admin_scopes == frozenset() and got.ignored == ("unit:cs:admin",)
 
