@@ -181,13 +181,13 @@ def gateway(
 ) -> None:
     """Serve the OpenAI-compatible data plane (/v1, /healthz, /readyz, /metrics)."""
     from gateway.app import create_app
-    from gateway.server import run
+    from gateway.server import Limits, run
 
     settings = settings_or_exit()
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s gateway %(levelname)s %(name)s %(message)s"
     )
-    run(lambda: create_app(settings), host, port, workers=workers, max_body=settings.max_body_bytes,
+    run(lambda: create_app(settings), host, port, workers=workers, limits=Limits.from_settings(settings),
         grace=settings.shutdown_grace_seconds)  # fmt: skip
 
 
@@ -211,9 +211,9 @@ def serve(
     ] = False,
 ) -> None:
     """Serve everything on one origin: /v1, /api/v1, /auth and the dashboard at /."""
-    from cli.web import create_one_origin
+    from cli.web import serve_one_origin
 
-    _uvicorn(create_one_origin(settings_or_exit(), dev_login=dev_login), host, port)
+    serve_one_origin(settings_or_exit(), host, port, dev_login=dev_login)
 
 
 @app.command()

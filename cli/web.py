@@ -53,3 +53,24 @@ def create_one_origin(settings: Settings, *, dev_login: bool = False) -> OneOrig
     from admin_api.app import create_app as create_admin
 
     return OneOrigin(create_gateway(settings), create_admin(settings, dev_login=dev_login))
+
+
+# `eduaiq dev` stops its web server with SIGTERM and kills it 30 s later: requests in flight get 20 s
+# (uvicorn's graceful-shutdown time here before), so the usage of what was cut is still handed over.
+QUICK_START_GRACE = 20.0
+
+
+def serve_one_origin(settings: Settings, host: str, port: int, *, dev_login: bool = False) -> None:
+    """The quick start's one origin on the gateway's own HTTP server (gateway/server.py), not uvicorn:
+    /v1 there is as open to unauthenticated clients as `eduaiq gateway` is, so it gets the same limits
+    (`Limits.from_settings`) by construction. uvicorn could only approximate them: it has no bound on a
+    single header value with httptools (h11 bounds the whole head, but not the header count), no
+    deadline for a head or a body, and its concurrency limit answers a plain-text 503 without
+    Retry-After."""
+    import logging
+
+    from gateway.server import Limits, run
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s web %(levelname)s %(name)s %(message)s")
+    run(lambda: create_one_origin(settings, dev_login=dev_login), host, port,
+        limits=Limits.from_settings(settings), grace=min(settings.shutdown_grace_seconds, QUICK_START_GRACE))  # fmt: skip

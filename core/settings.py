@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     # Longest life of a personal access token (admin API automation): a leaked token stops working by
     # itself. Creation refuses a later expiry; older tokens without one expire this long after creation.
     pat_max_days: int = Field(default=90, ge=1, le=3660)
+    # What an unauthenticated client can make one server process hold (gateway/server.py `Limits`; the
+    # quick start's one-origin server applies the same): the head's bytes (the request line, and each
+    # header value too) and header lines (431), seconds for the head and for the body, neither restarting
+    # with each byte (408), bytes read ahead behind a request being answered (reading pauses), request
+    # bytes held before the app has them (503) and requests in progress (503), per worker.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_header_count: int = Field(default=100, ge=10)
+    header_timeout_seconds: float = Field(default=20.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_connection_buffer_bytes: int = Field(default=1024 * 1024, ge=0)
+    max_worker_buffer_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    max_concurrent_requests: int = Field(default=1000, ge=1)
 
     @field_validator("database_url")
     @classmethod

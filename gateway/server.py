@@ -22,8 +22,16 @@ so this server speaks ASGI too, the part of it the gateway uses:
   requests answered in order, the next one taken as soon as a response is
   whole on the wire (the app may still be working);
 - Content-Length and chunked request bodies, given to the app whole;
-  `Expect: 100-continue`; a body limit (413) and a header limit (431); a
-  malformed request gets 400 and the connection is closed;
+  `Expect: 100-continue`; a malformed request gets 400 and the connection is
+  closed;
+- limits on what an unauthenticated client can make a worker hold (`Limits`,
+  each an EDUAIQ_ setting): the body (413), the head's bytes and header count
+  (431; a single header value is bounded too, although httptools grows it in
+  place: the bytes fed while a head stays open are counted), a deadline for
+  the body as for the head (408), the bytes a connection reads ahead behind
+  the request being answered (reading pauses), the request bytes one worker
+  holds before the app has them (503) and the requests in progress (503);
+  both 503s carry Retry-After;
 - the response head goes out with the first body bytes, in one write;
   chunked responses when the app gives no length; back-pressure on writes;
 - `http.disconnect` as soon as the client hangs up (a stream's upstream is
@@ -44,12 +52,14 @@ import asyncio
 import contextlib
 import http
 import logging
+import math
 import os
 import signal
 import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
@@ -57,11 +67,12 @@ from urllib.parse import unquote
 import httptools
 from starlette.types import ASGIApp, Message, Scope
 
+from core.settings import Settings
+from gateway.bounded import bounded
 from gateway.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 64 * 1024
 _MAX_QUEUED = 16  # pipelined requests read ahead of the one being answered; reading pauses beyond
 _WRITE_HIGH_WATER = 256 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -71,20 +82,56 @@ _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPT
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _AFTER_CUT = 10.0  # seconds the requests cut at shutdown get to settle and meter what they produced
 _SAME_STOP = 1.0  # signals within this many seconds of the first are the same stop, not a second one
+# The lifespan shutdown hands the usage events over (gateway/runtime.py bounds each of its steps, ~50 s in
+# all, the producer's 35 s of it); beyond this the process ends without the rest of it.
+_LIFESPAN_STOP = 55.0
+# A process that has not exited this long after the last step should have ended is stuck (a blocked
+# event loop, a thread the interpreter waits for at exit): the kernel ends it (SIGALRM, default action).
+_EXIT_MARGIN = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client can make a worker hold before the app (and authentication) sees its request.
+
+    Each is an EDUAIQ_ setting (core/settings.py), documented in docs/operations.md."""
+
+    max_body: int  # bytes of one request's body (413)
+    max_header_bytes: int  # bytes of the request line, and of the headers (414, 431)
+    max_headers: int  # header lines in one request (431)
+    header_timeout: float  # seconds from a head's first byte to its end (408)
+    body_timeout: float  # seconds from the end of a head to the end of its body (408)
+    connection_buffer: int  # bytes read ahead behind the request being answered; reading pauses beyond
+    worker_buffer: int  # request bytes the worker holds before the app has them (503 beyond)
+    max_concurrent: int  # requests the app is working on in this worker (503 beyond)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        return cls(
+            max_body=s.max_body_bytes,
+            max_header_bytes=s.max_header_bytes,
+            max_headers=s.max_header_count,
+            header_timeout=s.header_timeout_seconds,
+            body_timeout=s.body_timeout_seconds,
+            connection_buffer=s.max_connection_buffer_bytes,
+            worker_buffer=s.max_worker_buffer_bytes,
+            max_concurrent=s.max_concurrent_requests,
+        )
 
 
 class _Shared:
     """What the connections of one listening server share."""
 
-    def __init__(self, app: ASGIApp, max_body: int, keep_alive: float, header_timeout: float) -> None:
+    def __init__(self, app: ASGIApp, limits: Limits, keep_alive: float) -> None:
         self.app = app
-        self.max_body = max_body
+        self.limits = limits
+        self.max_body = limits.max_body
         self.keep_alive = keep_alive
-        self.header_timeout = header_timeout
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.closing = False
         self.answering = 0  # app calls in progress on all connections, their work after the response included
+        self.buffered = 0  # request body bytes held on all connections, not yet given to the app
         self.quiet = asyncio.Event()  # set when closing and nothing is in progress
         self._date_at = 0
         self._date = b""
@@ -98,14 +145,20 @@ class _Shared:
 
     def sweep(self) -> None:
         """Close keep-alive connections idle for longer than `keep_alive` (and half-sent requests
-        that stalled as long); refuse a request whose head has taken longer than `header_timeout`."""
+        that stalled as long); refuse a request whose head or body has taken longer than its deadline.
+        Neither deadline restarts with each byte: a trickle cannot hold a connection (or the body it
+        has sent so far) for ever. Their clocks stop while the server itself is not reading."""
         now = self.loop.time()
-        cutoff, head_cutoff = now - self.keep_alive, now - self.header_timeout
+        limits = self.limits
+        cutoff = now - self.keep_alive
+        head_cutoff, body_cutoff = now - limits.header_timeout, now - limits.body_timeout
         for conn in list(self.connections):
             if conn.transport is None or conn.transport.is_closing():
                 continue  # already on its way out (a close waiting for its last bytes to drain)
             if conn.head_since is not None and conn.head_since < head_cutoff and not conn.read_paused:
-                conn.head_too_slow(self.header_timeout)
+                conn.too_slow("headers", limits.header_timeout)
+            elif conn.body_since is not None and conn.body_since < body_cutoff and not conn.read_paused:
+                conn.too_slow("body", limits.body_timeout)
             elif conn.exchange is None and not conn.queue and conn.last_active < cutoff:
                 conn.close()
 
@@ -223,11 +276,13 @@ class _Exchange:
                 continue  # ours to decide, below
             parts.append(b"%s: %s\r\n" % (name, value))
         if not has_length and status not in _NO_BODY_STATUS and status >= 200:
-            if more:
+            if not more:
+                parts.append(b"content-length: %d\r\n" % length)
+            elif self.scope is not None and self.scope["http_version"] == "1.0":
+                self.keep_alive = False  # an HTTP/1.0 client knows no chunks: the close ends the body
+            else:
                 self.chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                parts.append(b"content-length: %d\r\n" % length)
         if self.conn.shared.closing:
             self.keep_alive = False
         if not self.keep_alive:
@@ -241,6 +296,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, shared: _Shared) -> None:
         self.shared = shared
+        self.limits = shared.limits
         self.loop = shared.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -255,10 +311,18 @@ class _Connection(asyncio.Protocol):
         self.read_paused = False
         self.refused = False  # a request was refused for its form: read nothing more
         self.head_since: float | None = None  # when the head being parsed began to arrive
+        self.body_since: float | None = None  # when the head of the request whose body is arriving ended
+        self.buffered = 0  # body bytes held here (queued requests and the one being parsed), not the app's
+        self._messages = 0  # requests begun on this connection
+        self._head_open = False  # a head has begun and not ended
+        self._chunk_open = False  # a chunk of a chunked body has begun and not ended
+        self._fields_fed = 0  # bytes of the reads that arrived wholly inside an open head or trailer
         # the request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._header_lines = 0
+        self._chunk_empty = False  # the open chunk has no data yet: the last one, its trailers to come
         self._body: list[bytes] = []
         self._body_size = 0
         self._current: _Exchange | None = None
@@ -277,6 +341,7 @@ class _Connection(asyncio.Protocol):
         if self.refused:
             return
         self.last_active = self.loop.time()
+        inside, begun, body_before = self._fields_open(), self._messages, self._body_size
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -287,8 +352,20 @@ class _Connection(asyncio.Protocol):
                     last.keep_alive = False
             else:
                 self._refuse(400, "protocol upgrades are not supported here", "upgrade_not_supported")
+            return
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed HTTP request: {exc}", "bad_http_request")
+            return
+        if inside and self._fields_open() and self._messages == begun and self._body_size == body_before:
+            # httptools hands a header to on_header only once it is whole, and grows its value in place
+            # until then (one 96 MiB value was taken whole): a read that began and ended inside an open
+            # head (or trailer section) is all header bytes, which bounds what no callback has counted.
+            self._fields_fed += len(data)
+            if self._fields_fed > self.limits.max_header_bytes:
+                self._too_large_head()
+                return
+        if self.exchange is not None or self.queue:
+            self._flow()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -296,6 +373,9 @@ class _Connection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.hang_up()
         self.queue.clear()
+        self._hold(-self.buffered)
+        self._body = []
+        self._body_size = 0
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -316,16 +396,51 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def head_too_slow(self, limit: float) -> None:
-        self.head_since = None
-        self._refuse(408, f"the request's headers did not arrive within {limit:g} seconds", "request_timeout")
+    def too_slow(self, part: str, limit: float) -> None:
+        self.head_since = self.body_since = None
+        self._refuse(408, f"the request's {part} did not arrive within {limit:g} seconds", "request_timeout")
+
+    # -- what the connection holds --------------------------------------------------------------------
+    def _hold(self, size: int) -> None:
+        self.buffered += size
+        self.shared.buffered += size
+
+    def _flow(self) -> None:
+        """Read ahead behind the request being answered only so far (a pipelining client could otherwise
+        make the worker hold many whole bodies per connection); read again once the answers caught up.
+        With nothing being answered the request being parsed is next, so reading never pauses then."""
+        if self.refused or self.transport is None:
+            return
+        ahead = self.exchange is not None or bool(self.queue)
+        over = len(self.queue) > _MAX_QUEUED or self.buffered > self.limits.connection_buffer
+        if ahead and over:
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+        elif self.read_paused and (not ahead or len(self.queue) <= _MAX_QUEUED // 2):
+            self.read_paused = False
+            self.transport.resume_reading()
+            now = self.loop.time()  # the rest of that head or body waited on us, not on the client
+            if self.head_since is not None:
+                self.head_since = now
+            if self.body_since is not None:
+                self.body_since = now
+
+    def _fields_open(self) -> bool:
+        """Inside a head, or inside a chunked body's trailer section (a chunk begun with no data yet)."""
+        return self._head_open or (self._chunk_open and self._chunk_empty)
 
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.head_since = self.loop.time()
+        self._messages += 1
+        self._head_open = True
+        self._chunk_open = False
+        self._fields_fed = 0
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._header_lines = 0
         self._body = []
         self._body_size = 0
         self._current = None
@@ -333,19 +448,32 @@ class _Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._refuse(414, f"the request line exceeds {MAX_HEADER_BYTES} bytes", "uri_too_long")
+        limit = self.limits.max_header_bytes
+        if self._header_bytes > limit:
+            self._refuse(414, f"the request line exceeds {limit} bytes", "uri_too_long")
             raise httptools.HttpParserError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._refuse(431, f"request headers exceed {MAX_HEADER_BYTES} bytes", "headers_too_large")
+        self._header_lines += 1
+        if self._head_open:
+            self._headers.append((name.lower(), value))
+        # else a trailer: counted, never given to the app as a header (it would be one the ingress in
+        # front never saw, and could neither strip nor check)
+        if self._header_bytes > self.limits.max_header_bytes or self._header_lines > self.limits.max_headers:
+            self._too_large_head()
             raise httptools.HttpParserError("headers too large")
-        self._headers.append((name.lower(), value))
+
+    def _too_large_head(self) -> None:
+        limits = self.limits
+        self._refuse(431, f"request headers exceed {limits.max_header_bytes} bytes or {limits.max_headers} "
+                     "lines", "headers_too_large")  # fmt: skip
 
     def on_headers_complete(self) -> None:
+        now = self.loop.time()
         self.head_since = None
+        self._head_open = False
+        self.body_since = now  # cleared by on_message_complete, in this same feed when there is no body
         parser = self.parser
         method_raw = parser.get_method()
         method = _METHODS.get(method_raw) or method_raw.decode("ascii", "replace")
@@ -374,52 +502,67 @@ class _Connection(asyncio.Protocol):
             "state": {},
         }
         self._current = _Exchange(self, scope, parser.should_keep_alive())
+        expects = False
         for name, value in self._headers:
             if name == b"content-length" and value.strip().isdigit() and int(value) > self.shared.max_body:
                 self._refuse(413, f"request body is {int(value)} bytes; the limit is {self.shared.max_body}",
                              "request_too_large")  # fmt: skip
                 raise httptools.HttpParserError("body too large")
-            if (
-                name == b"expect"
-                and value.lower() == b"100-continue"
-                and self.exchange is None
-                and not self.queue
-            ):
-                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+            if name == b"expect" and value.lower() == b"100-continue":
+                expects = True
+        if expects and self.exchange is None and not self.queue:  # never before a refusal, whatever the order
+            self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+
+    def on_chunk_header(self) -> None:
+        self._chunk_open = self._chunk_empty = True
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
 
     def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
+        self._chunk_empty = False
+        size = len(body)
+        self._body_size += size
+        self._hold(size)
         if self._body_size > self.shared.max_body:
             self._refuse(413, f"request body exceeds the limit of {self.shared.max_body} bytes",
                          "request_too_large")  # fmt: skip
             raise httptools.HttpParserError("body too large")
+        if self.shared.buffered > self.limits.worker_buffer:
+            self._refuse(503, "the gateway is holding too many request bodies; retry shortly", "server_busy")
+            raise httptools.HttpParserError("worker buffer full")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.body_since = None
         exchange = self._current
         if exchange is None:  # pragma: no cover - llhttp always reports the headers first
             return
         self._current = None
         body = self._body
         exchange.body = body[0] if len(body) == 1 else b"".join(body)
+        self._body = []
+        self._body_size = 0
         self._enqueue(exchange)
 
     # -- answering ----------------------------------------------------------------------------------
     def _refuse(self, status: int, message: str, code: str) -> None:
         """A request refused for its form: answered in its turn, then the connection is closed (what
-        follows it on the wire cannot be trusted to start at a request boundary)."""
+        follows it on the wire cannot be trusted to start at a request boundary). What the request
+        being parsed holds is let go at once."""
         if self.refused:
             return
         self.refused = True
+        self.head_since = self.body_since = None
+        self._hold(-self._body_size)
+        self._body = []
+        self._body_size = 0
         exchange = _Exchange(self, None, keep_alive=False)
-        exchange.error = ApiError(status, message, code=code)
+        exchange.error = _busy(message) if status == 503 else ApiError(status, message, code=code)
         self._enqueue(exchange)
 
     def _enqueue(self, exchange: _Exchange) -> None:
         self.queue.append(exchange)
-        if len(self.queue) > _MAX_QUEUED and not self.read_paused and self.transport is not None:
-            self.read_paused = True
-            self.transport.pause_reading()
         if self.exchange is None:
             self._next()
 
@@ -427,12 +570,14 @@ class _Connection(asyncio.Protocol):
         if self.exchange is not None or not self.queue or self.lost:
             return
         exchange = self.exchange = self.queue.popleft()
-        self.shared.answering += 1
-        if self.read_paused and len(self.queue) <= _MAX_QUEUED // 2 and not self.refused:
-            self.read_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
-            if self.head_since is not None:  # the rest of that head waited on us, not on the client
-                self.head_since = self.loop.time()
+        shared = self.shared
+        if exchange.scope is not None:
+            self._hold(-len(exchange.body))  # the app's from here on: bounded by max_concurrent below
+            if shared.answering >= self.limits.max_concurrent and exchange.error is None:
+                exchange.error = _busy(f"the gateway is answering {shared.answering} requests; retry shortly")
+        shared.answering += 1
+        if self.read_paused:
+            self._flow()
         self.loop.create_task(self._answer(exchange))
 
     def answered(self, exchange: _Exchange) -> None:
@@ -444,6 +589,8 @@ class _Connection(asyncio.Protocol):
             self.last_active = self.loop.time()
             if exchange.keep_alive and not self.shared.closing:
                 self._next()
+                if self.read_paused:
+                    self._flow()
             else:
                 self.close()
 
@@ -455,11 +602,12 @@ class _Connection(asyncio.Protocol):
                 await self.shared.app(exchange.scope, exchange.receive, exchange.send)  # type: ignore[arg-type]
             if not exchange.finished:
                 if exchange.written:  # an answer cut short cannot be framed: end the connection
-                    log.error("the app returned before finishing its response to %s", exchange.scope)
+                    log.error("the app returned before finishing its response to %s", _what(exchange))
                 else:
                     await self._internal_error(exchange)
         except Exception:
-            log.exception("unhandled error answering %s", exchange.scope and exchange.scope.get("path"))
+            # The request is named by method and path only: its headers carry the caller's key.
+            log.exception("unhandled error answering %s", _what(exchange))
             if not exchange.written:
                 await self._internal_error(exchange)
         finally:
@@ -479,9 +627,21 @@ class _Connection(asyncio.Protocol):
 
     @staticmethod
     async def _send_error(exchange: _Exchange, error: ApiError) -> None:
-        await exchange.send({"type": "http.response.start", "status": error.status,
-                             "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        headers = [(b"content-type", b"application/json")]
+        headers += [(name.encode(), value.encode()) for name, value in error.headers.items()]
+        await exchange.send({"type": "http.response.start", "status": error.status, "headers": headers})
         await exchange.send({"type": "http.response.body", "body": error.body()})
+
+
+def _busy(message: str) -> ApiError:
+    """503 with Retry-After, as OpenAI's SDKs expect of an overloaded server (they retry it)."""
+    return ApiError(503, message, code="server_busy", headers={"retry-after": "1"})
+
+
+def _what(exchange: _Exchange) -> str:
+    """A request as the logs may name it: never its headers (Authorization) or body."""
+    scope = exchange.scope
+    return "a refused request" if scope is None else f"{scope['method']} {scope['path'][:200]!r}"
 
 
 # -- the lifespan ---------------------------------------------------------------------------------------
@@ -533,26 +693,26 @@ async def serve(
     app: ASGIApp,
     sock: socket.socket,
     *,
-    max_body: int,
+    limits: Limits,
     keep_alive: float = 5.0,
-    header_timeout: float = 20.0,
     grace: float = 20.0,
     stop: asyncio.Event | None = None,
     cut: asyncio.Event | None = None,
 ) -> None:
     """Serve `app` on a listening socket until `stop` is set (or SIGTERM/SIGINT when it is not given),
     then shut down gracefully: requests in flight get `grace` seconds to finish, or until `cut` is set
-    (or a second signal arrives)."""
+    (or a second signal arrives). Every wait after the stop is bounded; with signals, the process is
+    also ended by the kernel if it is still alive `exit_deadline(grace)` seconds after the first."""
     loop = asyncio.get_running_loop()
     lifespan = _Lifespan(app)
     await lifespan.startup()
-    shared = _Shared(app, max_body, keep_alive, header_timeout)
+    shared = _Shared(app, limits, keep_alive)
     cut = cut or asyncio.Event()
     if stop is None:
         stop = asyncio.Event()
         first: list[float] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _on_stop_signal, loop, stop, cut, first)
+            loop.add_signal_handler(signum, _on_signal_in_process, loop, stop, cut, first, grace)
     server = await loop.create_server(lambda: _Connection(shared), sock=sock, backlog=2048)
 
     async def sweeper() -> None:
@@ -581,9 +741,15 @@ async def serve(
         if shared.answering:
             # What was cut hears the hang-up and cancels its upstream; it still settles and meters what
             # it produced, which must happen before the lifespan shutdown closes Redis and the sidecar.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shared.quiet.wait(), _AFTER_CUT)
-        await lifespan.shutdown()
+            await bounded(shared.quiet.wait(), _AFTER_CUT, "settling the requests cut at shutdown")
+        if not await bounded(lifespan.shutdown(), _LIFESPAN_STOP, "the app's lifespan shutdown"):
+            log.error("stopping without the rest of the lifespan shutdown")
+
+
+def exit_deadline(grace: float) -> float:
+    """Seconds from a stop signal by which a serving process has ended whatever it was doing: the grace
+    period, the cut requests' settling, the lifespan shutdown, and a margin."""
+    return grace + _AFTER_CUT + _LIFESPAN_STOP + _EXIT_MARGIN
 
 
 def _on_stop_signal(
@@ -599,6 +765,19 @@ def _on_stop_signal(
         log.warning("second stop signal: cutting the requests still in flight")
         cut.set()
     stop.set()
+
+
+def _on_signal_in_process(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, cut: asyncio.Event, first: list[float], grace: float
+) -> None:
+    """A stop signal to a serving process: stop (or cut), and have the kernel end the process if the
+    bounded shutdown is itself stuck (a blocked event loop, a thread the interpreter waits for at exit):
+    SIGALRM's default action ends the process without the interpreter's help."""
+    first_signal, was_cut = not first, cut.is_set()
+    _on_stop_signal(loop, stop, cut, first)
+    if first_signal or (cut.is_set() and not was_cut):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(math.ceil(exit_deadline(0.0 if cut.is_set() else grace)))
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -623,25 +802,43 @@ def run(
     port: int,
     *,
     workers: int = 1,
-    max_body: int,
+    limits: Limits | None = None,
+    max_body: int | None = None,
     keep_alive: float = 5.0,
-    header_timeout: float = 20.0,
     grace: float = 20.0,
 ) -> None:
     """Bind, then serve in this process (one worker) or in `workers` forked processes that share the
-    socket; SIGTERM or SIGINT stops them all gracefully. A worker that dies is replaced."""
+    socket; SIGTERM or SIGINT stops them all gracefully. A worker that dies is replaced. `limits`
+    default to the settings' (`max_body`, when given, replaces theirs)."""
+    if limits is None:
+        from core.settings import get_settings
+
+        limits = Limits.from_settings(get_settings())
+    if max_body is not None:
+        limits = replace(limits, max_body=max_body)
     sock = listen(host, port)
-    options = {
-        "max_body": max_body,
-        "keep_alive": keep_alive,
-        "header_timeout": header_timeout,
-        "grace": grace,
-    }
+    options = {"limits": limits, "keep_alive": keep_alive, "grace": grace}
     if workers <= 1:
         _worker(app_factory, sock, options)
         return
+    _supervise(app_factory, sock, options, workers, grace)
+    sock.close()
+
+
+def _supervise(
+    app_factory: Callable[[], ASGIApp],
+    sock: socket.socket,
+    options: dict[str, Any],
+    workers: int,
+    grace: float,
+) -> None:
+    """Fork the workers and keep them running until a stop signal; then pass the signal on and wait for
+    them within their own exit deadline and a margin, and kill any still alive after it. Workers are
+    told by the kernel to stop if this process dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
     children: set[int] = set()
+    supervisor = os.getpid()
     stopping = False
+    deadline = math.inf
 
     def start() -> None:
         pid = os.fork()
@@ -651,6 +848,8 @@ def run(
                 import ctypes
 
                 ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+                if os.getppid() != supervisor:  # it died before the line above: no signal will come
+                    os._exit(0)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _worker(app_factory, sock, options)
@@ -662,7 +861,10 @@ def run(
         children.add(pid)
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, deadline
+        now = time.monotonic()
+        # a second signal cuts in the workers: their deadline moves in, and so does ours
+        deadline = min(deadline, now + exit_deadline(0.0 if stopping else grace) + _EXIT_MARGIN)
         stopping = True
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -672,11 +874,22 @@ def run(
     signal.signal(signal.SIGINT, forward)
     for _ in range(workers):
         start()
+    killed = False
     while children:
         try:
-            pid, status = os.wait()
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
+        if pid == 0:  # polled, so that a deadline passes even while no worker exits
+            if stopping and not killed and time.monotonic() > deadline:
+                log.error("gateway workers %s still running after the shutdown deadline; killing them",
+                          sorted(children))  # fmt: skip
+                for child in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
+                killed = True
+            time.sleep(0.1)
+            continue
         if pid not in children:
             continue  # not a worker (only possible were this process a child subreaper)
         children.discard(pid)
@@ -686,4 +899,3 @@ def run(
             )
             time.sleep(0.5)
             start()
-    sock.close()

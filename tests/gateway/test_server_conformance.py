@@ -1,0 +1,461 @@
+"""HTTP/1.1 conformance of the gateway's own server (gateway/server.py): what uvicorn's protocol tests
+(tests/protocols/test_http.py) check of uvicorn, written for this server, plus its limits.
+
+Raw bytes over real sockets, as tests/gateway/test_server.py does (whose cases are not repeated here:
+keep-alive, pipelining, any split of the byte stream, 100-continue, refusals of too large requests,
+hang-ups mid-stream, head deadline, shutdown). Framing of requests (Content-Length, chunked with
+extensions and trailers), malformed request lines, headers and chunk sizes (400 and close), HTTP/1.0,
+Connection: close, HEAD, 204, upgrades, early client close, an app that misbehaves (no response, a
+partial one, two starts, a body first, a message after the end), a response after the client left,
+and the limits: one header value, header lines, trailers, the body deadline, read-ahead per connection,
+request bytes per worker and requests in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+
+import orjson
+import pytest
+
+from tests.gateway.rawhttp import Server, closed, read_answer, request, running
+
+
+async def ask(server: Server, wire: bytes, answers: int = 1) -> tuple[list[dict[str, object]], bool]:
+    """Write `wire` on a new connection; the answers (status, headers, body) and whether it closed."""
+    reader, writer = await server.connect()
+    writer.write(wire)
+    got = []
+    for _ in range(answers):
+        a = await read_answer(reader)
+        got.append({"status": a.status, "headers": a.headers, "body": a.body})
+    writer.write(request("/echo", method="GET"))  # still open? then this is answered
+    try:
+        still_open = (await asyncio.wait_for(reader.read(12), 10)).startswith(b"HTTP/1.1 200")
+    except ConnectionError:
+        still_open = False
+    writer.close()
+    return got, not still_open
+
+
+def error_of(answer: dict[str, object]) -> dict[str, object]:
+    error = orjson.loads(answer["body"])["error"]  # type: ignore[arg-type]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    return error
+
+
+# -- framing --------------------------------------------------------------------------------------------
+
+
+async def test_get_post_and_head_are_framed_by_content_length() -> None:
+    async with running() as server:
+        [get], was_closed = await ask(server, request("/echo", method="GET"))
+        assert get["status"] == 200 and int(get["headers"]["content-length"]) == len(get["body"])  # type: ignore[index, arg-type]
+        assert not was_closed
+        [post], _ = await ask(server, request("/echo", b'{"hello": "world"}'))
+        assert orjson.loads(post["body"])["body"] == '{"hello": "world"}'  # type: ignore[arg-type]
+        # HEAD: the length the GET would have, and no body bytes (the next answer parses cleanly)
+        reader, writer = await server.connect()
+        writer.write(request("/echo", method="HEAD") + request("/echo", b"next"))
+        head = await read_answer_head_only(reader)
+        assert head["content-length"] and int(head["content-length"]) > 0
+        nxt = await read_answer(reader)
+        assert orjson.loads(nxt.body)["body"] == "next"
+        writer.close()
+
+
+async def read_answer_head_only(reader: asyncio.StreamReader) -> dict[str, str]:
+    status = await asyncio.wait_for(reader.readline(), 5)
+    assert status.startswith(b"HTTP/1.1 2"), status
+    headers = {}
+    while (line := await reader.readline()) != b"\r\n":
+        name, _, value = line.decode().partition(":")
+        headers[name.lower()] = value.strip()
+    return headers
+
+
+async def test_a_chunked_body_with_extensions_and_trailers_reaches_the_app_whole_and_trailers_do_not() -> (
+    None
+):
+    wire = (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nAuthorization: Bearer smuggled\r\nX-Trailer: t\r\n\r\n"
+    )
+    async with running() as server:
+        [answer], was_closed = await ask(server, wire)
+        seen = orjson.loads(answer["body"])  # type: ignore[arg-type]
+        assert seen["body"] == "hello world" and not was_closed
+        # a trailer is not a header the ingress in front could have checked or stripped
+        assert "authorization" not in seen["headers"] and "x-trailer" not in seen["headers"]
+        [empty], was_closed = await ask(
+            server, b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+        assert orjson.loads(empty["body"])["body"] == "" and not was_closed  # type: ignore[arg-type]
+
+
+async def test_a_body_longer_than_its_content_length_is_read_as_the_next_request() -> None:
+    async with running() as server:
+        [first, second], was_closed = await ask(server, request("/echo", b"ok") + b"EXTRA\r\n\r\n", answers=2)
+        assert orjson.loads(first["body"])["body"] == "ok"  # type: ignore[arg-type]
+        assert second["status"] == 400 and error_of(second)["code"] == "bad_http_request"
+        assert was_closed
+
+
+async def test_a_client_that_closes_before_its_body_is_whole_never_reaches_the_app() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(b'POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 18\r\n\r\n{"hel')
+        await writer.drain()
+        writer.write_eof()
+        assert await closed(reader)
+        writer.close()
+        [answer], _ = await ask(server, request("/echo", method="GET"))  # and the server goes on
+        assert answer["status"] == 200 and server.rec.seen == ["/echo", "/echo"]  # ask() checks twice
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"POST /echo HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\n",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost : t\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+        b"GET /echo HTTP/9.9\r\n\r\n",
+        b"GET /echo HTTP/1.1 extra\r\n\r\n",
+        b"GET /echo HTTP/1.1\nHost: t\n\n",
+        b"G(T /echo HTTP/1.1\r\n\r\n",
+        b"GET /ec ho HTTP/1.1\r\n\r\n",
+    ],
+    ids=[
+        "content-length-and-chunked", "two-content-lengths", "negative-length", "non-numeric-length",
+        "bad-chunk-size", "chunk-size-overflow", "chunk-without-crlf", "unknown-transfer-coding",
+        "chunked-not-last", "space-before-colon", "nul-in-value", "no-colon", "obs-fold", "bad-version",
+        "extra-token", "bare-lf", "bad-method", "space-in-target",
+    ],
+)  # fmt: skip
+async def test_a_malformed_request_gets_400_in_the_openai_shape_and_the_connection_closes(
+    wire: bytes,
+) -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(wire)
+        answer = await read_answer(reader)
+        assert answer.status == 400 and answer.headers["connection"] == "close"
+        assert orjson.loads(answer.body)["error"]["code"] == "bad_http_request"
+        assert await closed(reader)
+        writer.close()
+        assert server.rec.seen == []
+
+
+async def test_visible_characters_and_tabs_in_a_header_value_are_taken_as_sent() -> None:
+    value = "a\tb !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ c"
+    async with running() as server:
+        [answer], _ = await ask(server, request("/echo", method="GET", extra=f"X-Chars: {value}\r\n"))
+        assert orjson.loads(answer["body"])["headers"]["x-chars"] == value  # type: ignore[arg-type]
+
+
+# -- connection management ------------------------------------------------------------------------------
+
+
+async def test_http_1_0_closes_unless_asked_to_keep_alive_and_a_streamed_answer_ends_with_the_close() -> None:
+    async with running() as server:
+        [kept], was_closed = await ask(server, b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert kept["status"] == 200 and not was_closed
+        reader, writer = await server.connect()
+        writer.write(b"GET /stream HTTP/1.0\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 10)  # framed by the close: HTTP/1.0 has no chunks
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+        assert body == b"data: one\n\ndata: two\n\ndata: [DONE]\n\n"
+        writer.close()
+
+
+async def test_nothing_after_a_connection_close_request_is_answered() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/echo", b"x", extra="Connection: close\r\n") + request("/echo", b"y"))
+        answer = await read_answer(reader)
+        assert orjson.loads(answer.body)["body"] == "x" and answer.headers["connection"] == "close"
+        assert await closed(reader)
+        writer.close()
+        assert server.rec.seen == ["/echo"]
+
+
+async def test_an_upgrade_is_answered_over_http_1_1_and_nothing_after_it_is_read() -> None:
+    wire = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(wire + b"\x81\x05hello")  # a websocket frame would follow
+        answer = await read_answer(reader)
+        assert answer.status == 200 and answer.headers["connection"] == "close"
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_expect_100_continue_is_not_sent_when_the_request_is_refused_whatever_the_header_order() -> (
+    None
+):
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(b"POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 99999\r\n\r\n")
+        answer = await read_answer(reader)  # the first thing on the wire: not "100 Continue"
+        assert answer.status == 413
+        writer.close()
+
+
+async def test_a_stop_closes_idle_keep_alive_connections_at_once() -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request("/echo"))
+        await read_answer(reader)
+        server.stop.set()
+        assert await closed(reader)
+        writer.close()
+
+
+# -- what the app does ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/no-response", "/start-only", "/raise-after-start", "/start-twice", "/body-first"]
+)
+async def test_an_app_that_gives_no_whole_answer_before_writing_gets_a_500_and_the_connection_closes(
+    path: str,
+) -> None:
+    async with running() as server:
+        [answer], was_closed = await ask(server, request(path))
+        assert answer["status"] == 500 and error_of(answer)["code"] == "internal_error"
+        assert was_closed
+
+
+@pytest.mark.parametrize("path", ["/partial", "/raise-mid-body"])
+async def test_an_answer_cut_short_after_its_first_bytes_ends_the_connection_unterminated(path: str) -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request(path))
+        raw = await asyncio.wait_for(reader.read(), 10)  # to the close
+        assert raw.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in raw
+        assert raw.endswith(b"4\r\npart\r\n")  # no last chunk: the client sees it was cut
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/after-end", "/returns-value", "/read-after", "/no-content", "/app-framing"]
+)
+async def test_the_server_frames_the_answer_and_the_connection_stays_usable(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running() as server:
+        reader, writer = await server.connect()
+        writer.write(request(path))
+        head = await read_answer_head_only(reader) if path == "/no-content" else None
+        if head is not None:  # 204: neither a length nor chunks
+            assert "content-length" not in head and "transfer-encoding" not in head
+        else:
+            answer = await read_answer(reader)
+            assert answer.body in {b"done", b"ok", b"plain"}
+            assert "transfer-encoding" not in answer.headers and "connection" not in answer.headers
+        writer.write(request("/echo", b"next"))
+        assert orjson.loads((await read_answer(reader)).body)["body"] == "next"
+        writer.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert bool(errors) == (path == "/after-end"), errors  # a message after the end is the app's bug
+
+
+async def test_an_answer_to_a_client_that_left_is_dropped_and_the_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running() as server:
+        _, writer = await server.connect()
+        writer.write(request("/held"))
+        await writer.drain()
+        for _ in range(100):
+            if server.rec.seen:
+                break
+            await asyncio.sleep(0.05)
+        writer.close()
+        await asyncio.sleep(0.3)
+        server.rec.release.set()  # the app answers now, to nobody
+        await asyncio.sleep(0.3)
+        [answer], _ = await ask(server, request("/echo", method="GET"))
+        assert answer["status"] == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- limits ---------------------------------------------------------------------------------------------
+
+
+async def test_one_header_value_longer_than_the_limit_is_refused_before_it_ends() -> None:
+    """httptools grows a header value in place until its line ends: the bytes must be counted as they
+    arrive, not when the line is whole (it never is, here)."""
+    async with running(max_header_bytes=8 * 1024) as server:
+        reader, writer = await server.connect()
+        writer.write(b"GET /echo HTTP/1.1\r\nX-Big: ")
+        answer = None
+        reading = asyncio.create_task(read_answer(reader))
+        for _ in range(400):  # up to 400 KiB, never ending the line
+            writer.write(b"a" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+            if reading.done():
+                break
+        answer = await asyncio.wait_for(reading, 10)
+        assert answer.status == 431 and orjson.loads(answer.body)["error"]["code"] == "headers_too_large"
+        writer.close()
+
+
+@pytest.mark.parametrize("where", ["head", "trailer"])
+async def test_more_header_lines_than_the_limit_get_431(where: str) -> None:
+    lines = "".join(f"X-{i}: v\r\n" for i in range(30))
+    if where == "head":
+        wire = request("/echo", extra=lines)
+    else:
+        wire = (
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+            + lines.encode()
+            + b"\r\n"
+        )
+    async with running(max_headers=20) as server:
+        [answer], was_closed = await ask(server, wire)
+        assert answer["status"] == 431 and was_closed and server.rec.seen == []
+
+
+async def test_a_trailer_value_longer_than_the_limit_is_refused_before_it_ends() -> None:
+    async with running(max_header_bytes=8 * 1024) as server:
+        reader, writer = await server.connect()
+        writer.write(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX-Big: ")
+        reading = asyncio.create_task(read_answer(reader))
+        for _ in range(400):
+            writer.write(b"a" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+            if reading.done():
+                break
+        assert (await asyncio.wait_for(reading, 10)).status == 431
+        writer.close()
+
+
+async def test_a_body_trickled_past_the_body_deadline_gets_408_and_the_connection_closes() -> None:
+    """A byte now and then keeps the keep-alive clock young; the body deadline does not restart."""
+    async with running(body_timeout=1.5) as server:
+        reader, writer = await server.connect()
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        reading = asyncio.create_task(read_answer(reader))
+        for _ in range(60):
+            writer.write(b"x")
+            await asyncio.sleep(0.5)
+            if reading.done():
+                break
+        answer = await asyncio.wait_for(reading, 10)
+        assert answer.status == 408 and orjson.loads(answer.body)["error"]["code"] == "request_timeout"
+        assert await closed(reader)
+        writer.close()
+        assert server.rec.seen == []
+
+
+def _write_until_stalled(port: int, wire: bytes, after: bytes) -> tuple[socket.socket, int]:
+    """Send `after` then as much of `wire` as the server reads; the bytes sent when writing stalls (no
+    progress for 3 s) or all went out."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.sendall(after)
+    sock.settimeout(3.0)
+    sent = 0
+    view = memoryview(wire)
+    while sent < len(wire):
+        try:
+            sent += sock.send(view[sent : sent + 65536])
+        except TimeoutError:
+            break
+    return sock, sent
+
+
+async def test_a_pipelining_client_cannot_make_the_server_read_far_ahead_of_the_request_being_answered() -> (
+    None
+):
+    body = b"x" * (512 * 1024)
+    pipelined = b"".join(request("/echo", body) for _ in range(12))  # 6 MiB behind a held request
+    async with running(connection_buffer=16 * 1024, max_body=1024 * 1024) as server:
+        sock, sent = await asyncio.to_thread(_write_until_stalled, server.port, pipelined, request("/held"))
+        try:
+            assert sent < len(pipelined) / 2  # the server stopped reading: the kernel buffers filled
+            assert server.rec.seen == ["/held"]
+            server.rec.release.set()  # answered: reading resumes, and every request is answered in order
+            rest = threading.Thread(target=sock.sendall, args=(pipelined[sent:],), daemon=True)
+            sock.settimeout(60)
+            rest.start()
+            assert await asyncio.to_thread(_read_answers, sock, 13) == 13
+        finally:
+            sock.close()
+
+
+def _read_answers(sock: socket.socket, count: int) -> int:
+    data = b""
+    while data.count(b"HTTP/1.1 200 OK") < count:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    return data.count(b"HTTP/1.1 200 OK")
+
+
+async def test_request_bytes_held_beyond_the_worker_limit_get_503_with_retry_after() -> None:
+    async with running(worker_buffer=5000, max_body=4096) as server:
+        first_r, first_w = await server.connect()
+        first_w.write(b"POST /echo HTTP/1.1\r\nContent-Length: 4000\r\n\r\n" + b"x" * 3000)
+        await first_w.drain()
+        await asyncio.sleep(0.3)
+        second_r, second_w = await server.connect()
+        second_w.write(b"POST /echo HTTP/1.1\r\nContent-Length: 4000\r\n\r\n" + b"y" * 3000)
+        busy = await read_answer(second_r)
+        assert busy.status == 503 and busy.headers["retry-after"] == "1"
+        assert orjson.loads(busy.body)["error"]["type"] == "service_unavailable_error"
+        assert await closed(second_r)
+        first_w.write(b"x" * 1000)  # the first one's body was kept: it completes
+        assert orjson.loads((await read_answer(first_r)).body)["body"] == "x" * 4000
+        for w in (first_w, second_w):
+            w.close()
+
+
+async def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after_and_the_connection_stays() -> (
+    None
+):
+    async with running(max_concurrent=1) as server:
+        held_r, held_w = await server.connect()
+        held_w.write(request("/held"))
+        await held_w.drain()
+        for _ in range(100):
+            if server.rec.seen:
+                break
+            await asyncio.sleep(0.05)
+        reader, writer = await server.connect()
+        writer.write(request("/echo", b"one"))
+        busy = await read_answer(reader)
+        assert busy.status == 503 and busy.headers["retry-after"] == "1"
+        error = orjson.loads(busy.body)["error"]
+        assert error["type"] == "service_unavailable_error" and error["code"] == "server_busy"
+        server.rec.release.set()
+        assert (await read_answer(held_r)).status == 200
+        started = time.monotonic()
+        while True:  # the held request's work after its answer may still count for a moment
+            writer.write(request("/echo", b"two"))
+            again = await read_answer(reader)
+            if again.status == 200 or time.monotonic() - started > 30:
+                break
+            await asyncio.sleep(0.1)
+        assert again.status == 200 and server.rec.seen == ["/held", "/echo"]
+        for w in (held_w, writer):
+            w.close()
