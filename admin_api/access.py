@@ -14,7 +14,10 @@ expect them:
 * **finance** reads units, budgets, usage and exports of its scope; changes nothing.
 * **auditor** reads everything of its scope (audit log included); changes nothing.
 * **instructor** manages a course's roster (students and TAs only), issues and
-  revokes its members' keys, and reads its usage.
+  revokes its members' keys, and reads its usage. The people must be students
+  or TAs too: nobody holding an admin, finance or auditor scope or another role
+  anywhere (roster.beyond_instructors), so an instructor cannot enrol the bursar
+  and take a key in her name.
 * **ta** reads the course roster.
 * **student**, **researcher**: their own keys, their own usage and explanation.
 """

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
-from admin_api.access import MEMBER_ROLES
+from admin_api.access import INSTRUCTOR_MANAGED, MEMBER_ROLES
 from admin_api.context import Ctx
-from admin_api.errors import invalid
+from admin_api.errors import forbidden, invalid
 from admin_api.ids import SLUG, TEXT
-from core.models import ApiKey, Membership, User
+from admin_api.sso import SSOConfigError, parse_sso_section
+from core.models import AdminScope, ApiKey, Institution, Membership, User
 
 ROLE_PATTERN = "^(" + "|".join(MEMBER_ROLES) + ")$"
 MAX_CSV_BYTES = 2 * 1024 * 1024
@@ -121,6 +122,59 @@ def parse_roster_csv(data: bytes) -> list[RosterRow]:
     return rows
 
 
+def acting_as_instructor(ctx: Ctx, unit_id: str) -> bool:
+    """The caller reaches this unit only through an instructor membership, not as an admin of it."""
+    return not ctx.access.scope_covers(("admin",), unit_id)
+
+
+async def beyond_instructors(ctx: Ctx, user_ids: list[str]) -> list[str]:
+    """Users an instructor may not put on a roster nor issue keys for: whoever holds an admin, finance or
+    auditor scope, or a membership other than student or TA, anywhere in the institution. Otherwise an
+    instructor could add the bursar to a course and be handed a working key in the bursar's name."""
+    if not user_ids:
+        return []
+    inst = ctx.institution_id
+    scoped = select(AdminScope.user_id).where(AdminScope.institution_id == inst,
+                                              col(AdminScope.user_id).in_(user_ids))  # fmt: skip
+    staff = select(Membership.user_id).where(Membership.institution_id == inst, col(Membership.user_id).in_(user_ids),
+                                             col(Membership.role).not_in(INSTRUCTOR_MANAGED))  # fmt: skip
+    found = set((await ctx.session.execute(scoped)).scalars()) | set(
+        (await ctx.session.execute(staff)).scalars()
+    )
+    return sorted(found)
+
+
+async def require_instructor_reach(ctx: Ctx, unit_id: str, user_ids: list[str]) -> None:
+    """Refuse (403) an instructor acting on people beyond students and TAs; admins of the unit pass."""
+    if not acting_as_instructor(ctx, unit_id):
+        return
+    beyond = await beyond_instructors(ctx, user_ids)
+    if beyond:
+        raise forbidden("instructors manage students and TAs only; these people hold other roles, so an "
+                        "admin of the unit must do this", unit=unit_id, users=beyond)  # fmt: skip
+
+
+async def _check_subjects(ctx: Ctx, subjects: list[str]) -> None:
+    """A roster may bind a new user to a sign-in subject only as the institution's SSO settings would:
+    never when it admits only imported users (`create_users: false`), and only within its security
+    domains (`scopes`) when it has them. A bound subject is who signs in as that user."""
+    inst = await ctx.session.get(Institution, ctx.institution_id)
+    try:
+        mapping = parse_sso_section(ctx.institution_id, inst.sso if inst else None).mapping
+    except SSOConfigError:
+        mapping = None
+    if mapping is None or not mapping.create_users:
+        raise invalid("this institution admits only the users it imports: a roster cannot bind sign-in "
+                      "subjects", [{"path": "sso_subject", "message": "not allowed"}],
+                      code="sso_subject_not_allowed")  # fmt: skip
+    domains = {d.lower() for d in mapping.scopes}
+    outside = [s for s in subjects if domains and s.rpartition("@")[2].lower() not in domains]
+    if outside:
+        raise invalid("sign-in subjects outside the institution's domains",
+                      [{"path": "sso_subject", "message": f"{s!r} is not in {sorted(domains)}"} for s in outside],
+                      code="sso_subject_not_allowed")  # fmt: skip
+
+
 async def ensure_users(ctx: Ctx, wanted: dict[str, Profile]) -> list[str]:
     """Create the users that do not exist yet; refuse a subject another user already signs in with."""
     inst = ctx.institution_id
@@ -130,6 +184,7 @@ async def ensure_users(ctx: Ctx, wanted: dict[str, Profile]) -> list[str]:
     missing = [uid for uid in ids if uid not in existing]
     subjects = {wanted[uid].sso_subject: uid for uid in missing if wanted[uid].sso_subject}
     if subjects:
+        await _check_subjects(ctx, [s for s in subjects if s])
         stmt = select(User).where(User.institution_id == inst, col(User.sso_subject).in_(list(subjects)))
         taken = (await ctx.session.execute(stmt)).scalars().all()
         if taken:

@@ -21,6 +21,7 @@ from admin_api.context import Ctx, reader, writer
 from admin_api.errors import conflict, invalid, not_found
 from admin_api.ids import SLUG, TEXT, KeyId, UnitId
 from admin_api.policy import catalogue, effective_all
+from admin_api.roster import require_instructor_reach
 from core.keys import hash_secret, new_id, new_secret
 from core.models import ApiKey, Membership
 from core.time import utcnow
@@ -198,6 +199,7 @@ async def issue_key(
     ctx.access.require(
         ctx.access.can_manage_keys(unit_id), "admins and instructors issue a unit's keys", unit_id
     )
+    await require_instructor_reach(ctx, unit_id, [body.user_id])
     return await _issue(ctx, body.user_id, unit_id, body)
 
 
@@ -214,4 +216,5 @@ async def revoke_unit_key(
     key = await _key(ctx, key_id)
     if key.unit_id != unit_id:
         raise not_found("key", key_id)
+    await require_instructor_reach(ctx, unit_id, [key.user_id])
     return await _revoke(ctx, key)

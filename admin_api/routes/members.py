@@ -16,6 +16,7 @@ from admin_api.roster import (
     members_of,
     parse_roster_csv,
     remove,
+    require_instructor_reach,
     set_role,
 )
 from core.models import User
@@ -93,6 +94,7 @@ async def put_member(
     _writable(ctx, unit_id, set())
     current = (await members_of(ctx, unit_id)).get(user_id)
     _writable(ctx, unit_id, {body.role} | ({current.role} if current else set()))
+    await require_instructor_reach(ctx, unit_id, [user_id])
     if await ctx.session.get(User, (ctx.institution_id, user_id)) is None:
         if body.profile is None:
             raise not_found("user", user_id)
@@ -147,6 +149,7 @@ async def import_members(
     ]
     roles = {r.role for r in rows} | {current[r.user_id].role for r in rows if r.user_id in current}
     _writable(ctx, unit_id, roles | {m.role for m in dropped})
+    await require_instructor_reach(ctx, unit_id, sorted(listed))
     result = ImportOut(added=[], changed=[], unchanged=[], removed=[], users_created=[])
     result.users_created = await ensure_users(ctx, {r.user_id: r.profile for r in rows})
     for r in rows:

@@ -25,9 +25,11 @@ from fastapi.routing import APIRoute
 from admin_api.app import create_app
 from admin_api.auth import ANY_CALLER, SESSION_ONLY, TOKEN_SCOPES
 from admin_api.routes import ROUTERS
+from core.models import Membership
 from core.settings import Settings
 from tests.admin_api.conftest import ROLES, Env, drop_env, make_env
 from tests.admin_api.helpers import (
+    add,
     fresh_extra,
     fresh_key,
     fresh_member,
@@ -37,6 +39,7 @@ from tests.admin_api.helpers import (
     fresh_token,
     fresh_unit,
     fresh_user,
+    get_row,
 )
 
 PUBLIC = "public"
@@ -152,6 +155,17 @@ def roster_csv(unit: str) -> Make:
         return Call(
             f"/api/v1/units/{unit}/members/import", csv=f"user,role,email\n{a},student,{a}@x.edu\n{b},ta,\n"
         )
+
+    return make
+
+
+def bursar_enrolled(unit: str) -> Make:
+    """A key for the bursar (finance on eng) whom an admin put on a course roster: not an instructor's to issue."""
+
+    async def make(env: Env) -> Call:
+        if await get_row(env, Membership, env.inst, unit, "fin") is None:
+            await add(env, Membership(institution_id=env.inst, unit_id=unit, user_id="fin", role="student"))
+        return Call(f"/api/v1/units/{unit}/keys", {"user_id": "fin"})
 
     return make
 
@@ -288,6 +302,7 @@ MATRIX: dict[tuple[str, str], Route] = {
     ("PUT", f"{V1}/units/{{unit_id}}/members/{{user_id}}"): Route("org:write", [
         Scenario("add a student", new_member("cs102", "student"), CS102_ROSTER_WRITERS),
         Scenario("add an instructor", new_member("cs102", "instructor"), CS1XX_ADMINS),
+        Scenario("enrol the bursar", fixed(f"{V1}/units/cs102/members/fin", {"role": "student"}), CS1XX_ADMINS),
     ]),
     ("DELETE", f"{V1}/units/{{unit_id}}/members/{{user_id}}"): Route("org:write", [
         Scenario("remove a student", existing_member("cs102"), CS102_ROSTER_WRITERS),
@@ -337,6 +352,7 @@ MATRIX: dict[tuple[str, str], Route] = {
     ]),
     ("POST", f"{V1}/units/{{unit_id}}/keys"): Route("keys:write", [
         Scenario("for a cs102 student", fixed(f"{V1}/units/cs102/keys", {"user_id": "s2"}), CS102_ROSTER_WRITERS),
+        Scenario("for the bursar on cs102's roster", bursar_enrolled("cs102"), CS1XX_ADMINS),
     ]),
     ("DELETE", f"{V1}/units/{{unit_id}}/keys/{{key_id}}"): Route("keys:write", [
         Scenario("a cs102 student's key", unit_key_of("s2", "cs102"), CS102_ROSTER_WRITERS),
