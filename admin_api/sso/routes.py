@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
@@ -271,9 +272,15 @@ def make_sso_router(
 
     @router.get("/dev/login", name="sso_dev_login")
     @_json_errors
-    async def dev_login(user: str, institution: str | None = None, return_to: str | None = None) -> Response:
-        if not svc.dev_mode:
-            raise SSOError(404, "dev_login_disabled", "the development login is off (not in dev mode)")
+    async def dev_login(
+        request: Request, user: str, institution: str | None = None, return_to: str | None = None
+    ) -> Response:
+        if not svc.dev_mode or not loopback_connection(request):
+            # Off the loopback interface it does not exist: `eduaiq dev --host 0.0.0.0` must not offer
+            # every account of the institution to the network.
+            raise SSOError(
+                404, "dev_login_disabled", "the development login is off (dev mode, loopback only)"
+            )
         async with session_scope(db) as session:
             inst = institution or await only_institution(session)
             if inst is None:
@@ -289,6 +296,35 @@ def make_sso_router(
         return response
 
     return router
+
+
+def _loopback(address: object) -> bool:
+    host = address[0] if isinstance(address, tuple | list) and address else None
+    try:
+        ip = ipaddress.ip_address(str(host))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _ip_literal(address: object) -> bool:
+    host = address[0] if isinstance(address, tuple | list) and address else None
+    try:
+        ipaddress.ip_address(str(host))
+    except ValueError:
+        return False
+    return True
+
+
+def loopback_connection(request: Request) -> bool:
+    """Both ends of the connection are loopback: the peer, and the local address the request reached (the
+    bind address, or for a wildcard bind the interface it came in on). Servers report the socket's local
+    IP; an in-process test transport reports the URL's host name, and then the peer alone decides. Behind
+    a reverse proxy that sends X-Forwarded-For the peer is the proxy's client, as the server sets it."""
+    server = request.scope.get("server")
+    return _loopback(request.scope.get("client")) and (not _ip_literal(server) or _loopback(server))
 
 
 async def _idp_logout(
