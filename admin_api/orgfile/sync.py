@@ -127,18 +127,18 @@ async def _new_keys(session: AsyncSession, inst: str, wanted: list[SQLModel]) ->
     keys = [row for row in wanted if isinstance(row, ApiKey)]
     if not keys:
         return []
-    stmt = select(ApiKey.key_hash).where(col(ApiKey.key_hash).in_([k.key_hash for k in keys]))
+    stmt = select(col(ApiKey.key_hash)).where(col(ApiKey.key_hash).in_([k.key_hash for k in keys]))
     known = set((await session.execute(stmt)).scalars())
     fresh = [k for k in keys if k.key_hash not in known]
     if not fresh:
         return []
     labels = {f"api_key:{k.id}" for k in fresh}
-    stmt = select(AuditEntry.target).where(
-        AuditEntry.institution_id == inst,
+    ended_stmt = select(col(AuditEntry.target)).where(
+        col(AuditEntry.institution_id) == inst,
         col(AuditEntry.target).in_(labels),
         col(AuditEntry.action).in_(_KEY_ENDED),
     )
-    ended = set((await session.execute(stmt)).scalars())
+    ended = set((await session.execute(ended_stmt)).scalars())
     return [k for k in fresh if f"api_key:{k.id}" not in ended]
 
 
