@@ -9,7 +9,6 @@ producer process beside the gateway (`usage/sidecar.py`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 
@@ -20,6 +19,7 @@ from core.db import make_async_engine
 from core.settings import Settings
 from gateway.accounting import Accounting
 from gateway.auth import KeyCache
+from gateway.bounded import bounded, bounded_all
 from gateway.catalog import Catalog
 from gateway.meter import Outcome, emit
 from providers.http import UpstreamPool
@@ -29,6 +29,9 @@ from usage.lag import settle_ledger
 from usage.sidecar import ProducerSidecar
 
 log = logging.getLogger(__name__)
+
+_STEP_SECONDS = 3.0  # each step of close() but the usage hand-over
+_PRODUCER_SECONDS = 35.0  # the producer's close waits up to 30 s for its sidecar, then kills it
 
 
 class Runtime:
@@ -111,16 +114,17 @@ class Runtime:
                 await asyncio.sleep(1.0)
 
     async def close(self) -> None:
+        """Every step is bounded (gateway/bounded.py): a background task or a client stuck on an
+        unreachable Redis or PostgreSQL cannot hold the process, and the usage hand-over (the producer's
+        close) runs whatever the steps before it did."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await bounded_all(self._tasks, _STEP_SECONDS, "stopping the background tasks")
         if self.catalog is not None:
-            await self.catalog.close()
+            await bounded(self.catalog.close(), _STEP_SECONDS, "closing the catalog")
         if self.producer is not None:
-            await self.producer.close()
+            await bounded(self.producer.close(), _PRODUCER_SECONDS, "handing the usage events over")
         if self.http is not None:
-            await self.http.close()
-        await self.quota.close()
-        await self.db.dispose()
+            await bounded(self.http.close(), _STEP_SECONDS, "closing the upstream connections")
+        await bounded(self.quota.close(), _STEP_SECONDS, "closing the budget engine")
+        await bounded(self.db.dispose(), _STEP_SECONDS, "closing the database pool")

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from tests.gateway.harness import Stack, gateway_stack
+from tests.gateway.orphans import no_orphan_gateways, no_orphan_gateways_after_module  # noqa: F401 (autouse)
 
 
 def _narrow_research(doc: dict[str, Any]) -> None:

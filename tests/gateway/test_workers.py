@@ -68,3 +68,40 @@ def test_two_workers_share_a_port_a_dead_one_is_replaced_and_sigterm_loses_no_ev
             90,
             "every answered request in the ledger",
         )
+
+
+def test_a_hung_worker_is_killed_at_the_shutdown_deadline_and_nothing_is_left(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A worker that does not stop (here: SIGSTOPped, as a worker blocked in a call would be) used to keep
+    the supervisor waiting for ever; now the supervisor kills it at the shutdown deadline and exits."""
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, workers=2,
+                       extra_env={"EDUAIQ_SHUTDOWN_GRACE_SECONDS": "1"}) as stack:  # fmt: skip
+        supervisor_proc = stack.gateway_process()
+        supervisor = psutil.Process(supervisor_proc.pid)
+
+        def workers() -> list[psutil.Process]:
+            return [c for c in supervisor.children() if "usage.sidecar" not in " ".join(c.cmdline())]
+
+        _until(lambda: len(workers()) == 2, 30, "two workers")
+        hung, other = workers()
+        hung.suspend()
+        supervisor.send_signal(signal.SIGTERM)
+        code = supervisor_proc.wait(200)  # the deadline: grace + 80 s + 15 s; generous for a loaded machine
+        assert code == 0
+        _, alive = psutil.wait_procs([hung, other], timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_workers_stop_when_the_supervisor_is_killed(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """SIGKILL leaves the supervisor no chance to pass anything on: the kernel tells each worker
+    (PR_SET_PDEATHSIG) and each stops as on SIGTERM, its sidecar with it."""
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, workers=2) as stack:
+        supervisor = psutil.Process(stack.gateway_process().pid)
+        _until(lambda: len(supervisor.children(recursive=True)) == 4, 30, "two workers and their sidecars")
+        family = supervisor.children(recursive=True)
+        supervisor.kill()
+        _, alive = psutil.wait_procs(family, timeout=120)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
