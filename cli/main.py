@@ -138,13 +138,23 @@ def _institutions(settings: Settings, only: str | None) -> list[str]:
 
 @quota_app.command("rebuild")
 @operator_errors
-def quota_rebuild(institution: Annotated[str | None, typer.Option("--institution", "-i")] = None) -> None:
-    """Recompute every budget counter in Redis from the ledger (after Redis lost its data)."""
-    from cli.quotaops import apply_budgets
+def quota_rebuild(
+    institution: Annotated[str | None, typer.Option("--institution", "-i")] = None,
+    offline: Annotated[
+        bool,
+        typer.Option("--offline", help="no gateway serves (all stopped): rebuild although Redis shows some"),
+    ] = False,
+) -> None:
+    """Recompute every budget counter in Redis from the ledger. Refused while gateways serve (the ledger lags
+    the counters) unless --offline, and whenever the ledger cannot be shown complete."""
+    from cli.quotaops import RebuildRefused, apply_budgets
 
     settings = settings_or_exit()
     for inst in _institutions(settings, institution):
-        done = asyncio.run(apply_budgets(settings, inst, rebuild=True))
+        try:
+            done = asyncio.run(apply_budgets(settings, inst, rebuild=True, offline=offline))
+        except RebuildRefused as exc:
+            fail(f"{inst}: rebuild refused: {exc}")
         typer.echo(f"{inst}: {done.action}")
 
 

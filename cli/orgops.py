@@ -32,7 +32,9 @@ async def import_file(
                     await session.rollback()
         if not dry_run:
             try:
-                await apply_budgets(settings, org.institution.id)
+                applied = await apply_budgets(settings, org.institution.id)
+                if applied.note:
+                    report.lines.append(f"warning: {applied.note}")
             except RedisConnectionError as exc:
                 report.lines.append(
                     f"warning: budgets not applied to Redis ({exc}); run `eduaiq quota rebuild`"

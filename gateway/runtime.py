@@ -25,7 +25,7 @@ from gateway.meter import Outcome, emit
 from providers.http import UpstreamPool
 from quota import QuotaEngine
 from quota.sources import make_loader
-from usage.lag import settle_ledger
+from usage.lag import LedgerIncomplete, settle_ledger
 from usage.sidecar import ProducerSidecar
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,10 @@ class Runtime:
         """Before counters are rebuilt from the ledger: our own pending events into Kafka, and the consumers
         through Kafka into the ledger, so requests settled just before Redis lost its data are counted."""
         if self.producer is not None:
-            await self.producer.flush(10.0)
+            # Events still in our pipe or spool are not in Kafka, so no consumer lag can show them: refuse
+            # (the request answers 503 and is retried) rather than rebuild without them.
+            if not await self.producer.flush(10.0) or not self.producer.stats().direct:
+                raise LedgerIncomplete("this gateway's usage events are not all in Kafka (broker away?)")
         await settle_ledger(self.settings)
 
     async def start(self) -> None:

@@ -626,11 +626,18 @@ class QuotaEngine:
             used[(_text(f), "cost")], used[(_text(f), "tokens")] = cu, tu
         return up, res, used
 
-    async def drift(self, institution: str, counters: CounterValues) -> list[Drift]:
-        """Where Redis's spend counters differ from the ledger's (empty list: in agreement)."""
+    async def drift(
+        self,
+        institution: str,
+        counters: CounterValues,
+        covers_unit: Callable[[str], bool] = lambda period_key: True,
+        covers_extra: Callable[[str], bool] = lambda extra_id: True,
+    ) -> list[Drift]:
+        """Where Redis's spend counters differ from the ledger's (empty list: in agreement), among those the
+        ledger read covered (quota.sources.LedgerScope: open periods, grants still valid)."""
         up, _, used = await self.redis_counters(institution)
         units, extras = counters.of(institution)
-        return compare(up, used, units, extras)
+        return compare(up, used, units, extras, covers_unit, covers_extra)
 
     # --- explain -----------------------------------------------------------------------
 

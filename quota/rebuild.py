@@ -11,7 +11,7 @@ are left as they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from quota.model import METRICS, Metric
@@ -73,14 +73,21 @@ def compare(
     redis_extras: Mapping[tuple[str, Metric], int],
     ledger_units: Mapping[tuple[str, str, Metric], int],
     ledger_extras: Mapping[tuple[str, Metric], int],
+    covers_unit: Callable[[str], bool] = lambda period_key: True,
+    covers_extra: Callable[[str], bool] = lambda extra_id: True,
 ) -> list[Drift]:
-    """Every disagreement, zero and absent being the same value."""
+    """Every disagreement, zero and absent being the same value, among the counters the ledger read covered
+    (``covers_unit`` of a period key, ``covers_extra`` of an extra id: see quota.sources.LedgerScope)."""
     out: list[Drift] = []
     for key in sorted(set(redis_units) | set(ledger_units)):
+        if not covers_unit(key[0]):
+            continue
         r, led = redis_units.get(key, 0), ledger_units.get(key, 0)
         if r != led:
             out.append(Drift("unit", key[0], key[1], key[2], r, led))
     for xkey in sorted(set(redis_extras) | set(ledger_extras)):
+        if not covers_extra(xkey[0]):
+            continue
         r, led = redis_extras.get(xkey, 0), ledger_extras.get(xkey, 0)
         if r != led:
             out.append(Drift("extra", None, xkey[0], xkey[1], r, led))

@@ -12,8 +12,10 @@ replays into exactly the counters it once changed. The caller passes
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -22,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.models import BudgetRule, Extra, Institution, Membership, Unit
 from quota.model import ExtraSpec, InstitutionSpec, MemberCap, Metric, Rule, Semester, UnitSpec, validate
-from quota.periods import Calendar, window
+from quota.periods import Calendar, local_midnight, window
 from quota.results import Charge
 
 
@@ -113,39 +115,99 @@ def charge_from_json(doc: dict[str, Any]) -> Charge:
     )
 
 
-def earliest_open_window(spec: InstitutionSpec, now: datetime) -> datetime | None:
-    """The oldest start among the periods now running: ledger rows before it cannot count. None: all time."""
+@dataclass(frozen=True)
+class LedgerScope:
+    """What a rebuild must read from the ledger at one instant, and which counters that read covers.
+
+    Period counters (``up``) can only matter while their window is open, so rows since the oldest window
+    now running (``since``) rebuild them. A grant (extra) is different: its ``used`` is one counter over
+    its whole validity, which may span several periods (a November-December grant that paid 30 in
+    November has 30 less in December), so rows since the first day of the earliest grant still valid
+    (``extras_since``) are read for the grants they paid. Counters outside the scope (closed periods,
+    expired grants) cannot admit anything any more: ``quota check`` leaves them out rather than report
+    as drift what the read did not cover.
+    """
+
+    since: datetime | None  # None: all time (a one-off allowance's counters hold everything)
+    extras_since: datetime | None  # None: no grant is still valid
+    open_periods: frozenset[str]  # period keys of the windows running now
+    live_extras: frozenset[str]  # grants valid now or later
+
+    def read_from(self) -> datetime | None:
+        if self.since is None or self.extras_since is None:
+            return self.since
+        return min(self.since, self.extras_since)
+
+    def covers_unit(self, period_key: str) -> bool:
+        return period_key in self.open_periods
+
+    def covers_extra(self, extra_id: str) -> bool:
+        return extra_id in self.live_extras
+
+
+def ledger_scope(spec: InstitutionSpec, now: datetime) -> LedgerScope:
     cal = Calendar(spec.timezone, spec.semesters, spec.year_start_month)
     starts: list[datetime] = []
+    open_periods: set[str] = set()
+    unbounded = False
     for unit in spec.units:
-        start = window(spec.effective_period(unit.id), now, cal).start
-        if start is None:  # a one-off allowance: its counters hold everything ever charged
-            return None
-        starts.append(start)
-    return min(starts) if starts else now
+        w = window(spec.effective_period(unit.id), now, cal)
+        open_periods.add(w.key)
+        if w.start is None:  # a one-off allowance: its counters hold everything ever charged
+            unbounded = True
+        else:
+            starts.append(w.start)
+    today = now.astimezone(cal.tz).date()
+    live = [x for u in spec.units for x in u.extras if x.valid_to >= today]
+    extras_since = min((local_midnight(x.valid_from, cal) for x in live), default=None)
+    return LedgerScope(
+        since=None if unbounded else min(starts, default=now),
+        extras_since=extras_since,
+        open_periods=frozenset(open_periods),
+        live_extras=frozenset(x.id for x in live),
+    )
 
 
 def make_loader(
-    engine: AsyncEngine, before_read: Callable[[], Awaitable[object]] | None = None
+    engine: AsyncEngine,
+    before_read: Callable[[], Awaitable[object]] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Callable[[str], Awaitable[tuple[InstitutionSpec, Iterable[Charge]]]]:
+    """``before_read`` must make sure the ledger holds every settled request, or raise (the rebuild is
+    then refused: counters rebuilt from a ledger that lags would fund the missing requests twice)."""
+
     async def load(institution: str) -> tuple[InstitutionSpec, Iterable[Charge]]:
         if before_read is not None:
             await before_read()
         async with AsyncSession(engine) as session:
             spec = await load_spec(session, institution)
-            charges = await load_charges(session, spec)
+            charges = await load_charges(session, spec, datetime.fromtimestamp(clock(), UTC))
         return spec, charges
 
     return load
 
 
-async def load_charges(session: AsyncSession, spec: InstitutionSpec) -> list[Charge]:
-    """Every charge that can still count: those since the oldest period now running."""
-    since = earliest_open_window(spec, datetime.now(UTC))
-    query = "select funding from usage_event where institution_id = :i and funding::text <> '{}'"
+async def load_charges(
+    session: AsyncSession, spec: InstitutionSpec, now: datetime | None = None
+) -> list[Charge]:
+    """Every charge that can still count at ``now`` (see :class:`LedgerScope`): whole charges since the oldest
+    period now running, and before that only what grants still valid paid."""
+    scope = ledger_scope(spec, now or datetime.now(UTC))
+    query = "select funding, ended_at from usage_event where institution_id = :i and funding::text <> '{}'"
     params: dict[str, Any] = {"i": spec.id}
-    if since is not None:
+    start = scope.read_from()
+    if start is not None:
         query += " and ended_at >= :since"
-        params["since"] = since
-    rows = (await session.execute(text(query), params)).scalars().all()
-    return [charge_from_json(r) for r in rows]
+        params["since"] = start
+    out = []
+    for funding, ended_at in (await session.execute(text(query), params)).all():
+        charge = charge_from_json(funding)
+        if scope.since is not None and _aware(ended_at) < scope.since:
+            # Its periods are all closed: keep only what it took from grants (no path, no period counter).
+            charge = Charge(charge.institution, (), (), {}, charge.extras)
+        out.append(charge)
+    return out
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -45,11 +45,20 @@ def wait_for_ledger(settings: Settings, timeout: float) -> bool:
         time.sleep(0.2)
 
 
+class LedgerIncomplete(RuntimeError):
+    """The ledger cannot be shown to hold every usage event produced so far: reading it as the truth now
+    would forget spend (and a rebuild from it would fund the missing requests a second time)."""
+
+
 async def settle_ledger(settings: Settings, wait_seconds: float = 30.0) -> None:
-    """Before reading the ledger as the truth: wait (bounded) for the consumers to catch up. Never
-    raises: with the broker or the consumers away the reader goes ahead, and says so in the log."""
+    """Before reading the ledger as the truth: wait (bounded) for the consumers to catch up, and raise
+    :class:`LedgerIncomplete` if they do not, or if the backlog cannot be read (broker away). A reader that
+    went ahead regardless rebuilt budget counters without the events still in Kafka or in a spool and
+    funded those requests twice (issue 16 item 3: 140 funded on a cap of 100); refusing makes requests
+    answer 503 until the ledger is complete."""
     try:
-        if not await asyncio.to_thread(wait_for_ledger, settings, wait_seconds):
-            log.warning("usage consumers are %.0f s behind; reading an incomplete ledger", wait_seconds)
+        caught_up = await asyncio.to_thread(wait_for_ledger, settings, wait_seconds)
     except Exception as exc:
-        log.warning("cannot read the usage backlog (%s); reading the ledger as it is", exc)
+        raise LedgerIncomplete(f"cannot read the usage backlog ({exc})") from exc
+    if not caught_up:
+        raise LedgerIncomplete(f"usage consumers are still behind after {wait_seconds:.0f} s")
