@@ -18,7 +18,9 @@ from sqlalchemy import text
 
 from admin_api.dashboard import mount_dashboard
 from admin_api.errors import ERROR_RESPONSES, install_error_handlers
+from admin_api.refusals import audit_refusals
 from admin_api.routes import ROUTERS
+from admin_api.security_headers import SecurityHeaders
 from admin_api.sso import (
     InstitutionSSO,
     LoaderRegistry,
@@ -109,10 +111,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.eduaiq_admin = state
+    app.add_middleware(SecurityHeaders, public_base_url=settings.public_base_url)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     mount_sso(app, sso_router)
+    audit_refusals(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -27,6 +27,7 @@ from admin_api.access import Access, load_access
 from admin_api.auth import Caller, authenticate
 from admin_api.errors import ApiError
 from admin_api.publish import publish_changes
+from admin_api.refusals import remember_caller
 from admin_api.sso import csrf_protect
 from admin_api.state import AdminState, admin_state
 from core.models import AuditEntry, Institution
@@ -96,6 +97,7 @@ async def _open(request: Request, scope: str, write: bool, lock: bool) -> AsyncI
     state = admin_state(request)
     async with state.sessions() as session:
         caller = await authenticate(request, session, state.settings.pat_max_days)
+        remember_caller(request, caller)  # a refusal from here on is audited under this caller
         if not caller.may(scope):
             raise ApiError(403, "token_scope", f"this token lacks the {scope!r} scope", {"needed": scope})
         if write and not caller.via_token:

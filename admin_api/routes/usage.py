@@ -7,6 +7,7 @@ micro-units; times are the institution's local buckets, as aware datetimes.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -227,6 +228,11 @@ async def export_month(
         content = await export(ctx.session, ctx.institution_id, period, format, scope)
     except ExportError as exc:
         raise invalid(str(exc), [{"path": "query", "message": str(exc)}]) from None
+    # Who took which month's figures out of the system: finance data leaving is an audited act.
+    ctx.audit("export.download", f"export:{unit_id}/{period}/{format}", None,
+              {"unit_id": unit_id, "period": period, "format": format, "bytes": len(content),
+               "sha256": hashlib.sha256(content).hexdigest()}, org=False)  # fmt: skip
+    await ctx.commit()
     filename = f"{ctx.institution_id}-{unit_id}-{period}.{'json' if format == 'json' else 'csv'}"
     return Response(content, media_type=CONTENT_TYPES[format],
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})  # fmt: skip

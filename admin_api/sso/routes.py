@@ -19,7 +19,7 @@ from admin_api.sso.errors import SSOError, error_response, sso_error_handler
 from admin_api.sso.principal import csrf_protect
 from admin_api.sso.provisioning import find_user, only_institution, user_grants
 from admin_api.sso.registry import SSORegistry
-from admin_api.sso.service import SSOService, read_form, safe_return_to
+from admin_api.sso.service import SSOService, read_form, safe_return_to, sign_in_entry
 from core.db import session_scope
 from core.settings import Settings
 from core.time import utcnow
@@ -146,7 +146,13 @@ def make_sso_router(
             await svc.sessions.destroy_saml(institution, incoming.name_id, incoming.session_indexes)
             kind, payload = saml.logout_response_for(settings_, urls, binding, incoming.request_id,
                                                      params.get("RelayState"))  # fmt: skip
-            out: Response = RedirectResponse(payload, 302) if kind == "redirect" else HTMLResponse(payload)
+            if kind == "redirect":
+                out: Response = RedirectResponse(payload, 302)
+            else:
+                action = settings_.get_idp_slo_response_url() or settings_.get_idp_slo_url()
+                out = HTMLResponse(
+                    payload, headers={"Content-Security-Policy": saml.auto_post_policy(action)}
+                )
             if await svc.session_of(request) is None:  # looked up after the ending: was it this browser's?
                 svc.clear_session_cookies(out)
             return out
@@ -286,9 +292,10 @@ def make_sso_router(
             if inst is None:
                 raise SSOError(400, "institution_required", "name the institution (?institution=...)")
             row = await find_user(session, inst, user)
-        if row is None:
-            raise SSOError(404, "unknown_user", "no such user in this institution",
-                           {"institution": inst, "user": user})  # fmt: skip
+            if row is None:
+                raise SSOError(404, "unknown_user", "no such user in this institution",
+                               {"institution": inst, "user": user})  # fmt: skip
+            session.add(sign_in_entry(inst, row.id, "dev", row.sso_subject))
         sid, _ = await svc.sessions.create(institution_id=inst, user_id=row.id, method="dev",
                                            subject=row.sso_subject, email=row.email, name=row.name)  # fmt: skip
         response = RedirectResponse(safe_return_to(return_to), status_code=303)

@@ -30,6 +30,7 @@ from admin_api.sso.registry import SSORegistry
 from admin_api.sso.saml import SpUrls
 from admin_api.sso.sessions import Method, SessionRecord, SessionStore, resolve_secret
 from core.db import session_scope
+from core.models import AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,15 @@ async def read_form(request: Request) -> dict[str, str]:
         return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
     except UnicodeDecodeError:
         raise SSOError(400, "bad_request", "the form is not UTF-8") from None
+
+
+def sign_in_entry(
+    institution_id: str, user_id: str, method: str, subject: str | None, **extra: Any
+) -> AuditEntry:
+    """The audit log's record of a sign-in (SAML, OIDC, CAS or the development login)."""
+    return AuditEntry(institution_id=institution_id, actor=f"sso:{method}", action="sso.login",
+                      target=f"app_user:{institution_id}/{user_id}", before=None,
+                      after={"user_id": user_id, "method": method, "subject": subject, **extra})  # fmt: skip
 
 
 class SSOService:
@@ -192,6 +202,8 @@ class SSOService:
         async with session_scope(self.db) as session:
             result = await provision(session, cfg.institution_id, identity, method=method,
                                      create_users=cfg.mapping.create_users)  # fmt: skip
+            session.add(sign_in_entry(cfg.institution_id, result.user_id, method, identity.subject,
+                                      created=result.created))  # fmt: skip
         sid, _ = await self.sessions.create(
             institution_id=cfg.institution_id, user_id=result.user_id, method=method, subject=identity.subject,
             email=identity.email, name=identity.name, affiliations=list(identity.affiliations), logout=logout,

@@ -51,7 +51,7 @@ async def test_each_change_is_logged_with_before_and_after(env: Env) -> None:
     await make_changes(env)
     entries = {e["action"]: e for e in await page(env, "uadmin") if e["actor"] != "org-import"}
     assert set(entries) == {"budget.update", "models.update", "extra.create", "member.add", "scope.grant",
-                            "unit.create", "model.create"}  # fmt: skip
+                            "unit.create", "model.create", "sso.login"}  # fmt: skip
     budget = entries["budget.update"]
     assert budget["actor"] == "csadmin" and budget["unit_id"] == "cs101"
     assert budget["before"]["cost"]["amount"] == 200 * USD and budget["after"]["cost"]["amount"] == 250 * USD
