@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from cli.usageops import usage_app
 from core.settings import Settings, SettingsError, get_settings
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ quota_app = typer.Typer(
 app.add_typer(quota_app, name="quota")
 selfhost_app = typer.Typer(no_args_is_help=True, help="Open-weight models on campus GPUs (vLLM).")
 app.add_typer(selfhost_app, name="selfhost")
+app.add_typer(usage_app, name="usage")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -262,9 +264,12 @@ def consume(
     ] = None,
 ) -> None:
     """Write usage events from Kafka into the PostgreSQL ledger (a consumer group member)."""
-    from usage.consumer import run_consumer
+    from usage.consumer import DeadLetterUnavailable, run_consumer
 
-    run_consumer(settings_or_exit(), exit_when_idle=until_idle)
+    try:
+        run_consumer(settings_or_exit(), exit_when_idle=until_idle)
+    except DeadLetterUnavailable as exc:  # stopped uncommitted: a restart reads the batch again
+        fail(str(exc), 3)
 
 
 @app.command("export")

@@ -37,6 +37,20 @@ class Settings(BaseSettings):
 
     state_dir: Path = Path.home() / ".eduaiq"
     spool_dir: Path | None = None
+    # The usage pipeline's bounds (usage/producer.py, usage/spool.py, usage/sidecar.py): the spool's size on
+    # disk (the chart's emptyDir sizeLimit is set above it, so the spool refuses before the pod is
+    # evicted), the events a sidecar holds in memory, and the events a gateway process holds for a sidecar
+    # that is busy or being restarted. Past any of them the gateway answers new /v1 requests 503 (never
+    # serving unmetered) and /readyz turns not-ready; nothing already accepted is dropped.
+    spool_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=64 * 1024)
+    usage_queue_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    usage_buffer_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    # How long the ledger consumer retries a dead-letter send before it stops (uncommitted, nothing lost).
+    dead_letter_send_seconds: float = Field(default=60.0, gt=0)
+    # redis-py's defaults wait for ever on a read and on a connect: a Redis that stops answering would
+    # hold every request. Seconds; applied to every Redis client the gateway and the engine make.
+    redis_socket_timeout: float = Field(default=5.0, gt=0)
+    redis_connect_timeout: float = Field(default=2.0, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
     session_secret: str | None = None
 
@@ -90,6 +104,13 @@ class Settings(BaseSettings):
     @property
     def spool_path(self) -> Path:
         return self.spool_dir or (self.state_dir / "spool")
+
+    def redis_options(self) -> dict[str, float]:
+        """Keyword arguments for every redis-py client and pool (`from_url(url, **settings.redis_options())`)."""
+        return {
+            "socket_timeout": self.redis_socket_timeout,
+            "socket_connect_timeout": self.redis_connect_timeout,
+        }
 
 
 class SettingsError(Exception):

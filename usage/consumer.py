@@ -9,8 +9,18 @@ PostgreSQL being down never skips a batch: the write is retried with backoff unt
 it succeeds (or the consumer is asked to stop, leaving the offsets uncommitted).
 A record holds one or more events (`usage.events.pack`). An event that can never be
 stored (not a usage event, an unknown schema version, a value the database refuses)
-goes to the dead-letter topic `<topic>.dlq` by itself with the reason, while the rest
-of its record is stored, so one bad event cannot stop billing for everyone.
+goes to the dead-letter topic `<topic>.dlq` by itself with the reason and where it came
+from (topic, partition, offset headers), while the rest of its record is stored, so one
+bad event cannot stop billing for everyone. A record with no value (a tombstone) is
+dead-lettered the same way: it can only be a mistake on a usage topic.
+
+The consumer creates both topics when they are missing (brokers often refuse to
+auto-create). A dead-letter send that cannot succeed (the broker refusing or away)
+is retried for `EDUAIQ_DEAD_LETTER_SEND_SECONDS`, then the consumer stops with
+`DeadLetterUnavailable` without committing the batch: nothing is skipped, and the
+restarted consumer reads the batch again. `eduaiq usage replay-dead-letters` puts
+dead-lettered events back into the ledger once they pass validation
+(`usage/deadletters.py`).
 """
 
 from __future__ import annotations
@@ -36,13 +46,36 @@ from psycopg2.extensions import connection as Connection
 from core.settings import Settings, load_settings
 from usage import ledger
 from usage.events import BadEvent, UsageEvent, decode, events_in, split_record
-from usage.kafka_client import client_config, dead_letter_topic, ensure_topic
+from usage.kafka_client import abandon, client_config, dead_letter_topic, ensure_topic
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# A bad event as it is dead-lettered: its record's key and its own line.
-Letter = tuple[bytes | None, bytes]
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A bad event as it is dead-lettered: its record's key, its own line, and where the record was."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+    def headers(self, reason: str) -> list[tuple[str, bytes]]:
+        return [
+            ("error", reason.encode()[:1000]),
+            ("source_topic", self.topic.encode()),
+            ("source_partition", str(self.partition).encode()),
+            ("source_offset", str(self.offset).encode()),
+        ]
+
+
+class DeadLetterUnavailable(RuntimeError):
+    """The dead-letter topic could not take a batch's bad events in time: the consumer stops with the
+    batch uncommitted rather than skip it or retry for ever."""
+
 
 # Errors after which the same write can succeed later: the server is away, restarting, or chose us as a
 # deadlock victim. Anything else about a row (a value out of range) will fail forever: dead-letter it.
@@ -69,10 +102,20 @@ class _Stopped(Exception):
 class LedgerWriter:
     """One psycopg2 connection, reopened whenever PostgreSQL goes away."""
 
-    def __init__(self, database_url: str, stop: threading.Event, stats: ConsumerStats) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        stop: threading.Event,
+        stats: ConsumerStats,
+        *,
+        retry_for: float | None = None,
+    ) -> None:
+        """`retry_for`: give up (re-raise) after PostgreSQL has been away this long; None, the consumer's
+        choice, waits for it however long it takes. An operator's command wants an answer instead."""
         self._url = database_url
         self._stop = stop
         self._stats = stats
+        self._retry_for = retry_for
         self._conn: Connection | None = None
 
     def close(self) -> None:
@@ -108,6 +151,7 @@ class LedgerWriter:
 
     def _retry(self, work: Callable[[Connection], T]) -> T:
         delay = 0.2
+        give_up = None if self._retry_for is None else time.monotonic() + self._retry_for
         while True:
             if self._stop.is_set():
                 raise _Stopped
@@ -125,6 +169,8 @@ class LedgerWriter:
                 psycopg2.errors.UndefinedTable,
             ) as exc:
                 self._stats.db_retries += 1
+                if give_up is not None and time.monotonic() >= give_up:
+                    raise
                 log.warning("ledger write failed (%s); retrying in %.1fs", str(exc).strip(), delay)
                 self.close()
                 self._stop.wait(delay)
@@ -136,37 +182,63 @@ class _DeadLetters:
         self._settings = settings
         self._topic = dead_letter_topic(topic)
         self._stop = stop
+        self._bound = settings.dead_letter_send_seconds
         self._producer: KafkaProducer | None = None
 
     def send(self, items: Sequence[tuple[Letter, str]]) -> None:
         """Returns only once the broker has them: their offsets are committed right after. Each bad
-        event goes alone, so one bad line does not take the good events of its record with it."""
+        event goes alone, so one bad line does not take the good events of its record with it.
+        Raises `DeadLetterUnavailable` after `EDUAIQ_DEAD_LETTER_SEND_SECONDS` of failed attempts."""
         delay = 0.5
+        give_up = time.monotonic() + self._bound
+        problem = "no attempt finished"
         while True:
             if self._stop.is_set():
                 raise _Stopped
             try:
                 if self._producer is None:
                     self._producer = KafkaProducer(
-                        **client_config(self._settings), enable_idempotence=True, acks="all"
+                        **client_config(self._settings),
+                        enable_idempotence=True,
+                        acks="all",
+                        max_block_ms=5000,
+                        request_timeout_ms=5000,
                     )
                 futures = [
                     self._producer.send(
-                        self._topic, key=key, value=value, headers=[("error", reason.encode()[:1000])]
+                        self._topic, key=letter.key, value=letter.value, headers=letter.headers(reason)
                     )
-                    for (key, value), reason in items
+                    for letter, reason in items
                 ]
-                self._producer.flush(timeout=10)
+                self._producer.flush(timeout=max(1.0, min(10.0, give_up - time.monotonic())))
                 if all(f.is_done and f.succeeded() for f in futures):
                     return
-            except KafkaError as exc:
-                log.warning("dead-letter send failed: %s", exc)
+                failed = next((f for f in futures if f.is_done and not f.succeeded()), None)
+                problem = repr(failed.exception) if failed is not None else "not acknowledged in time"
+            except (KafkaError, AssertionError) as exc:  # kafka-python asserts on some bad sends
+                problem = f"{type(exc).__name__}: {exc}"
+                self._drop_producer()
+            if time.monotonic() + delay > give_up:
+                raise DeadLetterUnavailable(
+                    f"{len(items)} bad events could not be written to {self._topic} within "
+                    f"{self._bound:.0f}s ({problem}); stopping with the batch uncommitted"
+                )
+            log.warning("dead-letter send failed (%s); retrying in %.1fs", problem, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
+    def _drop_producer(self) -> None:
+        if self._producer is not None:
+            abandon(self._producer)
+            self._producer = None
+
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.close(timeout=5)
+            try:
+                self._producer.close(timeout=5)
+            except KafkaError:
+                abandon(self._producer)
+            self._producer = None
 
 
 class _Joined(ConsumerRebalanceListener):
@@ -196,6 +268,8 @@ def _connect_consumer(
             raise _Stopped
         try:
             ensure_topic(settings, topic)
+            # Made now, not at the first bad event: a broker that will not create it is found at start-up.
+            ensure_topic(settings, dead_letter_topic(topic))
             consumer = KafkaConsumer(
                 **client_config(settings),
                 group_id=group_id,
@@ -227,7 +301,7 @@ def _poll_batch(consumer: KafkaConsumer, batch_max: int, linger: float) -> list[
         polled = consumer.poll(timeout_ms=timeout_ms, max_records=batch_max - events)
         for recs in polled.values():
             records.extend(recs)
-            events += sum(events_in(r.value) for r in recs)
+            events += sum(events_in(r.value) if r.value is not None else 1 for r in recs)
         if not polled or not records:
             break
         deadline = deadline or time.monotonic() + linger
@@ -299,6 +373,9 @@ def run_consumer(
             _handle(records, consumer, writer, dead, stats)
     except _Stopped:
         log.info("stopping with a batch unwritten; it will be redelivered")
+    except DeadLetterUnavailable as exc:
+        log.critical("%s", exc)
+        raise
     finally:
         consumer.close(autocommit=False)
         writer.close()
@@ -318,19 +395,26 @@ def _handle(
     bad: list[tuple[Letter, str]] = []
     received = 0
     for r in records:
+        if r.value is None:  # a tombstone: nothing to bill, but say so rather than crash on it
+            received += 1
+            bad.append((Letter(r.key, b"", r.topic, r.partition, r.offset), "tombstone: record has no value"))
+            continue
         for line in split_record(r.value):
             received += 1
+            letter = Letter(r.key, line, r.topic, r.partition, r.offset)
             try:
                 e = decode(line)
             except BadEvent as exc:
-                bad.append(((r.key, line), f"BadEvent: {exc}"))
+                bad.append((letter, f"BadEvent: {exc}"))
                 continue
             events.append(e)
-            by_id[e.event_id] = (r.key, line)
+            by_id[e.event_id] = letter
     inserted, refused = writer.write(events)
     bad.extend((by_id[e.event_id], reason) for e, reason in refused)
     if bad:
-        log.error("dead-lettering %d events, first: %s", len(bad), bad[0][1][:300])
+        first, reason = bad[0]
+        log.error("dead-lettering %d events, first at %s/%d/%d: %s", len(bad), first.topic,
+                  first.partition, first.offset, reason[:300])  # fmt: skip
         dead.send(bad)
     stats.batches += 1
     stats.received += received
@@ -356,13 +440,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
-    stats = run_consumer(
-        load_settings(),
-        group_id=args.group,
-        topic=args.topic,
-        batch_max=args.batch_max,
-        exit_when_idle=args.exit_when_idle,
-    )
+    try:
+        stats = run_consumer(
+            load_settings(),
+            group_id=args.group,
+            topic=args.topic,
+            batch_max=args.batch_max,
+            exit_when_idle=args.exit_when_idle,
+        )
+    except DeadLetterUnavailable:
+        raise SystemExit(3) from None
     log.info(
         "consumer done: %d received, %d inserted, %d duplicates, %d dead-lettered",
         stats.received,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from core.settings import Settings
 
@@ -64,3 +64,19 @@ def ensure_topic(
             pass
     finally:
         admin.close()
+
+
+def abandon(producer: KafkaProducer) -> None:
+    """Drop a producer and whatever it still holds (its caller keeps them elsewhere or sends them again).
+
+    kafka-python's `close(timeout=0)` first flushes and raises when records are pending,
+    leaving its I/O thread running and retrying forever; force-closing the sender is the
+    only way to stop it.
+    """
+    try:
+        producer.close(timeout=0)
+    except KafkaError:
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True
