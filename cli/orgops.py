@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ async def import_file(
         if not dry_run:
             try:
                 applied = await apply_budgets(settings, org.institution.id)
-                if applied.note:
-                    report.lines.append(f"warning: {applied.note}")
+                if applied.note:  # on stderr: the report lists changes to the institution, and this is none
+                    print(f"eduaiq: warning: {applied.note}", file=sys.stderr)
             except RedisConnectionError as exc:
                 report.lines.append(
                     f"warning: budgets not applied to Redis ({exc}); run `eduaiq quota rebuild`"
