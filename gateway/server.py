@@ -7,8 +7,9 @@ twice, lower-cases headers in Python, arms and cancels a keep-alive timer, adds
 its default headers, validates every message and writes the response head and
 body in two system calls. The gateway's whole budget is a few hundred µs a
 request, so that difference is a large share of it (see bench/gateway.py and
-the README). The admin API and the one-origin quick start keep uvicorn: they
-are not a hot path.
+the README). The admin API keeps uvicorn (not a hot path, and not open to
+unauthenticated clients the way /v1 is); the one-origin quick start (`eduaiq
+serve`) runs here, so that its /v1 has the same limits as `eduaiq gateway`.
 
 The gateway app stays a plain ASGI app (the one-origin server mounts it as is),
 so this server speaks ASGI too, the part of it the gateway uses:
@@ -21,9 +22,10 @@ so this server speaks ASGI too, the part of it the gateway uses:
   for ever (the keep-alive limit alone restarts with every byte); pipelined
   requests answered in order, the next one taken as soon as a response is
   whole on the wire (the app may still be working);
-- Content-Length and chunked request bodies, given to the app whole;
+- Content-Length and chunked request bodies, given to the app whole (chunk
+  extensions ignored, trailers counted but never given as headers);
   `Expect: 100-continue`; a malformed request gets 400 and the connection is
-  closed;
+  closed; an HTTP/1.0 client's streamed answer ends with the close;
 - limits on what an unauthenticated client can make a worker hold (`Limits`,
   each an EDUAIQ_ setting): the body (413), the head's bytes and header count
   (431; a single header value is bounded too, although httptools grows it in
@@ -39,11 +41,14 @@ so this server speaks ASGI too, the part of it the gateway uses:
 - the ASGI lifespan; graceful shutdown on SIGTERM or SIGINT (stop accepting,
   let what is in flight finish within the grace period, then the lifespan's
   shutdown, which hands the usage events over); a second signal ends the
-  grace period at once; N worker processes on one listening socket, a worker
-  that dies is replaced.
+  grace period at once; every wait after the stop is bounded and the kernel
+  ends a process that outlives its deadline (SIGALRM); N worker processes on
+  one listening socket, a worker that dies is replaced, one that outlives the
+  deadline is killed, and all are told to stop if the supervisor dies.
 
 Left out on purpose: TLS (the ingress terminates it), HTTP/2, WebSockets and
-upgrades (answered 400), proxy headers, access logs.
+upgrades (the request is answered over HTTP/1.1, nothing after it is read),
+proxy headers, access logs.
 """
 
 from __future__ import annotations
