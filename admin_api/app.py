@@ -82,9 +82,10 @@ def create_app(
     which rebuilds counters from the ledger when an edit or a read finds Redis without the institution.
     """
     engine = make_async_engine(settings.database_url)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = Redis.from_url(settings.redis_url, decode_responses=True, **settings.redis_options())
     quota = QuotaEngine.from_url(
         settings.redis_url,
+        redis_options=settings.redis_options(),
         reservation_ttl=settings.reservation_ttl_seconds,
         min_output_tokens=settings.min_clamp_tokens,
         loader=quota_loader or make_loader(engine, lambda: settle_ledger(settings)),

@@ -24,6 +24,15 @@ from gateway.runtime import Runtime
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 _V1 = ("chat/completions", "completions", "embeddings", "models", "me")
+# Requests that are billed: refused while their usage event would have nowhere to go (usage/sidecar.py).
+_BILLABLE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+_UNMETERED = ApiError(
+    503,
+    "The gateway cannot record usage right now (its usage pipeline is full or unavailable), so it takes no "
+    "new requests; retry shortly.",
+    code="usage_pipeline_unavailable",
+    headers={"retry-after": "5"},
+)
 
 
 def normalise_path(path: str) -> str:
@@ -92,6 +101,8 @@ class GatewayApp:
             response = ApiError(404, f"unknown endpoint {scope['path']}", code="not_found").response()
         elif (handler := methods.get(scope["method"])) is None:
             response = ApiError(405, f"method {scope['method']} is not allowed here").response()
+        elif path in _BILLABLE and not self._metering():
+            response = _UNMETERED.response()
         else:
             scope["app"] = self
             try:
@@ -100,6 +111,11 @@ class GatewayApp:
                 log.exception("unhandled error on %s", path)
                 response = ApiError(500, "internal error in the gateway", code="internal_error").response()
         await response(scope, receive, send)
+
+    def _metering(self) -> bool:
+        """Never serve unmetered: False while the usage sidecar can take no more events."""
+        runtime = self.state.runtime
+        return runtime is None or runtime.producer is None or runtime.producer.admitting
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()

@@ -5,6 +5,12 @@ per replica for `key_cache_seconds` (at most 5): the hot path touches
 PostgreSQL once per key per few seconds, and a revoked or expired key stops
 working on every replica within that time. Concurrent misses for one key share
 one query.
+
+While PostgreSQL cannot answer (a restart, a failover), a key seen in the last
+`_STALE_SECONDS` keeps the answer it had (issue 16 item 13: the data plane stays
+ready and serving through a database blip; readiness reports the database as
+degraded). Nobody can revoke a key while the database is down; a revocation made
+in the last `key_cache_seconds` before the outage applies once it is back.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.keys import hash_secret
 from core.time import utcnow
 from gateway.errors import ApiError
+
+# How old a cached answer may be to stand in for PostgreSQL while it is unreachable.
+_STALE_SECONDS = 600.0
+_DB_DOWN = (DBAPIError, OSError, TimeoutError)
 
 _QUERY = text(
     """
@@ -96,6 +107,12 @@ class KeyCache:
             self._entries[digest] = (now + self._ttl, found)
             future.set_result(found)
             return found
+        except _DB_DOWN as exc:
+            if hit is not None and now - hit[0] < _STALE_SECONDS:  # hit[0]: when it expired
+                future.set_result(hit[1])
+                return hit[1]
+            future.set_exception(exc)
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             raise

@@ -1,9 +1,14 @@
 """Health, readiness and Prometheus metrics for the gateway.
 
-`/readyz` fails when Redis or PostgreSQL cannot be reached (the gateway
-cannot budget or authenticate without them). A broker outage does not fail
-it: usage events then go to the durable spool and are replayed later, so the
-replica keeps serving; readiness reports `spooling` so operators see it.
+`/readyz` fails when Redis cannot be reached (no budget can be reserved
+without it) or when the usage pipeline can take no more events (the broker is
+unavailable and the spool refuses, or the usage sidecar is stuck: the same
+condition in which /v1 answers 503, usage/sidecar.py). PostgreSQL being away
+does not fail it: the hot path does not read PostgreSQL (keys are cached,
+institutions compiled, the ledger is written by the consumer), so a database
+restart must not take every replica out of service; it is reported as
+`degraded` in the body. A broker outage alone does not fail it either: events
+go to the durable spool and are replayed later; it is reported as `spooling`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,6 +40,12 @@ class _Metrics:
     tokens: Counter
     refusals: Counter
     upstream_errors: Counter
+    # The usage pipeline's state, set at each scrape: 1 while billable requests are refused (503).
+    usage_refusing: Gauge
+    usage_held_bytes: Gauge
+    usage_pending: Gauge
+    usage_spool_bytes: Gauge
+    usage_sidecar_restarts: Gauge
     # Labelled children, looked up once: `labels()` builds and hashes its key tuple every call, a
     # measurable share of a request's CPU when taken three or four times per request.
     _children: dict[tuple[object, ...], Any] = field(default_factory=dict)
@@ -65,6 +83,14 @@ def _make() -> _Metrics:
         tokens=Counter("eduaiq_tokens", "Tokens settled", ["direction"], registry=reg),
         refusals=Counter("eduaiq_refusals", "Requests refused (budget or rate)", ["reason"], registry=reg),
         upstream_errors=Counter("eduaiq_upstream_errors", "Upstream failures", ["reason"], registry=reg),
+        usage_refusing=Gauge("eduaiq_usage_refusing", "1 while usage cannot be recorded and /v1 answers 503",
+                             registry=reg),
+        usage_held_bytes=Gauge("eduaiq_usage_held_bytes", "Usage lines the sidecar has not taken yet",
+                               registry=reg),
+        usage_pending=Gauge("eduaiq_usage_pending_events", "Usage events not yet with Kafka or the spool",
+                            registry=reg),
+        usage_spool_bytes=Gauge("eduaiq_usage_spool_bytes", "Bytes in the usage spool", registry=reg),
+        usage_sidecar_restarts=Gauge("eduaiq_usage_sidecar_restarts", "Usage sidecar restarts", registry=reg),
     )  # fmt: skip
 
 
@@ -72,6 +98,14 @@ METRICS = _make()
 
 
 async def metrics(request: Request) -> Response:
+    producer = getattr(request.app.state.runtime, "producer", None)
+    if producer is not None:
+        stats = producer.stats()
+        METRICS.usage_refusing.set(0 if producer.admitting else 1)
+        METRICS.usage_held_bytes.set(producer.held_bytes())
+        METRICS.usage_pending.set(stats.pending)
+        METRICS.usage_spool_bytes.set(stats.spool_bytes)
+        METRICS.usage_sidecar_restarts.set(producer.restarts)
     return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -87,9 +121,12 @@ async def readyz(request: Request) -> Response:
     async def redis_check() -> None:
         await asyncio.wait_for(rt.redis.ping(), 2)
 
-    async def pg_check() -> None:
+    async def pg_probe() -> None:
         async with rt.db.connect() as conn:
-            await asyncio.wait_for(conn.execute(text("select 1")), 2)
+            await conn.execute(text("select 1"))
+
+    async def pg_check() -> None:  # the connect too: a restarting server can hold it for long
+        await asyncio.wait_for(pg_probe(), 2)
 
     for name, check in (("redis", redis_check), ("postgres", pg_check)):
         try:
@@ -97,10 +134,12 @@ async def readyz(request: Request) -> Response:
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"down: {type(exc).__name__}"
+    if checks["postgres"] != "ok":
+        checks["postgres"] = "degraded: " + checks["postgres"]  # not on the hot path: see the module's note
+    metering = rt.producer is None or rt.producer.admitting
     if rt.producer is not None:
-        stats = rt.producer.stats()
-        checks["broker"] = "ok" if stats.direct else f"spooling ({stats.pending} pending)"
-    ready = checks.get("redis") == "ok" and checks.get("postgres") == "ok"
+        checks["broker"] = rt.producer.state()  # the usage pipeline: sidecar, broker, spool
+    ready = checks.get("redis") == "ok" and metering
     body = {"status": "ready" if ready else "not ready", "checks": checks,
             "ms": round((time.perf_counter() - started) * 1000, 1)}  # fmt: skip
     return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")

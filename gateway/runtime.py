@@ -40,8 +40,9 @@ class Runtime:
         self.db = make_async_engine(settings.database_url)
         self.keys = KeyCache(self.db, settings.key_cache_seconds)
         # Blocking pool: a burst waits a moment for a connection instead of failing with "too many".
+        # Timeouts from the settings (EDUAIQ_REDIS_*): redis-py's defaults wait for ever on a silent Redis.
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10,
-                                               decode_responses=True)  # fmt: skip
+                                               decode_responses=True, **settings.redis_options())  # fmt: skip
         self.redis = Redis(connection_pool=pool)
         self.http: UpstreamPool | None = None
         self.catalog: Catalog | None = None

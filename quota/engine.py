@@ -115,8 +115,9 @@ class QuotaEngine:
         self._loading: dict[str, asyncio.Future[Snapshot]] = {}
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> QuotaEngine:
-        return cls(Redis.from_url(url, decode_responses=True), **kwargs)
+    def from_url(cls, url: str, *, redis_options: dict[str, Any] | None = None, **kwargs: Any) -> QuotaEngine:
+        """`redis_options`: the client's timeouts (`Settings.redis_options()`, EDUAIQ_REDIS_*)."""
+        return cls(Redis.from_url(url, decode_responses=True, **(redis_options or {})), **kwargs)
 
     async def close(self) -> None:
         await self._batcher.drain()

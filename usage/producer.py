@@ -15,6 +15,14 @@ per institution (see `usage.events.pack`) and works in one of two modes:
   `hold_max` pile up); when the spool is empty it goes direct. No event ever
   overtakes an older one.
 
+Memory and disk are bounded. Events waiting for the sender take at most
+`EDUAIQ_USAGE_QUEUE_MAX_BYTES`: past it `emit` waits (the sidecar then stops
+reading its pipe, and the gateway stops admitting requests once its own buffer
+is full). The spool refuses past `EDUAIQ_SPOOL_MAX_BYTES`, as a full disk does;
+the batch it refused is kept and retried, never dropped, and `stats().blocked`
+says the broker and the spool are both unavailable (the gateway then answers
+503 and its /readyz turns not-ready).
+
 A message can reach Kafka twice (acknowledged, but the ack was lost, then
 replayed); the ledger's unique event id makes that harmless. What is lost on a
 hard crash (SIGKILL) is only what sat in the in-memory queue: normally a few
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -39,7 +48,7 @@ from kafka.producer.future import FutureRecordMetadata
 
 from core.settings import Settings
 from usage.events import UsageEvent, encode, events_in, kafka_key, pack
-from usage.kafka_client import client_config, ensure_topic
+from usage.kafka_client import abandon, client_config, ensure_topic
 from usage.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,10 @@ class ProducerStats:
     replayed: int
     pending: int
     direct: bool
+    # Neither the broker nor the spool takes events: the gateway must stop admitting billable requests.
+    blocked: bool = False
+    queued_bytes: int = 0
+    spool_bytes: int = 0
 
 
 class UsageProducer:
@@ -78,6 +91,7 @@ class UsageProducer:
         connect_timeout: float = 2.0,
         linger: float = 0.05,
         hold_max: int = 20_000,
+        queue_max_bytes: int | None = None,
     ) -> None:
         """`linger`: how long the sender gathers events before one send. Each send costs kafka-python's
         I/O thread about a millisecond of CPU whatever its size, so at 4,000 events/s a 20 ms linger
@@ -91,7 +105,11 @@ class UsageProducer:
         self._send_timeout = send_timeout
         self._retry_interval = retry_interval
         self._connect_timeout_ms = int(connect_timeout * 1000)
-        self._spool = Spool(spool_dir or settings.spool_path)
+        self._spool = Spool(spool_dir or settings.spool_path, settings.spool_max_bytes)
+        self._queue_max_bytes = queue_max_bytes or settings.usage_queue_max_bytes
+        self._queued_bytes = 0
+        self._spool_error: str | None = None
+        self._spool_bytes = self._spool.used_bytes()
         # Events travel in lists: the sidecar hands over what it read from its pipe at once, one put
         # (and one wake-up of this thread) per read rather than per event.
         self._queue: queue.SimpleQueue[list[Line]] = queue.SimpleQueue()
@@ -124,8 +142,14 @@ class UsageProducer:
         """Events their caller encoded, in order; the list becomes the producer's."""
         if self._closed:
             raise RuntimeError("usage producer is closed")
+        size = sum(len(k) + len(v) for k, v in lines)
         with self._cond:
+            # Past the bound the caller waits for room: memory stays bounded and nothing is dropped.
+            self._cond.wait_for(lambda: self._queued_bytes < self._queue_max_bytes or self._closed)
+            if self._closed:
+                raise RuntimeError("usage producer is closed")
             self._emitted += len(lines)
+            self._queued_bytes += size
         self._queue.put(lines)
 
     # -- control ----------------------------------------------------------------------------------
@@ -140,6 +164,8 @@ class UsageProducer:
         """Send or spool everything pending, then stop. Called before consumers are asked to drain."""
         self._closed = True
         self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()  # an emitter waiting for room gives up: emit after close raises
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error(
@@ -159,7 +185,13 @@ class UsageProducer:
                 replayed=self._replayed,
                 pending=self._emitted - self._handled,
                 direct=self._direct,
+                blocked=self._blocked(),
+                queued_bytes=self._queued_bytes,
+                spool_bytes=self._spool_bytes,
             )
+
+    def _blocked(self) -> bool:
+        return not self._direct and self._spool_error is not None
 
     # -- the sender thread ------------------------------------------------------------------------
 
@@ -170,13 +202,16 @@ class UsageProducer:
                     break
             except Exception:
                 # The thread must outlive any surprise: a dead sender would silently drop every later event.
-                log.exception("usage producer step failed; going on")
-                self._stopping.wait(self._retry_interval)
+                # (A failing spool is logged where it fails.) Not the stop event's wait: once stopping it
+                # returns at once, and a spool that keeps failing would spin this loop.
+                if self._spool_error is None:
+                    log.exception("usage producer step failed; going on")
+                time.sleep(self._retry_interval)
         if self._producer is not None:
             try:
                 self._producer.close(timeout=self._send_timeout)
             except KafkaError:
-                _abandon(self._producer)
+                abandon(self._producer)
             self._producer = None
 
     def _step(self) -> bool:
@@ -185,7 +220,8 @@ class UsageProducer:
         if not stopping and time.monotonic() >= self._next_attempt:
             self._replay_round()
         catching_up = not stopping and not self._direct and self._producer is not None
-        if not self._carry and catching_up and self._queued() < self._hold_max:
+        room = self._queued() < self._hold_max and self._queued_bytes < self._queue_max_bytes // 2
+        if not self._carry and catching_up and room:
             # The broker is back and the spool is draining: newer events wait in memory behind it
             # (written to disk only if too many pile up), so replay is not slowed by re-spooling them.
             if self._next_attempt > time.monotonic():
@@ -229,6 +265,10 @@ class UsageProducer:
                 batch.extend(get())
         except queue.Empty:
             pass
+        size = sum(len(k) + len(v) for k, v in batch)
+        with self._cond:
+            self._queued_bytes -= size
+            self._cond.notify_all()
         return batch
 
     def _send_direct(self, batch: list[Line]) -> None:
@@ -238,8 +278,8 @@ class UsageProducer:
             self._sent += _events(records[:done])
         if done < len(records):
             # Everything after the first unacknowledged record is spooled too, to keep the order.
-            self._to_spool(records[done:])
             self._go_spooling()
+            self._to_spool(records[done:])
 
     def _send(self, records: Sequence[Record]) -> int:
         """Send and wait; return how many records, from the start, the broker acknowledged."""
@@ -261,7 +301,22 @@ class UsageProducer:
         return acked
 
     def _to_spool(self, records: Sequence[Record]) -> None:
-        self._spool.append(records)
+        """Append, or raise with the state recorded: the caller keeps the batch and tries again."""
+        try:
+            self._spool.append(records)
+        except (sqlite3.Error, OSError) as exc:
+            if self._spool_error is None:
+                log.critical(
+                    "usage spool %s refuses events (%s) while kafka is unavailable: %d events held in memory; "
+                    "the gateway stops admitting requests until one of them takes events again",
+                    self._spool.path, exc, _events(records),
+                )  # fmt: skip
+            self._spool_error = str(exc)
+            raise
+        if self._spool_error is not None:
+            log.warning("usage spool takes events again")
+            self._spool_error = None
+        self._spool_bytes = self._spool.used_bytes()
         with self._cond:
             self._spooled += _events(records)
 
@@ -269,7 +324,7 @@ class UsageProducer:
         log.warning("kafka unavailable: spooling usage events to %s", self._spool.path)
         self._direct = False
         if self._producer is not None:
-            _abandon(self._producer)
+            abandon(self._producer)
             self._producer = None
         self._next_attempt = time.monotonic() + self._retry_interval
 
@@ -304,6 +359,7 @@ class UsageProducer:
             if not self._direct:
                 log.info("kafka reachable: sending usage events directly")
             self._direct = True
+            self._spool_error = None
             # Other processes sharing the spool may append later; look again now and then.
             self._next_attempt = time.monotonic() + 5 * self._retry_interval
             return
@@ -319,6 +375,7 @@ class UsageProducer:
                 acked = self._send([(key, payload) for _, key, payload in rows])
                 if acked:
                     self._spool.delete_through(rows[acked - 1][0])
+                    self._spool_bytes = self._spool.used_bytes()
                     with self._cond:
                         self._replayed += _events(rows[:acked])
                 if acked < len(rows):
@@ -331,19 +388,3 @@ class UsageProducer:
 def _events(records: Sequence[tuple[Any, ...]]) -> int:
     """How many events these records (or spool rows, the value last) hold."""
     return sum(events_in(r[-1]) for r in records)
-
-
-def _abandon(producer: KafkaProducer) -> None:
-    """Drop a producer and whatever it still holds (those records are already spooled).
-
-    kafka-python's `close(timeout=0)` first flushes and raises when records are pending,
-    leaving its I/O thread running and retrying forever; force-closing the sender is the
-    only way to stop it.
-    """
-    try:
-        producer.close(timeout=0)
-    except KafkaError:
-        sender = getattr(producer, "_sender", None)
-        if sender is not None:
-            sender.force_close()
-        producer._closed = True

@@ -23,6 +23,19 @@ that does not start with RS) and reads on. Lost with a dead sidecar is only
 what it had read and not yet sent or spooled, as with any producer's memory. When the gateway
 stops (or dies), the pipe reaches its end and the sidecar sends or spools
 everything it holds before it exits.
+
+Admission (issue 16 item 10): the gateway must never serve a request it cannot
+meter. `ProducerSidecar.admitting` is False, and the gateway answers new /v1
+requests 503 with Retry-After and /readyz turns not-ready, while either
+- the sidecar reports `blocked` (the broker is unavailable and the spool refuses:
+  a full disk or `EDUAIQ_SPOOL_MAX_BYTES`), or
+- this process holds `EDUAIQ_USAGE_BUFFER_MAX_BYTES` of lines the sidecar has not
+  taken (it is stuck, too slow, or being restarted; the sidecar itself stops reading
+  its pipe once its own queue holds `EDUAIQ_USAGE_QUEUE_MAX_BYTES`).
+Requests already admitted still emit their events (the buffer may pass its bound
+by those): nothing accepted is dropped. A sidecar that dies or cannot start is
+restarted with exponential backoff (0.2 s doubling to 30 s; back to 0.2 s once one
+has lived 30 s), not in a tight loop.
 """
 
 from __future__ import annotations
@@ -53,6 +66,8 @@ _REPORT_EVERY = 0.5
 # per request; a killed gateway loses at most this much (the sidecar hands over the rest).
 _WRITE_EVERY = 0.005
 _F_SETPIPE_SZ = 1031  # Linux
+_RESPAWN_FIRST = 0.2
+_RESPAWN_MAX = 30.0
 _RS = b"\x1e"
 _FRAMING = frozenset(b"\x1e\t\n\0")
 
@@ -68,6 +83,8 @@ class ProducerSidecar:
             fcntl.fcntl(self._write_fd, _F_SETPIPE_SZ, _PIPE_BYTES)
         os.set_blocking(self._write_fd, False)
         self._buffer: list[bytes] = []
+        self._buffered = 0  # bytes in _buffer
+        self._max_held = settings.usage_buffer_max_bytes
         self._unsent = b""
         self._scheduled = False
         self._writing = False
@@ -77,6 +94,9 @@ class ProducerSidecar:
         self._flush_seq = 0
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.respawn_delay = 0.0  # while a restart is waiting: how long that wait is
+        self._running = False  # a sidecar process is up and has reported
         self._watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -93,7 +113,9 @@ class ProducerSidecar:
             raise RuntimeError("usage producer is closed")
         if _FRAMING.intersection(key) or b"\n" in line or _RS in line:
             raise ValueError("usage event key or line would break the pipe's line framing")
-        self._buffer.append(b"\x1e%s\t%s\n" % (key, line))
+        framed = b"\x1e%s\t%s\n" % (key, line)
+        self._buffer.append(framed)
+        self._buffered += len(framed)
         self._emitted += 1
         if not self._scheduled:
             self._scheduled = True
@@ -107,6 +129,7 @@ class ProducerSidecar:
         if self._buffer:
             self._unsent += b"".join(self._buffer)
             self._buffer.clear()
+            self._buffered = 0
         if not self._unsent:
             return
         try:
@@ -122,11 +145,35 @@ class ProducerSidecar:
             self._writing = False
             self._loop.remove_writer(self._write_fd)
 
+    # -- admission --------------------------------------------------------------------------------
+
+    def held_bytes(self) -> int:
+        """Lines this process holds that the sidecar has not taken (the kernel's pipe buffer aside)."""
+        return self._buffered + len(self._unsent)
+
+    @property
+    def admitting(self) -> bool:
+        """May the gateway take a new billable request: its usage event has somewhere to go."""
+        return not self._reported.blocked and self._buffered + len(self._unsent) < self._max_held
+
+    def state(self) -> str:
+        """One phrase for /readyz: why events cannot be taken, or where they go."""
+        if self._reported.blocked:
+            return "refusing: kafka unavailable and the spool refuses events (full)"
+        if self.held_bytes() >= self._max_held:
+            return f"refusing: {self.held_bytes()} bytes of events wait for the usage sidecar"
+        if not self._running and self.restarts == 0:
+            return "sidecar starting"
+        if not self._running:
+            return f"sidecar restarting (restart {self.restarts}, backoff {self.respawn_delay:.1f}s)"
+        r = self._reported
+        return "ok" if r.direct else f"spooling ({r.pending} pending)"
+
     # -- control ----------------------------------------------------------------------------------
 
     def stats(self) -> ProducerStats:
         """The sidecar's last report, with what this process has not handed to it yet as pending."""
-        unwritten = len(self._buffer) + self._unsent.count(b"\n")
+        unwritten = len(self._buffer) + self._unsent.count(b"\n", 0, 1 << 20)
         r = self._reported
         return replace(r, emitted=self._emitted, pending=r.pending + unwritten)
 
@@ -189,21 +236,40 @@ class ProducerSidecar:
 
     async def _run(self, first: tuple[subprocess.Popen[bytes], int]) -> None:
         """Read the sidecar's reports; whenever it dies, start another on the same pipe. Ends when one
-        exits cleanly after the gateway closed the pipe (it read to the end and handed everything over)."""
+        exits cleanly after the gateway closed the pipe (it read to the end and handed everything over).
+        Restarts back off exponentially: a sidecar that cannot start (a spool directory it cannot
+        create, memory it cannot get) is not restarted five times a second for ever."""
         proc, status_r = first
+        delay = _RESPAWN_FIRST
         while True:
+            born = time.monotonic()
             try:
                 await self._read_reports(status_r)
             finally:
                 os.close(status_r)
+                self._running = False
             code = await asyncio.to_thread(proc.wait)
             if code == 0 and self._closed:
                 return
-            log.error(
-                "usage sidecar exited with %s; starting a new one (unread events wait in the pipe)", code
-            )
-            await asyncio.sleep(0.2)
-            proc, status_r = await self._spawn()
+            if time.monotonic() - born >= _RESPAWN_MAX:
+                delay = _RESPAWN_FIRST  # it had been running well: this is a new failure, not the same one
+            why = f"exited with {code}"
+            while True:
+                self.restarts += 1
+                self.respawn_delay = delay
+                log.error(
+                    "usage sidecar %s; starting a new one in %.1fs (unread events wait in the pipe)",
+                    why,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RESPAWN_MAX)
+                try:
+                    proc, status_r = await self._spawn()
+                    break
+                except OSError as exc:
+                    why = f"could not be started ({exc})"
+            self.respawn_delay = 0.0
 
     async def _read_reports(self, fd: int) -> None:
         loop = asyncio.get_running_loop()
@@ -220,6 +286,7 @@ class ProducerSidecar:
 
     def _on_report(self, report: dict[str, int | bool]) -> None:
         flushed = int(report.pop("flushed"))
+        self._running = True
         self._reported = ProducerStats(**report)  # type: ignore[arg-type]
         waiting = []
         for seq, waiter in self._flush_waiters:

@@ -8,6 +8,13 @@ deleted is sent twice, which the ledger's unique event id absorbs.
 
 Several gateway processes on one host may share a spool file: appends are
 serialised by SQLite, and a lock file makes one process at a time the replayer.
+
+The file never grows past `max_bytes` (SQLite's `max_page_count`; pages freed by
+replay are reused first): an append beyond it fails with SQLite's own "database or
+disk is full", exactly as when the disk itself is full, so both take the same path in
+the producer (the batch is kept in memory and the gateway stops admitting requests).
+The chart sizes the pod's emptyDir above the cap (plus the write-ahead log, kept
+small by `journal_size_limit`), so the kubelet never evicts the pod for its spool.
 """
 
 from __future__ import annotations
@@ -20,19 +27,33 @@ from contextlib import contextmanager
 from pathlib import Path
 
 SPOOL_FILE = "usage-spool.sqlite3"
+# The write-ahead log is truncated to this after each checkpoint (it grows by at most one batch meanwhile).
+WAL_LIMIT_BYTES = 8 * 1024 * 1024
 
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / SPOOL_FILE
         self._lock_path = directory / (SPOOL_FILE + ".lock")
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("pragma journal_mode=wal")
         self._db.execute("pragma synchronous=full")
+        self._db.execute(f"pragma journal_size_limit={WAL_LIMIT_BYTES}")
         self._db.execute(
             "create table if not exists spool (seq integer primary key autoincrement, key blob, payload blob not null)"
         )
+        self._page = int(self._db.execute("pragma page_size").fetchone()[0])
+        if max_bytes is not None:
+            # Per connection; at least the pages the file already has, or SQLite would refuse to open it.
+            pages = max(max_bytes // self._page, int(self._db.execute("pragma page_count").fetchone()[0]))
+            self._db.execute(f"pragma max_page_count={pages}")
+
+    def used_bytes(self) -> int:
+        """Bytes the rows take (the file's pages less those freed by replay, which appends reuse)."""
+        pages = int(self._db.execute("pragma page_count").fetchone()[0])
+        free = int(self._db.execute("pragma freelist_count").fetchone()[0])
+        return (pages - free) * self._page
 
     def append(self, items: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Write a batch in one fsynced transaction: one disk flush per batch, not per event."""
