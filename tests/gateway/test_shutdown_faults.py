@@ -7,6 +7,7 @@ wait for that Redis for ever; every step of it is now bounded, and the process e
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -16,6 +17,7 @@ import httpx
 
 from cli.services.process import free_port
 from cli.services.redis import start_redis
+from gateway.bounded import bounded
 from tests.gateway.harness import gateway_stack
 
 
@@ -58,3 +60,20 @@ def _post_ignoring_errors(url: str, body: object, headers: dict[str, str]) -> No
         httpx.post(url, json=body, headers=headers, timeout=300)
     except httpx.HTTPError:
         pass  # cut at shutdown
+
+
+async def test_a_step_that_swallows_its_cancellation_does_not_hold_the_shutdown() -> None:
+    """What redis-py can do on a read cut by a cancellation: asyncio.wait_for would wait for such a step
+    for ever after its timeout; gateway/bounded.py returns on time and leaves it behind."""
+
+    async def swallows_once() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # swallowed
+        await asyncio.sleep(3600)
+
+    step = asyncio.ensure_future(swallows_once())
+    assert await asyncio.wait_for(bounded(step, 0.2, "a stuck step"), 60) is False
+    assert not step.done()  # still stuck: left behind, as the process's exit deadline will end it
+    step.cancel()
