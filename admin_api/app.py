@@ -82,7 +82,8 @@ def create_app(
     which rebuilds counters from the ledger when an edit or a read finds Redis without the institution.
     """
     engine = make_async_engine(settings.database_url)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True, **settings.redis_options())
+    redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=settings.redis_socket_timeout,
+                           socket_connect_timeout=settings.redis_connect_timeout)  # fmt: skip
     quota = QuotaEngine.from_url(
         settings.redis_url,
         redis_options=settings.redis_options(),
