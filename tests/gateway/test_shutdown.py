@@ -29,24 +29,34 @@ class Reader(threading.Thread):
         self.lines: list[str] = []
         self.started = threading.Event()
         self.cut = False
+        self.status = 0
+        self.refusals: list[str] = []
 
     def run(self) -> None:
         body = {"model": "demo-chat", "messages": [{"role": "user", "content": "tell me a long story"}],
                 "max_tokens": 60, "stream": True}  # fmt: skip
         headers = {"Authorization": f"Bearer {self.stack.key('alice')}"}
         try:
-            with (
-                httpx.Client(timeout=60) as client,
-                client.stream(
-                    "POST", f"{self.stack.base_url}/v1/chat/completions", json=body, headers=headers
-                ) as r,
-            ):
-                for line in r.iter_lines():
-                    if line.startswith("data: "):
-                        self.lines.append(line)
-                        self.started.set()
+            with httpx.Client(timeout=60) as client:
+                for _ in range(20):  # a 503 says "retry shortly" (as the SDKs do), e.g. right after start-up
+                    with client.stream(
+                        "POST", f"{self.stack.base_url}/v1/chat/completions", json=body, headers=headers
+                    ) as r:
+                        self.status = r.status_code
+                        if r.status_code == 503:
+                            self.refusals.append(r.read().decode(errors="replace"))
+                            time.sleep(1.0)
+                            continue
+                        for line in r.iter_lines():
+                            if line.startswith("data: "):
+                                self.lines.append(line)
+                                self.started.set()
+                        return
         except httpx.HTTPError:
             self.cut = True
+
+    def failed_to_start(self) -> str:
+        return f"no stream: status {self.status}, cut {self.cut}, 503s {self.refusals[-3:]}"
 
     def data_lines(self) -> int:
         return len(self.lines)
@@ -65,7 +75,7 @@ def test_a_stream_outlives_the_stop_for_the_grace_period_then_is_cut_and_still_m
                        upstream_args=SLOW_STREAM, extra_env={"EDUAIQ_SHUTDOWN_GRACE_SECONDS": "2"}) as stack:  # fmt: skip
         reader = Reader(stack)
         reader.start()
-        assert reader.started.wait(30)
+        assert reader.started.wait(60), reader.failed_to_start()
         gateway = stack.gateway_process()
         gateway.send_signal(signal.SIGTERM)
         time.sleep(1.0)
@@ -87,7 +97,7 @@ def test_a_second_stop_signal_cuts_the_streams_at_once(
                        upstream_args=SLOW_STREAM) as stack:  # fmt: skip
         reader = Reader(stack)
         reader.start()
-        assert reader.started.wait(30)
+        assert reader.started.wait(60), reader.failed_to_start()
         gateway = stack.gateway_process()
         gateway.send_signal(signal.SIGTERM)
         time.sleep(1.5)
@@ -108,7 +118,7 @@ def test_ctrl_c_reaching_every_worker_at_once_is_one_stop_and_a_second_ctrl_c_cu
                        upstream_args=SLOW_STREAM) as stack:  # fmt: skip
         reader = Reader(stack)
         reader.start()
-        assert reader.started.wait(30)
+        assert reader.started.wait(60), reader.failed_to_start()
         gateway = stack.gateway_process()
         os.killpg(gateway.pid, signal.SIGINT)  # the harness starts the gateway in its own process group
         at_stop = reader.data_lines()
