@@ -19,6 +19,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from usage.lag import LedgerIncomplete
+
 _CODES = {
     400: "bad_request",
     401: "unauthenticated",
@@ -133,9 +135,20 @@ async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
     return error_body(409, "conflict", "the change conflicts with another change made at the same time", {})
 
 
+async def _ledger_incomplete(_: Request, exc: Exception) -> JSONResponse:
+    """An edit or a read needed budget counters rebuilt from the ledger while the usage pipeline cannot
+    vouch for it (Kafka away, consumers behind): the system's state, not the caller's mistake, and it
+    passes. Rebuilding anyway would fund requests twice, so the answer is to retry shortly."""
+    response = error_body(503, "unavailable", "usage figures are being brought up to date; try again shortly",
+                          {"reason": str(exc)})  # fmt: skip
+    response.headers["Retry-After"] = "30"
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(DBAPIError, _data_error)
+    app.add_exception_handler(LedgerIncomplete, _ledger_incomplete)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.admin_api.conftest import Env
+from cli.services.process import free_port
+from core.settings import Settings
+from tests.admin_api.conftest import Env, drop_env, make_env
 
 
 def assert_error(body: dict[str, object], code: str) -> None:
@@ -54,3 +56,23 @@ async def test_schema_docs_and_health_are_served(env: Env) -> None:
         assert (await client.get("/api/docs")).status_code == 200
         health = await client.get("/api/v1/healthz")
         assert health.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+async def test_an_edit_that_needs_an_unreadable_ledger_is_503_not_500(settings: Settings) -> None:
+    """Found by the schema fuzz: with the budget counters gone from Redis and the broker away, an edit
+    cannot rebuild them from the ledger (it could not vouch for it); that is the system's state, and the
+    answer is 503 with Retry-After in the error shape, not an internal error."""
+    env = await make_env(settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"}))
+    try:
+        redis = env.state.redis
+        keys = [k async for k in redis.scan_iter(match=f"eq:{{{env.inst}}}:*")]
+        await redis.delete(*keys)
+        await redis.srem("eq:quota:institutions", env.inst)  # type: ignore[misc]
+        admin = await env.login("uadmin")
+        budget = {"cost": {"mode": "fixed", "amount": 150_000_000}}
+        answer = await admin.put("/api/v1/units/cs101/budget", json=budget)
+        assert answer.status_code == 503, answer.text
+        assert_error(answer.json(), "unavailable")
+        assert int(answer.headers["retry-after"]) > 0
+    finally:
+        await drop_env(env)
