@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.channels import CATALOG_CHANNEL
 from core.db import make_async_engine
 from core.settings import Settings
+from gateway.ledger_watch import replicas_behind
 from quota import QuotaEngine, keys
 from quota.rebuild import recompute_counters
 from quota.sources import ledger_scope, load_charges, load_spec
@@ -81,11 +82,16 @@ def spooled_here(settings: Settings) -> int:
         db.close()
 
 
-async def ledger_complete(settings: Settings, wait_seconds: float) -> None:
-    """Raise LedgerIncomplete unless every usage event produced so far is in the ledger."""
+async def ledger_complete(settings: Settings, redis: Redis, wait_seconds: float) -> None:
+    """Raise LedgerIncomplete unless every usage event produced so far is in the ledger, as far as can be
+    seen from here: this host's spool, the replicas that say they hold events Kafka has not seen
+    (gateway/ledger_watch.py), and the consumers' lag."""
     spooled = spooled_here(settings)
     if spooled:
         raise LedgerIncomplete(f"{spooled} usage events wait in the spool at {settings.spool_path}")
+    behind = await replicas_behind(redis, settings.kafka_topic)
+    if behind:
+        raise LedgerIncomplete(f"replicas {', '.join(behind)} hold usage events not yet in Kafka")
     await settle_ledger(settings, wait_seconds)
 
 
@@ -121,7 +127,7 @@ async def apply_budgets(
                 )
         if rebuild or not (compiled or check):
             try:
-                await ledger_complete(settings, ledger_wait)
+                await ledger_complete(settings, quota.redis, ledger_wait)
             except LedgerIncomplete as exc:
                 if rebuild:
                     raise RebuildRefused(f"the ledger is not known to be complete: {exc}") from exc

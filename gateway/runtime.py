@@ -17,6 +17,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from core.channels import CATALOG_CHANNEL
 from core.db import make_async_engine
 from core.settings import Settings
+from gateway import ledger_watch
 from gateway.accounting import Accounting
 from gateway.auth import KeyCache
 from gateway.bounded import bounded, bounded_all
@@ -55,6 +56,7 @@ class Runtime:
         )
         self.accounting = Accounting(self.quota, self._emit, self._chargebacks)
         self._tasks: list[asyncio.Task[None]] = []
+        self._replica = ledger_watch.replica_id()
 
     def _emit(self, o: Outcome, event_id: str | None) -> None:
         if self.producer is None:
@@ -65,14 +67,32 @@ class Runtime:
         view = self.catalog.views.get(institution) if self.catalog is not None else None
         return dict(view.chargebacks) if view is not None else {}
 
+    def _events_flowing(self) -> bool:
+        return self.producer is not None and self.producer.stats().direct
+
+    async def _watch_ledger(self) -> None:
+        await ledger_watch.run(
+            self.redis, self.quota, self._events_flowing, self.settings.kafka_topic, self._replica
+        )
+
     async def _drain_own_events(self) -> None:
         """Before counters are rebuilt from the ledger: our own pending events into Kafka, and the consumers
         through Kafka into the ledger, so requests settled just before Redis lost its data are counted."""
         if self.producer is not None:
             # Events still in our pipe or spool are not in Kafka, so no consumer lag can show them: refuse
             # (the request answers 503 and is retried) rather than rebuild without them.
-            if not await self.producer.flush(10.0) or not self.producer.stats().direct:
+            # A producer starting up (or replaying its spool) goes direct within moments: wait a little.
+            flushed = await self.producer.flush(10.0)
+            for _ in range(50 if flushed else 0):  # up to 10 s
+                if self.producer.stats().direct:
+                    break
+                await asyncio.sleep(0.2)
+            if not flushed or not self.producer.stats().direct:
                 raise LedgerIncomplete("this gateway's usage events are not all in Kafka (broker away?)")
+        try:  # and no other replica holds events Kafka has not seen (gateway/ledger_watch.py)
+            await ledger_watch.ledger_fence(self.redis, self.settings.kafka_topic, self._replica)
+        except LookupError as exc:
+            raise LedgerIncomplete(str(exc)) from exc
         await settle_ledger(self.settings)
 
     async def start(self) -> None:
@@ -98,6 +118,7 @@ class Runtime:
                 self.quota.run_sweeper(on_unsettled=self.accounting.bill_unsettled), name="quota-sweeper"
             ),
             asyncio.create_task(self.accounting.run_leases(), name="quota-leases"),
+            asyncio.create_task(self._watch_ledger(), name="ledger-watch"),
             asyncio.create_task(self.quota.listen_invalidations(), name="quota-invalidations"),
             asyncio.create_task(self._listen_catalog(), name="catalog-invalidations"),
         ]

@@ -68,6 +68,19 @@ _CODE: dict[str, Metric] = {"cost": "cost", "tokens": "tokens"}
 _R, _S, _L, _X, _N = bulk("R"), bulk("S"), bulk("L"), bulk("X"), bulk("N")
 
 
+# KEYS[1] cfg, ARGV[1] the server's run_id. Compiled under another run_id: drop the token (1). Not yet
+# recorded (compiled or rebuilt since the last check): record it (0). Not compiled: leave it to _recover.
+_EPOCH_LUA = """
+if redis.call('HEXISTS', KEYS[1], 'ver') == 0 then return 0 end
+local rid = redis.call('HGET', KEYS[1], 'rid')
+if rid == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'rid', ARGV[1])
+if not rid then return 0 end
+redis.call('HDEL', KEYS[1], 'ver')
+return 1
+"""
+
+
 class InstitutionNotLoaded(LookupError):
     """Redis has no compiled budget for this institution (new, or Redis lost its data): rebuild first."""
 
@@ -210,6 +223,29 @@ class QuotaEngine:
     async def is_compiled(self, institution: str) -> bool:
         """Cheap check a replica can make before serving: the compile token exists."""
         return bool(await self.redis.hexists(keys.cfg(institution), "ver"))
+
+    async def check_epoch(self, institutions: Iterable[str] | None = None) -> list[str]:
+        """Drop the compile token of every institution compiled before Redis last restarted or failed over,
+        so that its next request rebuilds it from the ledger (:meth:`_recover`, fenced by the loader).
+
+        Why: a Redis that comes back with *some* of its data (an append-only file missing its last
+        second, a replica that lagged its primary) keeps the compile token, so nothing else would notice
+        the settles it lost. Each compiled institution records the server's ``run_id`` (a new one after
+        every restart, and another server's after a failover) the first time this check sees it; a
+        different one means the counters may be older than the ledger. A clean restart rebuilds too: it
+        cannot be told apart, and a fenced rebuild is only a moment of 503s. Returns the institutions
+        reset. Run every second by each gateway (gateway/ledger_watch.py); replicas racing are harmless:
+        the first one resets, the others see the new ``run_id`` recorded."""
+        run_id = str((await self.redis.info("server"))["run_id"])
+        insts = list(institutions) if institutions is not None else await self.institutions()
+        reset = []
+        for inst in insts:
+            if int(await self.redis.eval(_EPOCH_LUA, 1, keys.cfg(inst), run_id)):
+                self.invalidate(inst)
+                reset.append(inst)
+        if reset:
+            log.warning("Redis restarted or failed over: rebuilding %s from the ledger", ", ".join(reset))
+        return reset
 
     async def _recover(self, institution: str) -> None:
         self.invalidate(institution)
