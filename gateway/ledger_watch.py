@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
 
@@ -55,9 +55,15 @@ async def ledger_fence(redis: Redis, topic: str, me: str) -> None:
 
 
 async def run(
-    redis: Redis, quota: QuotaEngine, events_flowing: Callable[[], bool], topic: str, me: str
+    redis: Redis,
+    quota: QuotaEngine,
+    events_flowing: Callable[[], bool],
+    institutions: Callable[[], Iterable[str]],
+    topic: str,
+    me: str,
 ) -> None:
-    """Every second: mark or unmark this replica, and check Redis's epoch. Until cancelled."""
+    """Every second: mark or unmark this replica, and check Redis's epoch for the institutions this replica
+    serves (not every institution Redis knows: that list can be long). Until cancelled."""
     key = behind_key(topic)
     while True:
         try:
@@ -66,7 +72,7 @@ async def run(
             else:
                 await redis.zadd(key, {me: int(time.time() * 1000) + _EXPIRE_MS})
             await redis.zremrangebyscore(key, "-inf", int(time.time() * 1000) - 60_000)
-            await quota.check_epoch()
+            await quota.check_epoch(list(institutions()))
         except asyncio.CancelledError:
             raise
         except Exception:  # Redis away: the next round tries again

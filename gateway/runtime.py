@@ -70,9 +70,13 @@ class Runtime:
     def _events_flowing(self) -> bool:
         return self.producer is not None and self.producer.stats().direct
 
+    def _served(self) -> list[str]:
+        return list(self.catalog.views) if self.catalog is not None else []
+
     async def _watch_ledger(self) -> None:
+        topic = self.settings.kafka_topic
         await ledger_watch.run(
-            self.redis, self.quota, self._events_flowing, self.settings.kafka_topic, self._replica
+            self.redis, self.quota, self._events_flowing, self._served, topic, self._replica
         )
 
     async def _drain_own_events(self) -> None:
