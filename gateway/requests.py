@@ -27,6 +27,14 @@ _KNOWN_COMPLETION = {
 }  # fmt: skip
 _KNOWN_EMBEDDING = {"model", "input", "encoding_format", "dimensions", "user"}
 _ROLES = {"system", "user", "assistant", "tool", "function", "developer"}
+# Deeper JSON than any real request needs (a tool's JSON schema nests a handful of levels). Refused with a
+# 400 because every recursive reader behind parse_json (the prompt bound, orjson.dumps towards the
+# upstream, the providers' translators) would otherwise fail on it with a 503 the SDKs retry, and a
+# traceback thousands of lines long per request.
+MAX_JSON_DEPTH = 64
+_CONTAINERS = (dict, list)
+# Far above any model's output and any sane n, far below what the budget engine can compute exactly.
+_MAX_INT_FIELD = 10**9
 
 
 @dataclass(slots=True)
@@ -37,6 +45,29 @@ class ParsedRequest:
     stream: bool
     max_tokens: int | None
     wants_usage: bool  # the client itself asked for the usage chunk
+    # Completions the upstream generates for this request: prompts x max(n, best_of) for /v1/completions,
+    # n for chat. Each may use max_tokens, so the reservation's output is max_tokens x choices, and the
+    # clamp sent upstream (per completion) is the reservation's output divided by it.
+    choices: int = 1
+    choices_param: str = "n"  # the field a refusal of too many choices names
+
+
+def _too_deep(raw: bytes, body: Any) -> bool:
+    """Nesting deeper than MAX_JSON_DEPTH. Nesting needs a bracket per level, so a body with few brackets
+    (counted at C speed) is shallow without a walk; the others are walked container by container."""
+    if raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH:
+        return False
+    level: list[Any] = [body]
+    for _ in range(MAX_JSON_DEPTH):
+        deeper: list[Any] = []
+        for value in level:
+            for v in value.values() if type(value) is dict else value:
+                if type(v) in _CONTAINERS:
+                    deeper.append(v)
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 def parse_json(raw: bytes, limit: int) -> dict[str, Any]:
@@ -50,6 +81,9 @@ def parse_json(raw: bytes, limit: int) -> dict[str, Any]:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    if _too_deep(raw, body):
+        raise bad_request(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
+                          code="invalid_json")  # fmt: skip
     return body
 
 
@@ -66,8 +100,8 @@ def _int_field(body: dict[str, Any], name: str, low: int = 1) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise bad_request(f"'{name}' must be an integer >= {low}", param=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _MAX_INT_FIELD:
+        raise bad_request(f"'{name}' must be an integer from {low} to {_MAX_INT_FIELD}", param=name)
     return value
 
 
@@ -111,19 +145,53 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
                 if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                     raise bad_request(f"messages[{i}].content[{j}] must be an object with a 'type'",
                                       param=f"messages[{i}].content[{j}]")  # fmt: skip
-    if body.get("n", 1) != 1:
-        raise bad_request("only n=1 is supported", param="n")
-    return _common("chat", body)
+    parsed = _common("chat", body)
+    parsed.choices = _int_field(body, "n") or 1
+    return parsed
 
 
 def parse_completion(body: dict[str, Any]) -> ParsedRequest:
     _unknown(body, _KNOWN_COMPLETION)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
-        raise bad_request("'prompt' must be a string or a non-empty array", param="prompt")
-    if body.get("n", 1) != 1 or body.get("best_of", 1) != 1:
-        raise bad_request("only n=1 and best_of=1 are supported", param="n")
-    return _common("completion", body)
+    prompts = prompt_count(body.get("prompt"))
+    parsed = _common("completion", body)
+    n = _int_field(body, "n") or 1
+    best_of = _int_field(body, "best_of")
+    if best_of is not None and best_of < n:
+        raise bad_request("'best_of' must be at least 'n'", param="best_of")
+    # best_of candidates are all generated (and billed) server-side; n of them are returned.
+    per_prompt = max(n, best_of or 1)
+    parsed.choices = prompts * per_prompt
+    parsed.choices_param = "prompt" if prompts > 1 and per_prompt == 1 else ("best_of" if best_of else "n")
+    return parsed
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def prompt_count(prompt: Any) -> int:
+    """How many prompts a completions `prompt` holds, the shapes OpenAI and vLLM accept: a string, token
+    ids, an array of strings or an array of token-id arrays. Anything else is a 400 naming the field."""
+    if isinstance(prompt, str):
+        return 1
+    if isinstance(prompt, list) and prompt:
+        first = prompt[0]
+        if _is_int(first) and all(map(_is_int, prompt)):
+            return 1
+        if isinstance(first, str) and all(isinstance(p, str) for p in prompt):
+            return len(prompt)
+        if all(isinstance(p, list) and p and all(map(_is_int, p)) for p in prompt):
+            return len(prompt)
+    raise bad_request("'prompt' must be a string, an array of strings, an array of token ids or an array "
+                      "of non-empty token-id arrays", param="prompt")  # fmt: skip
+
+
+def check_choices(parsed: ParsedRequest, limit: int) -> None:
+    """Refuse more completions per request than the operator allows (EDUAIQ_MAX_CHOICES)."""
+    if parsed.choices > limit:
+        raise bad_request(f"this request asks for {parsed.choices} completions ('{parsed.choices_param}'); "
+                          f"the limit is {limit} per request", param=parsed.choices_param,
+                          code="too_many_choices")  # fmt: skip
 
 
 def parse_embedding(body: dict[str, Any]) -> ParsedRequest:
