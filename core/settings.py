@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=300.0, ge=0)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Completions one request may ask for (completions: prompts x max(n, best_of); chat: n); each is
+    # reserved whole, and beyond this the request is refused with a 400 naming the field.
+    max_choices: int = Field(default=128, ge=1)
+    # Texts up to this many bytes are counted with a tokenizer (in a thread of its own) when a provider
+    # reported no usage; longer ones are charged their byte count, which never undercounts.
+    token_count_max_bytes: int = Field(default=256 * 1024, ge=0)
     # Longest life of a personal access token (admin API automation): a leaked token stops working by
     # itself. Creation refuses a later expiry; older tokens without one expire this long after creation.
     pat_max_days: int = Field(default=90, ge=1, le=3660)

@@ -23,14 +23,21 @@ from gateway.estimate import (
     completion_prompt_bound,
     embedding_input_bound,
     image_tokens,
-    prompt_tokens,
 )
 from gateway.meter import Outcome, emit
 from gateway.observe import METRICS
 from gateway.policy import resolve_model
-from gateway.requests import ParsedRequest, parse_chat, parse_completion, parse_embedding, parse_json
+from gateway.requests import (
+    ParsedRequest,
+    check_choices,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    parse_json,
+)
 from gateway.runtime import Runtime
 from gateway.stream import RelayResponse, StreamResult, WholeAnswer
+from gateway.tokens import answer_tokens, prompt_tokens
 from providers.errors import InvalidRequest, ModelNotFound, ProviderError, UpstreamUnavailable
 from providers.router import UpstreamResponse
 from providers.usage import NormalisedUsage
@@ -101,10 +108,28 @@ def _bound(parsed: ParsedRequest, view: InstitutionView, model: str, rt: Runtime
     return embedding_input_bound(parsed.body), 0
 
 
-def _fallback_usage(parsed: ParsedRequest, images: int, produced: int) -> NormalisedUsage:
-    """When the provider never reported usage (an aborted stream): a realistic prompt count, and one
-    token per streamed event, which is how vLLM and OpenAI stream."""
-    return NormalisedUsage(input=prompt_tokens(parsed.body) + images, output=produced, image=images)
+async def _fallback_usage(
+    rt: Runtime, parsed: ParsedRequest, images: int, produced: int, answer: bytes | None = None
+) -> NormalisedUsage:
+    """When the provider never reported usage: a tokenizer's count of the prompt, and of the answer when
+    there is a whole one, otherwise one token per streamed event (how vLLM and OpenAI stream). Counted off
+    the event loop (gateway/tokens.py): never zero, never a stall."""
+    limit = rt.settings.token_count_max_bytes
+    if answer is not None:
+        produced = await answer_tokens(answer, limit)
+    prompt = await prompt_tokens(parsed.body, limit)
+    return NormalisedUsage(input=prompt + images, output=produced, image=images)
+
+
+def _per_choice(r: Reservation, parsed: ParsedRequest) -> int:
+    """The clamp sent upstream, per completion: the reservation's output is shared by every choice."""
+    per = r.output_tokens // parsed.choices
+    if per < 1:
+        raise ApiError(429, f"the budget left fits {r.output_tokens} output tokens, fewer than one for each "
+                       f"of the {parsed.choices} completions this request asks for; ask for fewer",
+                       code="insufficient_quota", type_="insufficient_quota",
+                       headers={"x-should-retry": "false"})  # fmt: skip
+    return per
 
 
 def _emit(rt: Runtime, o: Outcome) -> None:
@@ -139,13 +164,15 @@ async def _serve(request: Request, kind: str) -> Response:
         if kind == "embedding":
             max_out = 0
         else:
-            max_out = parsed.max_tokens or view.router.model(model).max_output_tokens or DEFAULT_MAX_OUTPUT
+            check_choices(parsed, rt.settings.max_choices)
+            per_choice = parsed.max_tokens or view.router.model(model).max_output_tokens or DEFAULT_MAX_OUTPUT
+            max_out = per_choice * parsed.choices  # n, best_of and prompt lists each generate up to it
         price = view.router.price_ceiling(model, allowed)
         reservation = await rt.accounting.reserve(view, outcome, input_bound=input_bound, max_output=max_out,
                                                   price=price)  # fmt: skip
         upstream = await view.router.open(
             model, parsed.body, stream=parsed.stream, endpoint=_ENDPOINTS[kind],  # type: ignore[arg-type]
-            max_tokens=reservation.output_tokens if kind != "embedding" else None,
+            max_tokens=_per_choice(reservation, parsed) if kind != "embedding" else None,
             allowed_models=allowed, needs_vision=images > 0, prompt_tokens_hint=input_bound,
         )  # fmt: skip
     except Exception as exc:
@@ -171,7 +198,7 @@ async def _serve(request: Request, kind: str) -> Response:
     if parsed.stream:
         return _relay(rt, view, upstream, reservation, outcome, parsed, images, headers)
     body = await upstream.read()
-    usage = upstream.usage or _fallback_usage(parsed, images, 0)
+    usage = upstream.usage or await _fallback_usage(rt, parsed, images, 0, body)
     return WholeAnswer(  # type: ignore[return-value]
         body,
         headers,
@@ -211,7 +238,7 @@ def _relay(
     async def done(result: StreamResult) -> None:
         usage = upstream.usage
         if usage is None:
-            usage = _fallback_usage(parsed, images, result.events)
+            usage = await _fallback_usage(rt, parsed, images, result.events)
         if result.client_gone:
             o.status = "client_abort"
         elif result.error is not None:

@@ -50,6 +50,8 @@ class DemoOptions:
     api_key: str | None = None
     stream_usage: bool = True
     """False: never send usage in streams, like llama-cpp-python's server."""
+    answer_usage: bool = True
+    """False: non-stream answers carry no `usage` either, like some OpenAI-compatible servers."""
 
 
 @dataclass
@@ -70,6 +72,17 @@ class DemoState:
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
     received: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=100))
+
+
+def _choices(value: Any) -> int:
+    return value if type(value) is int and value > 0 else 1
+
+
+def _prompt_batch(prompt: Any) -> list[Any]:
+    """The prompts of a completions `prompt`: a string or token ids is one; an array of either is many."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        return prompt
+    return [prompt]
 
 
 def _error(status: int, message: str, etype: str = "invalid_request_error") -> bytes:
@@ -214,6 +227,8 @@ class DemoModel:
                 body, fixed_length=opts.reply_tokens, default_max_tokens=opts.default_max_tokens
             )
             completion = len(tokens)
+        n = _choices(body.get("n"))
+        completion *= n  # like vLLM: n samples of the same length here, each generated and counted
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -243,8 +258,11 @@ class DemoModel:
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                    "usage": usage,
+                    "choices": [
+                        {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                        for i in range(n)
+                    ],
+                    **({"usage": usage} if opts.answer_usage else {}),
                 }
             )
             if opts.latency_ms <= 0:
@@ -259,9 +277,9 @@ class DemoModel:
             "model": model,
         }
 
-        def chunk(delta: dict[str, Any], reason: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], reason: str | None = None, index: int = 0) -> bytes:
             c = dict(base)
-            c["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]
+            c["choices"] = [{"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}]
             return b"data: " + orjson.dumps(c) + b"\n\n"
 
         events = [chunk({"role": "assistant", "content": ""})]
@@ -285,9 +303,9 @@ class DemoModel:
             for piece in (tool[1][:half], tool[1][half:]):
                 events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
         else:
-            events.extend(chunk({"content": t}) for t in tokens)
-        events.append(chunk({}, finish))
-        if include_usage and opts.stream_usage:
+            events.extend(chunk({"content": t}, None, i) for t in tokens for i in range(n))
+        events.extend(chunk({}, finish, i) for i in range(n))
+        if include_usage and opts.stream_usage and opts.answer_usage:
             u = dict(base)
             u["choices"] = []
             u["usage"] = usage
@@ -300,39 +318,58 @@ class DemoModel:
         self, body: dict[str, Any], res: Responder, fault: Fault | None
     ) -> Awaitable[None] | None:
         opts = self.options
-        prompt = replies.completion_prompt_tokens(body.get("prompt"))
-        tokens, finish = replies.plan_reply(
-            body, fixed_length=opts.reply_tokens, default_max_tokens=opts.default_max_tokens
-        )
+        # A batch, like vLLM and OpenAI: each prompt answered n times (best_of generated, n returned), the
+        # choices indexed prompt by prompt; usage sums every prompt and every generated sequence.
+        prompts = _prompt_batch(body.get("prompt"))
+        n, generated = _choices(body.get("n")), max(_choices(body.get("n")), _choices(body.get("best_of")))
+        prompt = sum(replies.completion_prompt_tokens(p) for p in prompts)
+        plans = [
+            replies.plan_reply(
+                {**body, "prompt": p},
+                fixed_length=opts.reply_tokens,
+                default_max_tokens=opts.default_max_tokens,
+            )
+            for p in prompts
+        ]
+        completion = sum(len(tokens) for tokens, _ in plans) * generated
         usage = {
             "prompt_tokens": prompt,
-            "completion_tokens": len(tokens),
-            "total_tokens": prompt + len(tokens),
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
         }
         self.state.prompt_tokens_total += prompt
-        self.state.generation_tokens_total += len(tokens)
+        self.state.generation_tokens_total += completion
         cid, created, model = self._id("cmpl"), int(time.time()), body["model"]
         base: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model}
         if not body.get("stream"):
             out = dict(base)
             out["choices"] = [
-                {"index": 0, "text": "".join(tokens), "logprobs": None, "finish_reason": finish}
+                {"index": i * n + j, "text": "".join(tokens), "logprobs": None, "finish_reason": finish}
+                for i, (tokens, finish) in enumerate(plans)
+                for j in range(n)
             ]
-            out["usage"] = usage
+            if opts.answer_usage:
+                out["usage"] = usage
             data = orjson.dumps(out)
             if opts.latency_ms <= 0:
                 res.send(200, data)
                 return None
             return self._delayed_send(res, data)
 
-        def chunk(text: str, reason: str | None = None) -> bytes:
+        def chunk(text: str, reason: str | None = None, index: int = 0) -> bytes:
             c = dict(base)
-            c["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]
+            c["choices"] = [{"index": index, "text": text, "logprobs": None, "finish_reason": reason}]
             return b"data: " + orjson.dumps(c) + b"\n\n"
 
-        events = [chunk(t) for t in tokens]
-        events.append(chunk("", finish))
-        if (body.get("stream_options") or {}).get("include_usage") and opts.stream_usage:
+        events = [
+            chunk(t, None, i * n + j) for i, (tokens, _) in enumerate(plans) for t in tokens for j in range(n)
+        ]
+        events.extend(chunk("", finish, i * n + j) for i, (_, finish) in enumerate(plans) for j in range(n))
+        if (
+            (body.get("stream_options") or {}).get("include_usage")
+            and opts.stream_usage
+            and opts.answer_usage
+        ):
             u = dict(base)
             u["choices"] = []
             u["usage"] = usage
@@ -476,6 +513,8 @@ class DemoModel:
             self.options.latency_ms = float(cmd["latency_ms"])
         if "chunk_delay_ms" in cmd:
             self.options.chunk_delay_ms = float(cmd["chunk_delay_ms"])
+        if "answer_usage" in cmd:
+            self.options.answer_usage = bool(cmd["answer_usage"])
         if cmd.get("reset"):
             st.counts.clear()
             st.received.clear()
@@ -576,6 +615,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk-delay-ms", type=float, default=float(env("DEMO_CHUNK_DELAY_MS", "0")))
     p.add_argument("--reply-tokens", type=int, default=int(env("DEMO_REPLY_TOKENS", "0")) or None)
     p.add_argument("--api-key", default=env("DEMO_API_KEY"))
+    p.add_argument("--max-model-len", type=int, default=int(env("DEMO_MAX_MODEL_LEN", "8192")))
     return p.parse_args(argv)
 
 
@@ -595,6 +635,7 @@ def main(argv: list[str] | None = None) -> None:
             chunk_delay_ms=args.chunk_delay_ms,
             reply_tokens=args.reply_tokens,
             api_key=args.api_key,
+            max_model_len=args.max_model_len,
         )
         print(f"demo model serving {', '.join(models)} on {handle.base_url}", flush=True)
         stop = asyncio.Event()
