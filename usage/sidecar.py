@@ -208,7 +208,11 @@ class ProducerSidecar:
         try:  # the sidecar reads to the pipe's end, sends or spools it all and exits; the watch then ends
             await asyncio.wait_for(asyncio.shield(self._watch), max(0.1, deadline - time.monotonic()))
         except TimeoutError:
-            log.error("usage sidecar did not finish within %.0fs; killing it", within)
+            # Kafka and the spool both unavailable at shutdown: what the sidecar holds cannot be saved. Say how much.
+            log.critical(
+                "usage sidecar did not finish within %.0fs; killing it: %d usage events it held are lost",
+                within, self.stats().pending,
+            )  # fmt: skip
             if self._proc is not None:
                 self._proc.kill()
             self._watch.cancel()
