@@ -193,6 +193,9 @@ def run_dev(
                 f"eduaiq dev: an embedded server failed to start: {exc} (logs in {stack.log_dir})"
             ) from None
         ensure_database(os.environ["EDUAIQ_DATABASE_URL"])
+        # The demo model server (and a campus server a developer runs beside it) is on loopback: the quick
+        # start allows that, and nothing else non-public, unless the environment says otherwise.
+        os.environ.setdefault("EDUAIQ_UPSTREAM_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
         if org is None:
             org_file = _demo_org(stack, model_port)
         for step in (["cli", "migrate"], ["cli", "org", "import", str(org_file)]):

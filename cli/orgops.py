@@ -15,13 +15,14 @@ from cli.quotaops import apply_budgets
 from core.db import make_async_engine, session_factory
 from core.models import Institution
 from core.settings import Settings
+from providers.upstream_policy import UpstreamPolicy
 
 
 async def import_file(
     settings: Settings, path: Path, dry_run: bool = False
 ) -> tuple[list[str], ChangeReport | None]:
     try:
-        org = load_file(path)
+        org = load_file(path, UpstreamPolicy.from_settings(settings))
     except OrgFileError as exc:
         return [f"{p}: {m}" for p, m in exc.problems], None
     engine = make_async_engine(settings.database_url, pool_size=2)
@@ -83,7 +84,7 @@ async def add_provider(
         if top.get("models") is not None:  # the root lists models: the new ones must be allowed there
             top["models"] = list(dict.fromkeys([*top["models"], *(m["id"] for m in entry["models"])]))
         try:
-            org = parse_document(doc)
+            org = parse_document(doc, UpstreamPolicy.from_settings(settings))
         except OrgFileError as exc:
             return [f"{p}: {m}" for p, m in exc.problems], None
         async with session_factory(engine)() as session, session.begin():

@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.declared import parse_networks, parse_secret_vars
+
 _PG_URL = re.compile(r"^postgres(ql)?://[^/\s]+/[^/\s?]+(\?.*)?$")
 _REDIS_URL = re.compile(r"^rediss?://[^/\s]+(/\d+)?$")
 _BOOTSTRAP = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d+(,[A-Za-z0-9_.\-\[\]:]+:\d+)*$")
@@ -59,6 +61,19 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(default=2.0, ge=0, le=5)
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_read_timeout: float = Field(default=300.0, gt=0)
+    # What institution admins' provider entries may make the gateway read and reach (providers/
+    # upstream_policy.py): the variables holding provider secrets (names, or prefixes ending in `*`; never
+    # EDUAIQ_*, PG*, REDIS*, KAFKA*), and the non-public networks and host names upstreams may be on
+    # (loopback, private and link-local addresses are refused otherwise). Comma-separated.
+    provider_secret_vars: str = ""
+    upstream_allowed_cidrs: str = ""
+    upstream_allowed_hosts: str = ""
+    # The upstream pool's bounds (providers/http.py): open connections per upstream host (callers wait for
+    # one), a non-stream answer's bytes, one server-sent event's bytes and a whole stream's bytes.
+    upstream_max_connections_per_host: int = Field(default=512, ge=1)
+    upstream_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    upstream_max_event_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    upstream_max_stream_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     # After SIGTERM the gateway stops accepting and lets requests in flight finish for this long, streams
     # included (a student's answer is not cut by a rolling update); a second SIGTERM or Ctrl-C cuts them.
     shutdown_grace_seconds: float = Field(default=300.0, ge=0)
@@ -85,6 +100,18 @@ class Settings(BaseSettings):
     max_connection_buffer_bytes: int = Field(default=1024 * 1024, ge=0)
     max_worker_buffer_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     max_concurrent_requests: int = Field(default=1000, ge=1)
+
+    @field_validator("provider_secret_vars")
+    @classmethod
+    def _secret_vars(cls, v: str) -> str:
+        parse_secret_vars(v)
+        return v
+
+    @field_validator("upstream_allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, v: str) -> str:
+        parse_networks(v)
+        return v
 
     @field_validator("database_url")
     @classmethod

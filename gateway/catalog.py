@@ -21,6 +21,7 @@ from providers.build import build_router
 from providers.http import UpstreamPool
 from providers.policy import effective_models
 from providers.router import Router
+from providers.upstream_policy import UpstreamPolicy
 from quota.model import InstitutionSpec
 from quota.sources import member_counts, spec_from_rows
 
@@ -89,7 +90,7 @@ def _unit_infos(units: list[Unit], catalogue: tuple[str, ...]) -> dict[str, Unit
 
 
 async def load_institution(
-    session: AsyncSession, inst_id: str, http: UpstreamPool | None
+    session: AsyncSession, inst_id: str, http: UpstreamPool | None, policy: UpstreamPolicy | None = None
 ) -> InstitutionView | None:
     inst = await session.get(Institution, inst_id)
     if inst is None:
@@ -108,7 +109,7 @@ async def load_institution(
         await _rows(session, Extra, inst_id),
         await member_counts(session, inst_id),
     )
-    router = build_router(configs, currency=inst.currency, session=http)
+    router = build_router(configs, currency=inst.currency, session=http, policy=policy)
     chargebacks = {x.id: x.chargeback for u in spec.units for x in u.extras}
     return InstitutionView(
         inst.id,
@@ -125,9 +126,12 @@ async def load_institution(
 class Catalog:
     """All institutions of this deployment, each replaceable on its own."""
 
-    def __init__(self, engine: AsyncEngine, http: UpstreamPool | None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, http: UpstreamPool | None, policy: UpstreamPolicy | None = None
+    ) -> None:
         self._engine = engine
         self._http = http
+        self._policy = policy
         self.views: dict[str, InstitutionView] = {}
 
     async def load_all(self) -> None:
@@ -138,7 +142,7 @@ class Catalog:
 
     async def reload(self, inst_id: str) -> InstitutionView | None:
         async with AsyncSession(self._engine) as session:
-            view = await load_institution(session, inst_id, self._http)
+            view = await load_institution(session, inst_id, self._http, self._policy)
         old = self.views.get(inst_id)
         if view is None:
             self.views.pop(inst_id, None)

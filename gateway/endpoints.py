@@ -80,9 +80,14 @@ def _provider_error(exc: ProviderError) -> ApiError:
         return ApiError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, InvalidRequest):
         return ApiError(400, str(exc), code="invalid_request")
+    # What each upstream said (bodies, 5xx excerpts, internal host:port) is for the operator's log: a
+    # student sees a clean sentence (issue 17 item 9).
     if isinstance(exc, UpstreamUnavailable):
-        return ApiError(exc.status, f"the model is unavailable right now: {exc}", code="upstream_unavailable")
-    return ApiError(502, f"the model's server failed: {exc}", code="upstream_error")
+        log.warning("upstream unavailable (%s): %s", exc.status, exc)
+        return ApiError(exc.status, "the model is unavailable right now; please retry in a moment",
+                        code="upstream_unavailable")  # fmt: skip
+    log.warning("upstream failed: %s", exc)
+    return ApiError(502, "the model's server failed; please retry", code="upstream_error")
 
 
 def _as_api_error(exc: Exception) -> ApiError:

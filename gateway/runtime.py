@@ -23,7 +23,8 @@ from gateway.auth import KeyCache
 from gateway.bounded import bounded, bounded_all
 from gateway.catalog import Catalog
 from gateway.meter import Outcome, emit
-from providers.http import UpstreamPool
+from providers.http import PoolLimits, UpstreamPool
+from providers.upstream_policy import UpstreamPolicy
 from quota import QuotaEngine
 from quota.sources import make_loader
 from usage.lag import LedgerIncomplete, settle_ledger
@@ -100,8 +101,14 @@ class Runtime:
         await settle_ledger(self.settings)
 
     async def start(self) -> None:
-        self.http = UpstreamPool()
-        self.catalog = Catalog(self.db, self.http)
+        # The operator's policy (declared secret variables, allowed non-public upstreams) and the pool's
+        # bounds: provider entries are written by institution admins, not by the operator.
+        policy = UpstreamPolicy.from_settings(self.settings)
+        s = self.settings
+        limits = PoolLimits(s.upstream_max_connections_per_host, s.upstream_max_response_bytes,
+                            s.upstream_max_event_bytes, s.upstream_max_stream_bytes)  # fmt: skip
+        self.http = UpstreamPool(limits=limits, policy=policy)
+        self.catalog = Catalog(self.db, self.http, policy)
         # An institution whose budgets are not in Redis yet (first start, or Redis lost its data) is
         # compiled and rebuilt from the ledger by the quota engine on its first request.
         await self.catalog.load_all()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from providers.errors import ConfigError
 from providers.prices import SELF_HOSTED_TYPES, Price, litellm_price, price_to_micros
+from providers.upstream_policy import ENV_REF, UpstreamPolicy
 
 ProviderType = Literal[
     "openai-compatible", "vllm", "openai", "anthropic", "gemini", "together", "groq", "mistral", "deepseek"
@@ -148,6 +149,10 @@ class DeploymentConfig(BaseModel):
     health_check: bool
     metrics_url: str | None
     stream_usage: Literal["reported", "counted"] = "reported"
+    # Headers whose value is `env:NAME`: (header, variable), read at request time like the key.
+    header_env: tuple[tuple[str, str], ...] = ()
+    # Why the gateway will not use this deployment (its provider breaks the operator's policy), or None.
+    disabled: str | None = None
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -218,8 +223,13 @@ def compile_deployments(
     *,
     currency: str = "USD",
     known_image_rules: frozenset[str] | None = None,
+    policy: UpstreamPolicy | None = None,
 ) -> list[DeploymentConfig]:
     """Flatten and check the section; raise ConfigError listing every problem, or return the deployments.
+
+    With `policy` (the admin API and the importer pass the operator's) a provider reading an undeclared
+    variable, carrying a literal credential header or pointing at a non-public address literal is one
+    more problem; the gateway instead compiles without it and disables such providers (`build_router`).
 
     Fallback order: by `priority` (model's, else provider's, else the provider's
     position in the file), then file order; deployments of equal priority form
@@ -244,7 +254,13 @@ def compile_deployments(
             problems.append(f"{path}.api_key_env: required for type {p.type} (the key is read from it)")
         if p.api_key_env is not None and not _ENV.match(p.api_key_env):
             problems.append(f"{path}.api_key_env: '{p.api_key_env}' is not an environment variable name")
+        if policy is not None:
+            problems.extend(policy.provider_problems(p, path))
         urls = [base_url, *p.replicas]
+        literal_headers = {k: v for k, v in p.headers.items() if not ENV_REF.match(v)}
+        header_env = tuple(
+            (k, ref.group(1)) for k, v in p.headers.items() if (ref := ENV_REF.match(v)) is not None
+        )
         seen_models: set[str] = set()
         for j, m in enumerate(p.models):
             mpath = f"{path}.models[{j}]"
@@ -281,7 +297,8 @@ def compile_deployments(
                         endpoint_id=endpoint_id,
                         base_url=url,
                         api_key_env=p.api_key_env,
-                        headers=dict(p.headers),
+                        headers=literal_headers,
+                        header_env=header_env,
                         model_id=m.id,
                         upstream=m.upstream_name,
                         vision=m.vision,

@@ -17,19 +17,35 @@ closed by the server before it answered. What it leaves out on purpose:
 redirects, cookies, proxies, compression (it never asks for it), HTTP/2.
 Tools off the request path (`eduaiq selfhost register`) use aiohttp.
 
+Bounds (`PoolLimits`, from the EDUAIQ_UPSTREAM_MAX_* settings in the gateway): open connections per
+upstream host (a caller past it waits, within its connect timeout, for one to come free: a slow model
+server cannot make the gateway open sockets without end), and the bytes of a non-stream answer, of one
+server-sent event and of a whole stream (the router enforces the last two while relaying): a model
+server, or whatever an admin pointed a provider at, cannot make the gateway hold or relay without end.
+
+With an `UpstreamPolicy`, every address a host name resolves to is checked before connecting: loopback,
+private and link-local addresses only where the operator allowed them. This runs once per new
+connection, not per request (connections are kept alive), and it is the check a host name that resolves
+differently tomorrow cannot pass by (the compile-time check sees only address literals).
+
 Every failure is a `ConnectionError` (an `OSError`) or a `TimeoutError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
+
+from providers.upstream_policy import UpstreamPolicy
 
 _HIGH_WATER = 1 << 20
 _USER_AGENT = b"eduaiq"
@@ -39,11 +55,26 @@ class UpstreamConnectionError(ConnectionError):
     """The upstream could not be reached, or broke the connection or the protocol."""
 
 
+class UpstreamTooLarge(UpstreamConnectionError):
+    """The upstream's answer (or one of its events) is larger than the pool's limits allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """Defaults are the settings' (core/settings.py EDUAIQ_UPSTREAM_MAX_*)."""
+
+    max_connections_per_host: int = 512
+    max_response_bytes: int = 64 * 1024 * 1024
+    max_event_bytes: int = 8 * 1024 * 1024
+    max_stream_bytes: int = 256 * 1024 * 1024
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; one exchange at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[], None] | None = None) -> None:
         self.loop = loop
+        self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.lost = False
@@ -78,6 +109,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.on_lost is not None:
+            self.on_lost()  # the pool's count of open connections to this host
+            self.on_lost = None
         if self.complete:
             return
         close_delimited = (
@@ -208,6 +242,17 @@ class Response:
             await conn.wait(self._read_timeout, self.deadline)
         return conn.take()
 
+    async def read_whole(self, max_bytes: int) -> bytes:
+        """The whole body; UpstreamTooLarge as soon as it passes `max_bytes` (nothing more is held)."""
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self.readany():
+            size += len(chunk)
+            if size > max_bytes:
+                raise UpstreamTooLarge(f"upstream answer larger than {max_bytes} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
     async def read(self, limit: int = -1) -> bytes:
         """The whole body, or its first `limit` bytes (the rest is dropped with the connection)."""
         parts: list[bytes] = []
@@ -237,9 +282,20 @@ class Response:
 class UpstreamPool:
     """One per process, shared by every router; create and use it inside the serving event loop."""
 
-    def __init__(self, *, keepalive: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        keepalive: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: PoolLimits | None = None,
+        policy: UpstreamPolicy | None = None,
+    ) -> None:
         self._keepalive = keepalive
         self._ssl = ssl_context
+        self.limits = limits or PoolLimits()
+        self._policy = policy
+        self._open: dict[tuple[str, str, int], int] = {}
+        self._slot_waiters: dict[tuple[str, str, int], deque[asyncio.Future[None]]] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._targets: dict[tuple[str, str], tuple[tuple[str, str, int], bytes]] = {}
         self.closed = False
@@ -315,33 +371,107 @@ class UpstreamPool:
                 self._targets[(method, url)] = known
         return known
 
-    async def _connection(
-        self, key: tuple[str, str, int], connect_within: float | None
-    ) -> tuple[_Connection, bool]:
+    def _take_idle(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
             conn = idle.pop()
             if not conn.lost and now - conn.idle_since < self._keepalive:
-                return conn, True
+                return conn
             conn.close()
+        return None
+
+    async def _connection(
+        self, key: tuple[str, str, int], connect_within: float | None
+    ) -> tuple[_Connection, bool]:
+        conn = self._take_idle(key)
+        if conn is not None:
+            return conn, True
         loop = asyncio.get_running_loop()
+        async with asyncio.timeout(connect_within):  # TimeoutError: callers tell it apart (504 vs 502)
+            while self._open.get(key, 0) >= self.limits.max_connections_per_host:
+                await self._wait_for_slot(key, loop)
+                conn = self._take_idle(key)
+                if conn is not None:
+                    return conn, True
+            self._open[key] = self._open.get(key, 0) + 1
+            try:
+                conn = await self._connect(key, loop)
+            except BaseException:
+                self._lost(key)
+                raise
+        return conn, False
+
+    async def _connect(self, key: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> _Connection:
         scheme, host, port = key
         tls = None
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             tls = self._ssl
-        try:
-            async with asyncio.timeout(connect_within):
+        targets = [host] if self._policy is None else await self._vetted_addresses(host, port, loop)
+        error: Exception | None = None
+        for target in targets:
+            try:
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop), host, port, ssl=tls, server_hostname=host if tls else None
-                )
-        except TimeoutError:  # an OSError too, but callers tell timeouts apart (504 vs 502)
+                    lambda: _Connection(loop, lambda: self._lost(key)), target, port, ssl=tls,
+                    server_hostname=host if tls else None,
+                )  # fmt: skip
+                return conn
+            except (OSError, UnicodeError) as exc:
+                error = exc
+        raise UpstreamConnectionError(f"cannot connect to {host}:{port}: {error}") from error
+
+    async def _vetted_addresses(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> list[str]:
+        """The addresses `host` resolves to that the operator's policy allows (SSRF: an admin-chosen host
+        must not reach loopback, private or link-local services unless the operator said so)."""
+        assert self._policy is not None
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name the IDNA codec refuses
+            raise UpstreamConnectionError(f"cannot resolve {host}: {exc}") from exc
+        allowed: list[str] = []
+        refused: list[str] = []
+        for *_, sockaddr in infos:
+            address = str(sockaddr[0])
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+            (allowed if self._policy.address_allowed(host, ip) else refused).append(address)
+        if not allowed:
+            raise UpstreamConnectionError(
+                f"{host} resolves to {', '.join(refused)}: loopback, private or link-local addresses the "
+                "operator has not allowed (EDUAIQ_UPSTREAM_ALLOWED_CIDRS / EDUAIQ_UPSTREAM_ALLOWED_HOSTS)"
+            )
+        return list(dict.fromkeys(allowed))
+
+    async def _wait_for_slot(self, key: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiters = self._slot_waiters.setdefault(key, deque())
+        waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one(key)  # woken but leaving (timed out): the slot goes to the next in line
+            else:
+                waiters.remove(waiter)
             raise
-        except OSError as exc:
-            raise UpstreamConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
-        return conn, False
+
+    def _wake_one(self, key: tuple[str, str, int]) -> None:
+        waiters = self._slot_waiters.get(key)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _lost(self, key: tuple[str, str, int]) -> None:
+        """A connection to `key` closed (or never opened): its slot goes to the next waiter."""
+        left = self._open.get(key, 0) - 1
+        if left > 0:
+            self._open[key] = left
+        else:
+            self._open.pop(key, None)
+        self._wake_one(key)
 
     def _give_back(self, key: tuple[str, str, int], conn: _Connection) -> None:
         if self.closed or not conn.reusable():
@@ -349,6 +479,8 @@ class UpstreamPool:
             return
         conn.idle_since = time.monotonic()
         self._idle.setdefault(key, []).append(conn)
+        if self._slot_waiters.get(key):
+            self._wake_one(key)
 
     async def close(self) -> None:
         self.closed = True

@@ -14,6 +14,7 @@ caller owns the stream and a failure surfaces as UpstreamStreamError.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -31,11 +32,13 @@ from providers.errors import (
     UpstreamStreamError,
     UpstreamUnavailable,
 )
-from providers.http import Response, UpstreamConnectionError, UpstreamPool
+from providers.http import PoolLimits, Response, UpstreamConnectionError, UpstreamPool, UpstreamTooLarge
 from providers.metrics import LoadSample, parse_vllm_metrics
 from providers.prices import Price
+from providers.upstream_errors import public_error
 from providers.usage import NormalisedUsage
 
+log = logging.getLogger(__name__)
 _JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 _SSE_HEADERS: Mapping[str, str] = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _MAX_ERROR_BODY = 64 * 1024
@@ -120,6 +123,30 @@ class _Failed(Exception):
         self.timeout = timeout
 
 
+class _StreamMeter:
+    """Bytes of a stream being relayed: the whole stream's, and those since the last event boundary (one
+    event's), each bounded so an upstream cannot make the gateway hold or relay without end."""
+
+    __slots__ = ("max_event", "max_total", "pending", "total")
+
+    def __init__(self, limits: PoolLimits) -> None:
+        self.max_event = limits.max_event_bytes
+        self.max_total = limits.max_stream_bytes
+        self.total = 0
+        self.pending = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if self.total > self.max_total:
+            raise UpstreamTooLarge(f"upstream stream longer than {self.max_total} bytes")
+        end = chunk.rfind(b"\n\n")
+        if end < 0:
+            end = chunk.rfind(b"\r\n\r\n")
+        self.pending = self.pending + len(chunk) if end < 0 else len(chunk) - end
+        if self.pending > self.max_event:
+            raise UpstreamTooLarge(f"upstream event larger than {self.max_event} bytes")
+
+
 class UpstreamResponse:
     """An upstream answer the caller now owns.
 
@@ -136,6 +163,7 @@ class UpstreamResponse:
     __slots__ = (
         "_body",
         "_done",
+        "_meter",
         "_proc",
         "_resp",
         "_server",
@@ -161,7 +189,9 @@ class UpstreamResponse:
         resp: Response | None,
         proc: StreamProcessor | None,
         server: _Server | None,
+        meter: _StreamMeter | None = None,
     ) -> None:
+        self._meter = meter
         self.status = status
         self.headers = headers
         self.stream = stream
@@ -207,6 +237,8 @@ class UpstreamResponse:
         while True:
             try:
                 chunk = await resp.readany()
+                if self._meter is not None:
+                    self._meter.add(chunk)
                 out = proc.finish() if not chunk else proc.feed(chunk)
             except (OSError, TimeoutError, RetryableUpstreamError) as exc:
                 self._done = True
@@ -283,7 +315,10 @@ class Router:
         by_model: dict[str, list[_Deployment]] = {}
         for cfg in deployments:
             server = servers.get(cfg.base_url)
-            if server is None:
+            if cfg.disabled is not None:
+                # Never probed and never chosen: nothing is sent to it and its variables are never read.
+                server = _Server(None, False, None)
+            elif server is None:
                 probe = cfg.metrics_url
                 if probe is None and cfg.health_check:
                     probe = cfg.base_url + "/models"
@@ -415,7 +450,7 @@ class Router:
 
     # -- routing -----------------------------------------------------------------------------------
     def _rank(self, tier: _Tier, now: float) -> list[_Deployment]:
-        deps = [d for d in tier.deployments if d.breaker.available(now)]
+        deps = [d for d in tier.deployments if d.cfg.disabled is None and d.breaker.available(now)]
         if len(deps) <= 1:
             return deps
         self._rr += 1
@@ -473,7 +508,12 @@ class Router:
                     continue
             ranked = self._rank(tier, now)
             skipped.extend(
-                Attempt(d.cfg.id, "circuit breaker open") for d in tier.deployments if d not in ranked
+                Attempt(
+                    d.cfg.id,
+                    "disabled by the operator's policy" if d.cfg.disabled else "circuit breaker open",
+                )
+                for d in tier.deployments
+                if d not in ranked
             )
             for dep in ranked:
                 try:
@@ -545,21 +585,29 @@ class Router:
             )  # fmt: skip
             status = resp.status
             if status >= 500 or status == 429:
+                # The excerpt is for the attempt's reason (the gateway's log), never for the student.
                 detail = (await resp.read(_MAX_ERROR_BODY)).decode(errors="replace")[:200]
                 raise _Failed(Attempt(cfg.id, f"HTTP {status}: {detail}", status))
             if status >= 400:
-                data = dep.adapter.translate_error(status, await resp.read())
+                raw = await resp.read(_MAX_ERROR_BODY)
+                log.warning("upstream %s refused a request with HTTP %s: %s", cfg.id, status,
+                            raw[:2000].decode(errors="replace"))  # fmt: skip
+                key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+                data = public_error(status, dep.adapter.translate_error(status, raw), (key,) if key else ())
                 return _whole(dep, server, resp, status, data, None, attempts)
             if not stream:
-                data, usage = dep.adapter.translate_body(cfg, await resp.read())
+                body_bytes = await resp.read_whole(session.limits.max_response_bytes)
+                data, usage = dep.adapter.translate_body(cfg, body_bytes)
                 return _whole(dep, server, resp, status, data, usage, attempts)
             proc = dep.adapter.stream_processor(
                 cfg, include_usage_chunk=include_usage_chunk, prompt_tokens_hint=prompt_tokens_hint
             )
+            meter = _StreamMeter(session.limits)
             first = b""
             eof = False
             while not first:
                 chunk = await resp.readany()
+                meter.add(chunk)
                 if not chunk:
                     first = proc.finish()
                     eof = True
@@ -591,6 +639,7 @@ class Router:
             resp=None if eof else resp,
             proc=proc,
             server=None if eof else server,
+            meter=meter,
         )
         if eof:
             out.usage_estimated = proc.usage_estimated

@@ -20,6 +20,12 @@ from cli.services.postgres import SUPERUSER, ensure_database, start_postgres
 from cli.services.process import free_port, port_open
 from cli.services.redis import start_redis
 
+# The operator's declarations every test process and its children start from (core/settings.py): the
+# provider key variables the tests' institution files name, and loopback for the test doubles of model
+# servers. Tests of the policy itself pass their own settings.
+os.environ.setdefault("EDUAIQ_PROVIDER_SECRET_VARS", "OPENAI_API_KEY,CAMPUS_VLLM_KEY,TEST_*")
+os.environ.setdefault("EDUAIQ_UPSTREAM_ALLOWED_CIDRS", "127.0.0.0/8,::1/128")
+
 
 def _drop_database(server_url: str, name: str) -> None:
     import psycopg2

@@ -27,6 +27,7 @@ from core.models import (
     User,
 )
 from core.money import from_micro, plain_number
+from providers.upstream_policy import redact_headers
 
 
 async def _rows(session: AsyncSession, table: Any, inst: str) -> list[Any]:
@@ -110,7 +111,7 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "institution": {"id": inst.id, "name": inst.name, "currency": inst.currency, "timezone": inst.timezone,
                         "semesters": inst.semesters},
-        "providers": [_plain(p.to_config(offers[p.id], default_prices=False)) for p in providers],
+        "providers": [_plain(redact_headers(p.to_config(offers[p.id], default_prices=False))) for p in providers],
         "units": [unit_doc(r) for r in children[None]],
         "users": [
             {k: v for k, v in {"id": u.id, "email": u.email, "name": u.name, "sso_subject": u.sso_subject}.items()

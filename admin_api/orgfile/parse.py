@@ -12,6 +12,7 @@ from admin_api.orgfile.checks import Problem, cross_checks
 from admin_api.orgfile.schema import OrgFile
 from providers.config import compile_deployments
 from providers.errors import ConfigError
+from providers.upstream_policy import UpstreamPolicy
 
 
 class OrgFileError(Exception):
@@ -50,7 +51,9 @@ def _split(problem: str) -> Problem:
     return (path, message) if message else ("providers", problem)
 
 
-def parse_document(doc: Any) -> OrgFile:
+def parse_document(doc: Any, policy: UpstreamPolicy | None = None) -> OrgFile:
+    """`policy`: the operator's (undeclared secret variables, literal credential headers and non-public
+    upstream addresses are problems of the file, as the gateway would disable such providers)."""
     if not isinstance(doc, dict):
         raise OrgFileError([("(file)", "must be a YAML mapping with institution, units, users, ...")])
     problems: list[Problem] = []
@@ -62,7 +65,7 @@ def parse_document(doc: Any) -> OrgFile:
     problems += cross_checks(doc)
     if model is not None:
         try:
-            compile_deployments(model.providers, currency=model.institution.currency)
+            compile_deployments(model.providers, currency=model.institution.currency, policy=policy)
         except ConfigError as exc:
             problems += [_split(p) for p in exc.problems]
     if problems or model is None:
@@ -74,7 +77,7 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
     return list(dict.fromkeys(problems))
 
 
-def load_file(path: Path) -> OrgFile:
+def load_file(path: Path, policy: UpstreamPolicy | None = None) -> OrgFile:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -85,4 +88,4 @@ def load_file(path: Path) -> OrgFile:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise OrgFileError([(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    return parse_document(doc)
+    return parse_document(doc, policy)

@@ -21,6 +21,7 @@ from admin_api.ids import MODEL_ID, ProviderId
 from core.models import ModelOffer, Provider
 from core.money import from_micro
 from providers.config import ModelConfig, PriceConfig, ProviderConfig, ProviderType, TimeoutConfig
+from providers.upstream_policy import redact_headers
 
 router = APIRouter(tags=["catalog"])
 
@@ -112,7 +113,7 @@ async def _providers(ctx: Ctx) -> list[ProviderOut]:
             type=p.type,
             base_url=p.base_url,
             api_key_env=p.api_key_env,
-            options=p.options,
+            options=redact_headers(p.options),
             models=[_offer(o) for o in offers if o.provider_id == p.id],
         )
         for p in (await ctx.session.execute(stmt)).scalars().all()

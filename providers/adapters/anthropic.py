@@ -20,6 +20,7 @@ from providers.adapters.base import (
     FINISH_REASONS_ANTHROPIC,
     Endpoint,
     PreparedRequest,
+    add_env_headers,
     api_key,
     content_parts,
     effective_max_tokens,
@@ -328,6 +329,8 @@ class AnthropicAdapter:
             "anthropic-version": ANTHROPIC_VERSION,
             **dep.headers,
         }
+        if dep.header_env:
+            add_env_headers(dep, headers)
         key = api_key(dep)
         if key:
             headers["x-api-key"] = key

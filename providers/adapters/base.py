@@ -72,6 +72,14 @@ def api_key(dep: DeploymentConfig) -> str | None:
     return os.environ.get(dep.api_key_env) if dep.api_key_env else None
 
 
+def add_env_headers(dep: DeploymentConfig, headers: dict[str, str]) -> None:
+    """Headers the provider reads from declared variables (`env:NAME`), at request time like the key."""
+    for name, var in dep.header_env:
+        value = os.environ.get(var)
+        if value:
+            headers[name] = value
+
+
 def client_max_tokens(body: Mapping[str, Any]) -> int | None:
     v = body.get("max_completion_tokens")
     if v is None:

@@ -18,6 +18,7 @@ from providers.adapters.base import (
     DONE_EVENT,
     Endpoint,
     PreparedRequest,
+    add_env_headers,
     api_key,
     content_parts,
     effective_max_tokens,
@@ -310,6 +311,8 @@ class GeminiAdapter:
             raise UnsupportedEndpoint(f"model '{dep.model_id}' (gemini) only serves /v1/chat/completions")
         req = to_gemini(body, effective_max_tokens(body, max_tokens, dep.max_output_tokens))
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **dep.headers}
+        if dep.header_env:
+            add_env_headers(dep, headers)
         key = api_key(dep)
         if key:
             headers["x-goog-api-key"] = key

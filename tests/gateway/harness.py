@@ -99,6 +99,8 @@ def gateway_stack(
         "EDUAIQ_KAFKA_TOPIC": f"usage-{institution}",
         "EDUAIQ_KAFKA_CONSUMER_GROUP": f"ledger-{institution}",
         "EDUAIQ_STATE_DIR": str(tmp),
+        # The demo model server is on loopback: the operator's consent, as `eduaiq dev` gives it.
+        "EDUAIQ_UPSTREAM_ALLOWED_CIDRS": "127.0.0.0/8,::1/128",
         **(extra_env or {}),
     }
     org_file = tmp / f"{institution}.yaml"

@@ -1,0 +1,77 @@
+"""What of a model server's refusal a student may see.
+
+A 4xx from the upstream is usually the student's own doing (a prompt longer
+than the context, a bad parameter) and its message is the useful answer, so it
+is passed on. But the body is written by whatever server the provider points
+at, and raw bodies carried internal host names and ports, addresses, URLs and
+keys back to students (issue 17 items 1 and 9). So the rule is: only the
+OpenAI-shaped error's `message` (and a short `type`/`code`) goes back, with
+URLs, host:port pairs, IP addresses, bearer tokens, `sk-` style keys and the
+provider's own key value cut out, at most 500 characters; a body that is not
+an OpenAI error becomes a plain sentence with the status. The raw body goes to
+the gateway's log, where operators look. 5xx and 429 never reach students at
+all: the router falls back and the gateway answers with its own sentence.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+MAX_MESSAGE = 500
+_URL = re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s\"'<>]*", re.IGNORECASE)
+_BEARER = re.compile(r"\b(bearer|basic|token)\s+[^\s\"',]+", re.IGNORECASE)
+_KEYLIKE = re.compile(r"\b(sk|pk|rk|key|hf|gsk|xai|ghp|github_pat)[-_][A-Za-z0-9_\-*.]{6,}", re.IGNORECASE)
+_IPV6 = re.compile(
+    r"\[?(?<![\w:])(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?![\w:])\]?(?::\d{1,5})?", re.IGNORECASE
+)
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b")
+_HOST_PORT = re.compile(r"\b[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?(?:\.[a-z0-9\-]+)*:\d{1,5}\b", re.IGNORECASE)
+_SHORT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without URLs, addresses, host:port pairs, tokens or any of `secrets`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _URL.sub("[url]", text)
+    text = _BEARER.sub(r"\1 [redacted]", text)
+    text = _KEYLIKE.sub("[redacted]", text)
+    text = _IPV6.sub("[address]", text)
+    text = _IPV4.sub("[address]", text)
+    text = _HOST_PORT.sub("[address]", text)
+    return text[:MAX_MESSAGE]
+
+
+def _short(value: object) -> str | None:
+    return value if isinstance(value, str) and _SHORT.match(value) else None
+
+
+def public_error(status: int, body: bytes, secrets: tuple[str, ...] = ()) -> bytes:
+    """An OpenAI-shaped error body safe to show the student, built from the (translated) upstream body."""
+    message = None
+    etype = code = param = None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        message = scrub(err["message"], secrets).strip()
+        etype, code, param = _short(err.get("type")), _short(err.get("code")), _short(err.get("param"))
+    elif isinstance(err, str):  # some servers answer {"error": "..."}
+        message = scrub(err, secrets).strip()
+    if not message:
+        message = f"the model's server refused the request (HTTP {status})"
+    return orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": etype or "invalid_request_error",
+                "param": param,
+                "code": code,
+            }
+        }
+    )

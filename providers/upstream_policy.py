@@ -1,0 +1,209 @@
+"""What an institution's `providers:` section may make the gateway read and reach.
+
+A provider entry is written by an institution admin (admin API, institution
+file), not by the operator who runs the gateway. Without this policy an admin
+could name any environment variable as `api_key_env` (PGPASSWORD, the session
+secret, another institution's key) and any `base_url` (a capture server, the
+cloud metadata service at 169.254.169.254, the database's own port), and the
+gateway would send that variable's value there on every request and health
+probe. So the operator declares, in the gateway's settings:
+
+- which variables hold provider secrets (`EDUAIQ_PROVIDER_SECRET_VARS`: names,
+  or prefixes ending in `*`); the gateway's own settings and the database,
+  Redis and Kafka credentials can never be declared;
+- which non-public addresses upstreams may have (`EDUAIQ_UPSTREAM_ALLOWED_CIDRS`
+  and `EDUAIQ_UPSTREAM_ALLOWED_HOSTS`); loopback, private (RFC 1918, ULA),
+  link-local (the metadata service) and other special-purpose addresses are
+  refused otherwise.
+
+Names are checked when a section is compiled (admin API, import, gateway
+load); addresses written as literals then too, and every address a host name
+resolves to when the upstream pool connects (a name can resolve differently
+later, which is why the pool, not the compiler, has the last word). Nothing
+here runs per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from core.declared import IPNetwork, never_declarable, parse_networks, parse_secret_vars, split_list
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+    from providers.config import ProviderConfig
+
+# A header value `env:NAME` is read from that (declared) variable at request time.
+ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
+# Header names whose values are credentials: they may only come from declared variables, and a stored
+# literal (written before this rule existed) is redacted wherever providers are read back.
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|credential|signature", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def secret_header(name: str) -> bool:
+    return bool(_SECRET_HEADER.search(name))
+
+
+def redact_headers(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A provider's stored options with literal credential-carrying header values replaced (env: references
+    name a variable, not a secret, and stay)."""
+    headers = options.get("headers")
+    if not isinstance(headers, Mapping):
+        return dict(options)
+    clean = {
+        k: (REDACTED if secret_header(k) and not ENV_REF.match(str(v)) else v) for k, v in headers.items()
+    }
+    return {**options, "headers": clean}
+
+
+def hostname(url: str) -> str | None:
+    """The URL's host, lower-case and without a trailing dot; None when the URL cannot be parsed (an
+    unbalanced IPv6 bracket makes urlsplit raise, which must be a 4xx problem, not a 500)."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return (host or "").lower().rstrip(".")
+
+
+def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A globally routable unicast address: not loopback, private, ULA, link-local (169.254.0.0/16,
+    fe80::/10: the metadata service), shared, reserved, multicast or unspecified. IPv4 mapped into IPv6
+    is judged as the IPv4 address it is."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPolicy:
+    secret_names: frozenset[str] = frozenset()
+    secret_prefixes: tuple[str, ...] = ()
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UpstreamPolicy:
+        names, prefixes = parse_secret_vars(settings.provider_secret_vars)
+        hosts = frozenset(h.lower().rstrip(".") for h in split_list(settings.upstream_allowed_hosts))
+        return cls(names, prefixes, parse_networks(settings.upstream_allowed_cidrs), hosts)
+
+    # -- secrets -------------------------------------------------------------------------------------
+    def secret_allowed(self, name: str) -> bool:
+        if never_declarable(name):
+            return False
+        return name in self.secret_names or name.startswith(self.secret_prefixes)
+
+    def _secret_problem(self, path: str, name: str) -> str | None:
+        if self.secret_allowed(name):
+            return None
+        return (
+            f"{path}: '{name}' is not a variable the operator declared for provider secrets "
+            "(EDUAIQ_PROVIDER_SECRET_VARS); ask the operator to declare it"
+        )
+
+    # -- addresses -----------------------------------------------------------------------------------
+    def address_allowed(self, host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if public_address(ip) or host.lower().rstrip(".") in self.allowed_hosts:
+            return True
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allowed_networks)
+
+    def url_problem(self, path: str, url: str) -> str | None:
+        """A URL whose host is an address literal (or `localhost`) the operator did not allow. Host names
+        are judged when the pool connects, by what they resolve to then."""
+        host = hostname(url)
+        if host is None:
+            return f"{path}: '{url}' is not a valid URL"
+        if host in self.allowed_hosts:
+            return None
+        if host == "localhost" or host.endswith(".localhost"):
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("127.0.0.1")
+        else:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                return None
+        if self.address_allowed(host, ip):
+            return None
+        return (
+            f"{path}: {host} is a loopback, private or link-local address; upstreams there need the "
+            "operator's consent (EDUAIQ_UPSTREAM_ALLOWED_CIDRS or EDUAIQ_UPSTREAM_ALLOWED_HOSTS)"
+        )
+
+    # -- a whole provider ----------------------------------------------------------------------------
+    def provider_problems(self, p: ProviderConfig, path: str) -> list[str]:
+        problems: list[str] = []
+        if p.api_key_env is not None:
+            problem = self._secret_problem(f"{path}.api_key_env", p.api_key_env)
+            if problem:
+                problems.append(problem)
+        for name, value in p.headers.items():
+            ref = ENV_REF.match(value)
+            if ref:
+                problem = self._secret_problem(f"{path}.headers.{name}", ref.group(1))
+                if problem:
+                    problems.append(problem)
+            elif secret_header(name):
+                problems.append(
+                    f"{path}.headers.{name}: a credential may not be written into the provider; put it in a "
+                    "declared variable and write env:NAME"
+                )
+        urls: Iterable[tuple[str, str | None]] = [
+            (f"{path}.base_url", p.base_url),
+            *((f"{path}.replicas[{i}]", u) for i, u in enumerate(p.replicas)),
+            (f"{path}.metrics_url", p.metrics_url),
+        ]
+        for upath, url in urls:
+            if url:
+                problem = self.url_problem(upath, url)
+                if problem:
+                    problems.append(problem)
+        return problems
+
+
+async def resolved_problems(
+    policy: UpstreamPolicy, providers: Iterable[ProviderConfig], resolve_seconds: float = 3.0
+) -> list[str]:
+    """Host names (not literals: `provider_problems` judged those) that resolve only to addresses the
+    policy refuses, for telling an admin at once. Names that do not resolve here pass: the admin API may
+    not see the DNS the gateway sees; the pool checks again at every new connection in any case."""
+    loop = asyncio.get_running_loop()
+    problems: list[str] = []
+    for i, p in enumerate(providers):
+        urls = [("base_url", p.base_url), *((f"replicas[{j}]", u) for j, u in enumerate(p.replicas))]
+        urls.append(("metrics_url", p.metrics_url))
+        for field, url in urls:
+            host = hostname(url) if url else None
+            if not host or host in policy.allowed_hosts:
+                continue
+            try:
+                ipaddress.ip_address(host)
+                continue  # a literal
+            except ValueError:
+                pass
+            try:
+                async with asyncio.timeout(resolve_seconds):
+                    infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except UnicodeError:  # a label the IDNA codec refuses (empty, over 63 characters)
+                problems.append(f"providers[{i}].{field}: '{host}' is not a valid host name")
+                continue
+            except (OSError, TimeoutError):
+                continue
+            ips = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+            if ips and not any(policy.address_allowed(host, ip) for ip in ips):
+                problems.append(
+                    f"providers[{i}].{field}: {host} resolves to {', '.join(sorted(map(str, ips)))}, a "
+                    "loopback, private or link-local address; upstreams there need the operator's consent "
+                    "(EDUAIQ_UPSTREAM_ALLOWED_CIDRS or EDUAIQ_UPSTREAM_ALLOWED_HOSTS)"
+                )
+    return problems
