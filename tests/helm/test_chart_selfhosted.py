@@ -159,7 +159,7 @@ def test_tensor_parallel_models_take_several_gpus_and_shared_memory() -> None:
         "weights": {"pvc": {"existingClaim": "llama-70b-weights"}},
         "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
     }
-    rendered = render_chart({"selfHosted": {"models": [big]}})
+    rendered = render_chart({"selfHosted": {"models": [big], "apiKey": {"secretName": "eduaiq-vllm"}}})
     deployment = model_deployment(rendered, "llama-3.1-70b")
     (container,) = containers(deployment)
     spec = pod_template(deployment)["spec"]

@@ -136,7 +136,26 @@ $(NAME) are listed before the variable using them, as Kubernetes requires.
   value: {{ .Values.stateDir | quote }}
 - name: EDUAIQ_PUBLIC_BASE_URL
   value: {{ include "eduaiq.publicBaseUrl" . | quote }}
+{{- /* The operator's upstream policy (providers/upstream_policy.py): which variables hold provider
+secrets (only those the chart maps from Secrets), and which private upstreams are allowed (the
+self-hosted models' Services, and what upstream.* lists). Names, not secrets. */}}
+{{- $secretVars := list }}
+{{- range .Values.providerKeys }}
+{{- $secretVars = append $secretVars .env }}
+{{- end }}
+{{- if and .Values.selfHosted.models .Values.selfHosted.apiKey.secretName }}
+{{- $secretVars = append $secretVars .Values.selfHosted.apiKey.env }}
+{{- end }}
+- name: EDUAIQ_PROVIDER_SECRET_VARS
+  value: {{ $secretVars | uniq | join "," | quote }}
+- name: EDUAIQ_UPSTREAM_ALLOWED_HOSTS
+  value: {{ concat (include "eduaiq.vllmHosts" . | fromYamlArray) .Values.upstream.allowedHosts | uniq | join "," | quote }}
+- name: EDUAIQ_UPSTREAM_ALLOWED_CIDRS
+  value: {{ .Values.upstream.allowedCidrs | join "," | quote }}
 {{- range $name, $value := .Values.settings }}
+{{- if has (lower $name) (list "provider_secret_vars" "upstream_allowed_hosts" "upstream_allowed_cidrs") }}
+{{- fail (printf "settings.%s is set by the chart: use providerKeys, selfHosted.apiKey and upstream.allowedHosts/allowedCidrs" $name) }}
+{{- end }}
 - name: {{ printf "EDUAIQ_%s" (upper $name) }}
   value: {{ ternary $value (toJson $value) (kindIs "string" $value) | quote }}
 {{- end }}
@@ -269,6 +288,15 @@ added by files/merge_org.py inside the import Job, with the image's own PyYAML.
 {{- end }}
 
 {{/* "true" when self-hosted models are to be added to the institution file. */}}
+{{/* The self-hosted models' Service host names, as the generated providers' base_url names them. */}}
+{{- define "eduaiq.vllmHosts" -}}
+{{- $hosts := list }}
+{{- range .Values.selfHosted.models }}
+{{- $hosts = append $hosts (printf "%s.%s.svc" (include "eduaiq.vllmName" (dict "root" $ "model" .)) $.Release.Namespace) }}
+{{- end }}
+{{- toYaml $hosts }}
+{{- end }}
+
 {{- define "eduaiq.registerModels" -}}
 {{- if and .Values.org.enabled .Values.selfHosted.registerInOrg (not .Values.org.existingConfigMap) (gt (len .Values.selfHosted.models) 0) }}true{{ end }}
 {{- end }}
