@@ -37,14 +37,15 @@ def refuse_remote_images(body: Mapping[str, Any]) -> None:
     So they get images inline only. Fetching URLs in the gateway instead would make the gateway the
     SSRF-exposed fetcher, put a download of up to EDUAIQ_MAX_IMAGE_BYTES on the request path, and
     still leave the reservation guessing the size; GPT4All and the OpenAI SDKs' file helpers already send
-    data: URLs. Commercial providers fetch URLs from their own networks and keep getting them."""
+    data: URLs. Commercial providers fetch URLs from their own networks and keep getting them.
+    (`type(x) is dict` first: the body is parsed JSON, and this runs on every self-hosted request.)"""
     for m in body.get("messages") or ():
-        content = m.get("content") if isinstance(m, Mapping) else None
-        if not isinstance(content, list):
+        content = m.get("content") if type(m) is dict or isinstance(m, Mapping) else None
+        if type(content) is not list:
             continue
         for part in content:
             if (
-                isinstance(part, Mapping)
+                (type(part) is dict or isinstance(part, Mapping))
                 and part.get("type") == "image_url"
                 and not image_url(part).startswith("data:")
             ):
