@@ -52,6 +52,9 @@ class DemoOptions:
     """False: never send usage in streams, like llama-cpp-python's server."""
     answer_usage: bool = True
     """False: non-stream answers carry no `usage` either, like some OpenAI-compatible servers."""
+    served_log: str | None = None
+    """A file to append one JSON line per answered inference request: the tokens this server reported and
+    how much of the answer it wrote. Fault tests compare the ledger with it (what the upstream billed)."""
 
 
 @dataclass
@@ -85,6 +88,13 @@ def _prompt_batch(prompt: Any) -> list[Any]:
     return [prompt]
 
 
+def _first_text(prompt: Any) -> str:
+    """The first prompt's text (a string, or the first string of a batch); token ids have none."""
+    if isinstance(prompt, list) and prompt:
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else ""
+
+
 def _error(status: int, message: str, etype: str = "invalid_request_error") -> bytes:
     return orjson.dumps({"error": {"message": message, "type": etype, "param": None, "code": status}})
 
@@ -96,6 +106,8 @@ class DemoModel:
         self.options = options
         self.state = DemoState()
         self._counter = 0
+        # Line-buffered: each record reaches the file whole, even if this server is killed after it.
+        self._served = open(options.served_log, "a", buffering=1) if options.served_log else None
         self._models_body = orjson.dumps(
             {
                 "object": "list",
@@ -238,6 +250,7 @@ class DemoModel:
         self.state.generation_tokens_total += completion
         model = body["model"]
         cid, created = self._id("chatcmpl"), int(time.time())
+        served = self._served_record(cid, body, replies._seed_text(body), usage)
         stream = bool(body.get("stream"))
         if not stream:
             message: dict[str, Any] = {
@@ -265,10 +278,7 @@ class DemoModel:
                     **({"usage": usage} if opts.answer_usage else {}),
                 }
             )
-            if opts.latency_ms <= 0:
-                res.send(200, out)
-                return None
-            return self._delayed_send(res, out)
+            return self._answer(res, out, served)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         base: dict[str, Any] = {
             "id": cid,
@@ -311,7 +321,7 @@ class DemoModel:
             u["usage"] = usage
             events.append(b"data: " + orjson.dumps(u) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
-        return self._send_stream(res, events, fault)
+        return self._send_stream(res, events, fault, served)
 
     # -- completions ----------------------------------------------------------------------
     def _completion(
@@ -340,6 +350,7 @@ class DemoModel:
         self.state.prompt_tokens_total += prompt
         self.state.generation_tokens_total += completion
         cid, created, model = self._id("cmpl"), int(time.time()), body["model"]
+        served = self._served_record(cid, body, _first_text(body.get("prompt")), usage)
         base: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model}
         if not body.get("stream"):
             out = dict(base)
@@ -350,11 +361,7 @@ class DemoModel:
             ]
             if opts.answer_usage:
                 out["usage"] = usage
-            data = orjson.dumps(out)
-            if opts.latency_ms <= 0:
-                res.send(200, data)
-                return None
-            return self._delayed_send(res, data)
+            return self._answer(res, orjson.dumps(out), served)
 
         def chunk(text: str, reason: str | None = None, index: int = 0) -> bytes:
             c = dict(base)
@@ -375,7 +382,7 @@ class DemoModel:
             u["usage"] = usage
             events.append(b"data: " + orjson.dumps(u) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
-        return self._send_stream(res, events, fault)
+        return self._send_stream(res, events, fault, served)
 
     # -- embeddings -----------------------------------------------------------------------
     def _embeddings(self, body: dict[str, Any], res: Responder) -> None:
@@ -412,27 +419,61 @@ class DemoModel:
             ),
         )
 
+    # -- served log -------------------------------------------------------------------------
+    def _served_record(
+        self, cid: str, body: Mapping[str, Any], text: str, usage: Mapping[str, int]
+    ) -> dict[str, Any] | None:
+        """What the served log will say about this answer (None: no log). `marker` is the start of the
+        prompt, which a test makes unique per request: the gateway forwards no request id upstream."""
+        if self._served is None:
+            return None
+        return {
+            "id": cid,
+            "marker": text[:80],
+            "stream": bool(body.get("stream")),
+            "prompt_tokens": usage["prompt_tokens"],
+            "completion_tokens": usage["completion_tokens"],
+        }
+
+    def _log_served(self, record: dict[str, Any] | None, *, complete: bool, events_written: int) -> None:
+        if record is None or self._served is None:
+            return
+        record.update(complete=complete, events_written=events_written, at=time.time())
+        self._served.write(orjson.dumps(record).decode() + "\n")
+
     # -- sending ----------------------------------------------------------------------------
-    async def _delayed_send(self, res: Responder, data: bytes) -> None:
+    def _answer(self, res: Responder, data: bytes, served: dict[str, Any] | None) -> Awaitable[None] | None:
+        if self.options.latency_ms <= 0:
+            res.send(200, data)
+            self._log_served(served, complete=True, events_written=1)
+            return None
+        return self._delayed_send(res, data, served)
+
+    async def _delayed_send(self, res: Responder, data: bytes, served: dict[str, Any] | None = None) -> None:
         self.state.inflight += 1
         try:
             await asyncio.sleep(self.options.latency_ms / 1000)
             res.send(200, data)
+            self._log_served(served, complete=True, events_written=1)
         finally:
             self.state.inflight -= 1
 
     def _send_stream(
-        self, res: Responder, events: list[bytes], fault: Fault | None
+        self, res: Responder, events: list[bytes], fault: Fault | None, served: dict[str, Any] | None = None
     ) -> Awaitable[None] | None:
         opts = self.options
         if fault is None and opts.latency_ms <= 0 and opts.chunk_delay_ms <= 0:
             res.start_stream()
             res.end_stream(b"".join(events))
+            self._log_served(served, complete=True, events_written=len(events))
             return None
-        return self._stream_slowly(res, events, fault)
+        return self._stream_slowly(res, events, fault, served)
 
-    async def _stream_slowly(self, res: Responder, events: list[bytes], fault: Fault | None) -> None:
+    async def _stream_slowly(
+        self, res: Responder, events: list[bytes], fault: Fault | None, served: dict[str, Any] | None = None
+    ) -> None:
         self.state.inflight += 1
+        written, complete = 0, False
         try:
             if self.options.latency_ms > 0:
                 await asyncio.sleep(self.options.latency_ms / 1000)
@@ -446,14 +487,17 @@ class DemoModel:
                     res.abort()  # midstream: the server dies after a few chunks
                     return
                 res.write(ev)
+                written += 1
                 if delay > 0 and i < len(events) - 1:
                     await asyncio.sleep(delay)
             res.end_stream()
+            complete = True
         except asyncio.CancelledError:  # the connection dropped while we waited: generation stops here
             self.state.counts["client_disconnects"] += 1
             raise
         finally:
             self.state.inflight -= 1
+            self._log_served(served, complete=complete, events_written=written)
 
     # -- metrics and admin ------------------------------------------------------------------
     def metrics_text(self) -> str:
@@ -616,6 +660,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reply-tokens", type=int, default=int(env("DEMO_REPLY_TOKENS", "0")) or None)
     p.add_argument("--api-key", default=env("DEMO_API_KEY"))
     p.add_argument("--max-model-len", type=int, default=int(env("DEMO_MAX_MODEL_LEN", "8192")))
+    p.add_argument("--served-log", default=env("DEMO_SERVED_LOG"), help="append a JSON line per answer here")
     return p.parse_args(argv)
 
 
@@ -635,6 +680,7 @@ def main(argv: list[str] | None = None) -> None:
             chunk_delay_ms=args.chunk_delay_ms,
             reply_tokens=args.reply_tokens,
             api_key=args.api_key,
+            served_log=args.served_log,
             max_model_len=args.max_model_len,
         )
         print(f"demo model serving {', '.join(models)} on {handle.base_url}", flush=True)

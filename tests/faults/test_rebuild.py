@@ -1,0 +1,34 @@
+"""`eduaiq quota rebuild` run by an operator while both gateways serve (issue 16 item 2)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import fault_stack
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+def test_quota_rebuild_during_load(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Three rebuilds while requests flow: each must either wait for a ledger it can prove complete or refuse;
+    one that resets counters from a lagging ledger lets spend pass the caps (I1)."""
+    with fault_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path) as fs:
+        outcomes: list[str] = []
+
+        async def scenario() -> None:
+            load = asyncio.create_task(fs.drive(160, concurrency=6))
+            await asyncio.to_thread(fs.wait_ledger, 10)
+            for _ in range(3):
+                done = await asyncio.to_thread(fs.cli, "quota", "rebuild", "-i", fs.stack.institution)
+                outcomes.append(f"rc={done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}")
+                await asyncio.sleep(0.5)
+            await load
+
+        asyncio.run(scenario())
+        print("rebuilds:", *outcomes, sep="\n  ")
+        fs.assert_invariants()
