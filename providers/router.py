@@ -590,8 +590,10 @@ class Router:
                 raise _Failed(Attempt(cfg.id, f"HTTP {status}: {detail}", status))
             if status >= 400:
                 raw = await resp.read(_MAX_ERROR_BODY)
+                # An excerpt, as for 5xx: enough for the operator, too short to keep a prompt an upstream
+                # might echo back (prompts are never stored).
                 log.warning("upstream %s refused a request with HTTP %s: %s", cfg.id, status,
-                            raw[:2000].decode(errors="replace"))  # fmt: skip
+                            raw[:200].decode(errors="replace"))  # fmt: skip
                 key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
                 data = public_error(status, dep.adapter.translate_error(status, raw), (key,) if key else ())
                 return _whole(dep, server, resp, status, data, None, attempts)
