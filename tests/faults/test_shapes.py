@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.faults.harness import fault_stack, priced_org
+from tests.faults.invariants import ledger_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -25,3 +26,8 @@ def test_batched_prompts_on_a_small_member_cap(
                      mutate=priced_org(unit_cap=20_000, member_cap=400, grant=None)) as fs:  # fmt: skip
         fs.load(12, concurrency=4, body=batch, path="/v1/completions")
         fs.assert_invariants()
+        # A cap the reservation respected leaves nothing to record as overage: spend past the cap, even
+        # when the ledger calls it overage rather than funded, is what the item is about.
+        rows = ledger_rows(fs.stack.db_url, fs.stack.institution)
+        overage = {r.request_id: (r.cost_micro, r.overage_micro) for r in rows if r.overage_micro}
+        assert not overage, f"served past the member cap as overage (cost, overage µ$): {overage}"
