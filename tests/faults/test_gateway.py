@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 item 7: the survivor bills the dead gateway's holds in Redis (log: 'billed unsettled hold "
+    strict=False,  # intermittent: failed 3 of 4 runs on 2026-12-03 (passed once)
+    reason="issue 16 item 7 (intermittent): the survivor bills the dead gateway's holds in Redis (log: 'billed unsettled hold "
     "... of req_unsettled_<hold> at its bound'), but none of the 50 cut streams reaches the ledger: I2 reports "
     "50 served requests missing (ledger: only the survivor's 60 ok rows)",
 )
