@@ -10,7 +10,8 @@ none may make a served request free:
   this process then writes nothing, because the sweeper's event already bills the request.
 * **The process dies** (SIGKILL, OOM, node loss) with requests in flight: their holds carry the usage
   event's skeleton (``skeleton``), so after the deadline any replica's sweeper bills each hold whole and
-  writes its event (status ``unsettled``, the hold's tokens and cost: an upper bound of what was served).
+  writes its event (status ``unsettled``, the hold's tokens and cost: an upper bound of what was served);
+  a gateway writes those of the institutions it serves only (:meth:`Accounting.run_billing`).
 * **A long stream**: its hold's deadline is renewed every third of the TTL while it lives
   (:meth:`Accounting.run_leases`), so the sweeper never takes the room of a request still being served.
 * **Settled before, or Redis lost the record** (``gone``): the usage is recorded with its cost as
@@ -26,7 +27,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -183,6 +184,20 @@ class Accounting:
         o = unsettled_outcome(hold, hold.charge.institution, self._chargebacks_of(hold.charge.institution))
         self._emit(o, str(uuid.uuid5(_UNSETTLED_NS, f"{hold.charge.institution}/{hold.reservation_id}")))
         log.warning("billed unsettled hold %s of %s at its bound", hold.reservation_id, o.request_id)
+
+    async def run_billing(self, institutions: Callable[[], Iterable[str]], every: float = 1.0) -> None:
+        """Write the usage events of the holds the sweepers billed on expiry, for the institutions this
+        process serves only: their events belong in this deployment's topic and ledger, and a Redis shared
+        by several deployments holds other institutions' too."""
+        while True:
+            await asyncio.sleep(every)
+            for inst in institutions():
+                try:
+                    await self.quota.drain_unsettled(inst, self.bill_unsettled)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # Redis away, or an entry that cannot be written: the next round retries
+                    log.warning("could not bill the unsettled holds of %s", inst, exc_info=True)
 
     async def run_leases(self) -> None:
         """Renew every live hold each third of the TTL, so only a dead process's holds ever expire."""

@@ -64,6 +64,9 @@ class Runtime:
             raise RuntimeError("the usage producer is not running")
         emit(self.producer, o, event_id)
 
+    def _served_institutions(self) -> list[str]:
+        return list(self.catalog.views) if self.catalog is not None else []
+
     def _chargebacks(self, institution: str) -> dict[str, str | None]:
         view = self.catalog.views.get(institution) if self.catalog is not None else None
         return dict(view.chargebacks) if view is not None else {}
@@ -125,10 +128,11 @@ class Runtime:
         # (non-stream) and ~370 to ~260 µs (stream) in bench/gateway.py's concurrency-64 runs.
         gc.set_threshold(20_000, 20, 20)
         self._tasks = [
-            asyncio.create_task(
-                self.quota.run_sweeper(on_unsettled=self.accounting.bill_unsettled), name="quota-sweeper"
-            ),
+            asyncio.create_task(self.quota.run_sweeper(), name="quota-sweeper"),
             asyncio.create_task(self.accounting.run_leases(), name="quota-leases"),
+            asyncio.create_task(
+                self.accounting.run_billing(self._served_institutions), name="quota-unsettled"
+            ),
             asyncio.create_task(self._watch_ledger(), name="ledger-watch"),
             asyncio.create_task(self.quota.listen_invalidations(), name="quota-invalidations"),
             asyncio.create_task(self._listen_catalog(), name="catalog-invalidations"),

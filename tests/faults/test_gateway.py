@@ -16,12 +16,6 @@ from tests.faults.harness import fault_stack, priced_org
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
-@pytest.mark.xfail(
-    strict=False,  # intermittent: failed 3 of 4 runs on 2026-12-03 (passed once)
-    reason="issue 16 item 7 (intermittent): the survivor bills the dead gateway's holds in Redis (log: 'billed unsettled hold "
-    "... of req_unsettled_<hold> at its bound'), but none of the 50 cut streams reaches the ledger: I2 reports "
-    "50 served requests missing (ledger: only the survivor's 60 ok rows)",
-)
 def test_gateway_sigkill_with_50_streams_open(
     pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
