@@ -39,7 +39,9 @@ class UsageEvent(SQLModel, table=True):
     cost_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     overage_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     latency_ms: int = 0
-    status: str = Field(max_length=24)  # ok | clamped | refused | upstream_error | client_abort | bad_request | unsettled
+    status: str = Field(
+        max_length=24
+    )  # ok | clamped | refused | upstream_error | client_abort | bad_request | unsettled
     binding_unit: str | None = None
     # How the charge was funded, exactly as quota/ applied it: what `quota rebuild` replays.
     funding: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
