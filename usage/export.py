@@ -170,7 +170,9 @@ def render(fmt: Format, account: focus.Account, period: str, scope: str, lines: 
     if fmt == "csv":
         return _csv(CSV_COLUMNS, [_csv_row(account, period, line) for line in lines])
     if fmt == "focus":
-        return _csv(focus.COLUMNS, [[r[c] for c in focus.COLUMNS] for r in focus.rows(account, lines)])
+        return _csv(
+            focus.COLUMNS, [[_focus_cell(r[c]) for c in focus.COLUMNS] for r in focus.rows(account, lines)]
+        )
     return _json(account, period, scope, lines)
 
 
@@ -181,6 +183,18 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", 
 def spreadsheet_text(value: str) -> str:
     """A text cell a spreadsheet shows as text: a leading quote before anything that starts a formula."""
     return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def _focus_cell(value: Any) -> Any:
+    """FOCUS text cells (unit, institution and cost-object names) are as formula-safe as the plain CSV's;
+    numbers, and text that is a number, stay as they are."""
+    if not isinstance(value, str):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return spreadsheet_text(value)
+    return value
 
 
 def _csv_row(account: focus.Account, period: str, line: Line) -> list[str]:

@@ -73,3 +73,22 @@ async def test_formula_text_is_neutralised_in_csv_and_raw_in_json(env: Env) -> N
     lines = as_json.json()["lines"]
     assert {line["unit_name"] for line in lines} == {HYPERLINK, FULLWIDTH, MINUS}
     assert [line["cost_object"] for line in lines if line["funding"] == "extra"] == [CHARGEBACK]
+
+    # The FOCUS export is CSV too (the unit, institution and cost-object names reach it): no live formula.
+    as_focus = await bursar.get("/api/v1/units/eng/export", params={"period": PERIOD, "format": "focus"})
+    assert as_focus.status_code == 200, as_focus.text
+    focus_rows = _cells(as_focus.content)
+    assert focus_rows
+
+    def number(v: str) -> bool:
+        try:
+            float(v)
+        except ValueError:
+            return False
+        return True
+
+    live = [
+        (c, v) for r in focus_rows for c, v in r.items() if v.startswith(FORMULA_STARTS) and not number(v)
+    ]
+    assert live == []
+    assert any(v == "'" + HYPERLINK for r in focus_rows for v in r.values())
