@@ -16,7 +16,7 @@ gateways on the same code, side by side:
 
 "Left out" is done here, in this benchmark's own process, by replacing the stage's function
 (`gateway.budget.reserve` answers every request with the first reservation it made,
-`gateway.budget.settle`, `gateway.endpoints._emit` and `Runtime._emit` do nothing); nothing in the gateway can
+`gateway.budget.settle` and `Runtime._emit` do nothing); nothing in the gateway can
 switch a stage off. Each round drives every variant in turn with bench/load.py, each time
 right after a direct run against the mock, and reads the CPU time of the gateway process
 (with its sidecar), Redis, the broker and the mock before and after. It prints the medians:
@@ -79,7 +79,6 @@ def _proxy_app(upstream: str) -> Callable[..., Any]:
 
 def _leave_out(budget: bool, metering: bool) -> None:
     import gateway.budget
-    import gateway.endpoints
     import gateway.runtime
     from quota import Reservation
 
@@ -97,8 +96,7 @@ def _leave_out(budget: bool, metering: bool) -> None:
 
         gateway.budget.reserve = reserve_once  # type: ignore[assignment]
         gateway.budget.settle = no_settle  # type: ignore[assignment]
-    if metering:  # both places a usage event leaves: unserved requests, and gateway/accounting.py's record
-        gateway.endpoints._emit = lambda rt, o: None  # type: ignore[assignment]
+    if metering:  # the one place a usage event leaves the gateway (gateway/accounting.py records through it)
         gateway.runtime.Runtime._emit = lambda self, o, event_id: None  # type: ignore[method-assign]
 
 

@@ -153,7 +153,7 @@ class Accounting:
         if s.status == "gone":
             log.warning("%s: its hold was unknown to Redis; recorded as unfunded overage", o.request_id)
         METRICS.settled(usage.input, usage.output)
-        self._record(o, None)
+        self.record(o)
 
     async def _settle(
         self, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage, price: Price
@@ -172,7 +172,9 @@ class Accounting:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_RETRY)
 
-    def _record(self, o: Outcome, event_id: str | None) -> None:
+    def record(self, o: Outcome, event_id: str | None = None) -> None:
+        """Hand a request's usage event to the pipeline; never raises (also for requests that ended before
+        anything was served: refused, invalid, upstream down)."""
         try:
             self._emit(o, event_id)
         except Exception:

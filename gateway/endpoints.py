@@ -24,7 +24,7 @@ from gateway.estimate import (
     embedding_input_bound,
     image_tokens,
 )
-from gateway.meter import Outcome, emit
+from gateway.meter import Outcome
 from gateway.observe import METRICS
 from gateway.policy import resolve_model
 from gateway.requests import (
@@ -137,15 +137,6 @@ def _per_choice(r: Reservation, parsed: ParsedRequest) -> int:
     return per
 
 
-def _emit(rt: Runtime, o: Outcome) -> None:
-    """The event of a request that ended before anything was served (refused, invalid, upstream down)."""
-    try:
-        if rt.producer is not None:
-            emit(rt.producer, o)
-    except Exception:
-        log.exception("could not record usage event %s", o.request_id)
-
-
 async def handle(request: Request, kind: str) -> Response:
     started = time.perf_counter()
     response = await _serve(request, kind)
@@ -188,7 +179,7 @@ async def _serve(request: Request, kind: str) -> Response:
         if outcome is not None:
             if outcome.status != "refused":
                 outcome.status = "upstream_error" if error.status >= 500 else "bad_request"
-            _emit(rt, outcome)
+            rt.accounting.record(outcome)
         return error.response()
 
     served = upstream.served_by
@@ -223,7 +214,7 @@ async def _upstream_refused(
     body = await upstream.read()
     await rt.accounting.release(r)
     o.status = "bad_request"
-    _emit(rt, o)
+    rt.accounting.record(o)
     METRICS.count(kind, upstream.status, "upstream_refused")
     response = Response(body, status_code=upstream.status, media_type="application/json")
     response.raw_headers.extend(headers)
