@@ -27,11 +27,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -53,6 +54,13 @@ ChargebacksOf = Callable[[str], Mapping[str, str | None]]  # institution -> {ext
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 _FIRST_RETRY, _MAX_RETRY = 0.1, 2.0
 _UNSETTLED_NS = uuid.UUID("6f1d7a52-3c1e-4f0a-9a55-0e2b8c1d4e77")
+_HAND_OVER_WITHIN = 10.0  # seconds a drain round waits for its events to reach Kafka or the spool
+_DEAD_UNSETTLED = Counter(
+    "eduaiq_unsettled_dead_letters",
+    "Unsettled-hold entries that could not be billed (malformed), moved to the dead-letter list",
+    ["institution"],
+    registry=METRICS.registry,
+)
 
 
 def skeleton(o: Outcome, input_bound: int) -> str:
@@ -103,9 +111,18 @@ def unsettled_outcome(
 
 
 class Accounting:
-    def __init__(self, quota: QuotaEngine, emit: Emit, chargebacks_of: ChargebacksOf) -> None:
+    def __init__(
+        self,
+        quota: QuotaEngine,
+        emit: Emit,
+        chargebacks_of: ChargebacksOf,
+        flush: Callable[[float], Awaitable[bool]] | None = None,
+    ) -> None:
+        """``flush(seconds)``: wait until every event emitted so far is with Kafka or the spool (False if
+        not within that time); the unsettled holds' entries leave Redis only after it said True."""
         self.quota = quota
         self._emit = emit
+        self._flush = flush
         self._chargebacks_of = chargebacks_of
         self._live: dict[str, Reservation] = {}  # the holds this process must keep alive (leases)
 
@@ -182,7 +199,8 @@ class Accounting:
 
     def bill_unsettled(self, hold: UnsettledHold) -> None:
         """The sweeper's hand-over: write the usage event of a hold billed on expiry. Its event id comes
-        from the hold, so a hand-over repeated after a crash is one ledger row."""
+        from the hold, so a hand-over repeated after a crash (the entry is claimed again once its claim
+        lapses, quota.QuotaEngine.drain_unsettled) is one ledger row."""
         o = unsettled_outcome(hold, hold.charge.institution, self._chargebacks_of(hold.charge.institution))
         self._emit(o, str(uuid.uuid5(_UNSETTLED_NS, f"{hold.charge.institution}/{hold.reservation_id}")))
         log.warning("billed unsettled hold %s of %s at its bound", hold.reservation_id, o.request_id)
@@ -195,11 +213,20 @@ class Accounting:
             await asyncio.sleep(every)
             for inst in institutions():
                 try:
-                    await self.quota.drain_unsettled(inst, self.bill_unsettled)
+                    await self.quota.drain_unsettled(
+                        inst, self.bill_unsettled, handed_over=self._handed_over, on_poison=self._poison
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # Redis away, or an entry that cannot be written: the next round retries
                     log.warning("could not bill the unsettled holds of %s", inst, exc_info=True)
+
+    async def _handed_over(self) -> bool:
+        return self._flush is None or await self._flush(_HAND_OVER_WITHIN)
+
+    @staticmethod
+    def _poison(institution: str, err: Exception) -> None:
+        _DEAD_UNSETTLED.labels(institution).inc()
 
     async def run_leases(self) -> None:
         """Renew every live hold each third of the TTL, so only a dead process's holds ever expire."""

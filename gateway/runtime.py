@@ -55,7 +55,7 @@ class Runtime:
             min_output_tokens=settings.min_clamp_tokens,
             loader=make_loader(self.db, self._drain_own_events),
         )
-        self.accounting = Accounting(self.quota, self._emit, self._chargebacks)
+        self.accounting = Accounting(self.quota, self._emit, self._chargebacks, self._flush_events)
         self._tasks: list[asyncio.Task[None]] = []
         self._replica = ledger_watch.replica_id()
 
@@ -63,6 +63,9 @@ class Runtime:
         if self.producer is None:
             raise RuntimeError("the usage producer is not running")
         emit(self.producer, o, event_id)
+
+    async def _flush_events(self, within: float) -> bool:
+        return self.producer is not None and await self.producer.flush(within)
 
     def _served_institutions(self) -> list[str]:
         return list(self.catalog.views) if self.catalog is not None else []

@@ -66,6 +66,8 @@ _CODE: dict[str, Metric] = {"cost": "cost", "tokens": "tokens"}
 
 
 _R, _S, _L, _X, _N = bulk("R"), bulk("S"), bulk("L"), bulk("X"), bulk("N")
+# What a malformed unsettled entry raises, parsed or billed: it goes to the dead letters, not back.
+_POISON = (ValueError, TypeError, KeyError, IndexError)
 
 
 # KEYS[1] cfg, ARGV[1] the server's run_id. Compiled under another run_id: drop the token (1). Not yet
@@ -112,12 +114,16 @@ class QuotaEngine:
         clock: Callable[[], float] = time.time,
         max_inflight: int = 2,
         max_batch: int = 256,
+        unsettled_lease: float | None = None,
     ) -> None:
         self.redis = redis
         self.reservation_ttl = reservation_ttl
         self.min_output_tokens = min_output_tokens
         self.expired_retention = expired_retention
         self.counter_retention = counter_retention
+        # How long a drain round may hold unsettled entries before another takes them again (a TTL: like a
+        # hold, a claim outlives it only when its process died or could not reach its pipeline).
+        self.unsettled_lease = reservation_ttl if unsettled_lease is None else unsettled_lease
         self._loader = loader
         self._clock = clock
         self._batcher = OpBatcher(redis, max_ops=max_batch, max_inflight=max_inflight)
@@ -491,27 +497,69 @@ class QuotaEngine:
         return total
 
     async def drain_unsettled(
-        self, institution: str, handle: Callable[[UnsettledHold], None], *, batch: int = 100
+        self,
+        institution: str,
+        handle: Callable[[UnsettledHold], None],
+        *,
+        batch: int = 100,
+        handed_over: Callable[[], Awaitable[bool]] | None = None,
+        on_poison: Callable[[str, Exception], None] | None = None,
     ) -> int:
-        """Hand every hold the sweeper billed on expiry to ``handle`` (which writes its usage event), once.
+        """Hand every hold the sweeper billed on expiry to ``handle`` (which writes its usage event), at least
+        once; returns how many were handed over.
 
-        Entries are popped atomically, so two replicas never take the same one; ``handle`` must not
-        await (the gateway's emit only queues a line), so nothing can stop between the pop and the
-        hand-over but the process dying. One that raises goes back on the list for the next round."""
-        name = keys.unsettled(institution)
+        Reliable: a round claims entries (lua/unsettled.lua) rather than popping them, and removes them only
+        once ``handed_over()`` says the events ``handle`` wrote are with the usage pipeline (Kafka or its
+        spool). A process that dies in between leaves claims that any replica takes again when they are
+        ``unsettled_lease`` old; the event id the gateway derives from the hold makes the repeat one ledger
+        row. An entry that cannot be billed (malformed; ``handle`` raising ValueError, TypeError, KeyError
+        or IndexError) goes to the dead-letter list ``un:dead`` and is logged (and passed to ``on_poison``):
+        it never blocks the others. Any other error from ``handle`` (the pipeline away) ends the round; the
+        entries not handed over are claimed again at once by the next one."""
+        names = [keys.unsettled(institution), keys.unsettled_claimed(institution)]
+        dead_key = keys.unsettled_dead(institution)
+        lease_ms = int(self.unsettled_lease * 1000)
         done = 0
         while True:
-            popped = await self.redis.lpop(name, batch)
-            if not popped:
+            claimed = [_text(x) for x in await scripts.run(self.redis, "unsettled", names, [batch, lease_ms])]
+            if not claimed:
                 return done
-            for i, raw in enumerate(popped):
+            handled: list[str] = []
+            dead: list[str] = []
+            failure: Exception | None = None
+            for raw in claimed:
                 try:
-                    handle(_unsettled(institution, _text(raw)))
-                except Exception:
-                    await self.redis.rpush(name, *popped[i:])
-                    raise
-                done += 1
-            if len(popped) < batch:
+                    hold = _unsettled(institution, raw)
+                    handle(hold)
+                except _POISON as err:
+                    dead.append(raw)
+                    log.error("unsettled entry of %s cannot be billed (%s); moved to %s: %.200r",
+                              institution, err, dead_key, raw)  # fmt: skip
+                    if on_poison is not None:
+                        on_poison(institution, err)
+                    continue
+                except Exception as err:
+                    failure = err
+                    break
+                handled.append(raw)
+            if dead:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.rpush(dead_key, *dead)
+                    pipe.zrem(names[1], *dead)
+                    await pipe.execute()
+            rest = claimed[len(handled) + len(dead) :]
+            if rest:  # not handed over: the next round (here or elsewhere) takes them again at once
+                await self.redis.zadd(names[1], dict.fromkeys(rest, 0), xx=True)
+            if handled and (handed_over is None or await handed_over()):
+                await self.redis.zrem(names[1], *handled)
+                done += len(handled)
+            elif handled:  # the pipeline did not confirm: their claims lapse and they are written again
+                log.warning("usage events of %d unsettled holds of %s not confirmed by the pipeline; "
+                            "they will be written again", len(handled), institution)  # fmt: skip
+                return done
+            if failure is not None:
+                raise failure
+            if len(claimed) < batch:
                 return done
 
     async def prune(self, institution: str, *, now: float | None = None) -> int:

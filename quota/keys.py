@@ -24,6 +24,9 @@ names they need first, then declare them). Fields inside the hashes:
     late settle charges nothing more (expiry billed the hold) and a second settle is refused.
 ``eq:{I}:un`` list: records of holds the sweeper billed on expiry (``<id>\n<record>``), waiting for a
     gateway's sweeper to write their usage events (:meth:`QuotaEngine.drain_unsettled`).
+``eq:{I}:un:claimed`` sorted set: entries a drain round took from ``un`` and has not yet seen handed to the
+    usage pipeline, scored by the end of the claim (ms, Redis's clock); a stale claim is taken again.
+``eq:{I}:un:dead`` list: entries that cannot be billed (malformed), set aside so they block nothing.
 """
 
 from __future__ import annotations
@@ -70,6 +73,14 @@ def records(inst: str) -> str:
 
 def unsettled(inst: str) -> str:
     return prefix(inst) + "un"
+
+
+def unsettled_claimed(inst: str) -> str:
+    return prefix(inst) + "un:claimed"
+
+
+def unsettled_dead(inst: str) -> str:
+    return prefix(inst) + "un:dead"
 
 
 def member_node(user: str, unit: str) -> str:

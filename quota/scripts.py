@@ -33,7 +33,7 @@ def script(name: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
-NAMES = ("ops", "compile", "rebuild")
+NAMES = ("ops", "compile", "rebuild", "unsettled")
 
 
 def is_noscript(err: object) -> bool:

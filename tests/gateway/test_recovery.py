@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
@@ -11,13 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg2
 import pytest
 import redis
 
 from cli.services.process import free_port
 from cli.services.redis import start_redis
+from core.settings import Settings
+from quota import keys
 from tests.gateway.harness import gateway_stack
+from usage.lag import wait_for_ledger
 
 PER_REQUEST = 20  # tokens, and micro-units: input is free and each output token costs 1 micro-unit
 
@@ -237,3 +242,86 @@ def test_a_stream_outliving_the_reservation_ttl_keeps_its_hold(
         assert _ledger_rows(stack.db_url, stack.institution, "unsettled") == []
         state = _cost(stack)
         assert (state["used"], state["reserved"]) == (100, 0)
+
+
+def _sidecars(gateway: Any) -> list[psutil.Process]:
+    return psutil.Process(gateway.pid).children(recursive=True)
+
+
+@pytest.mark.parametrize("sidecar_after", ["killed", "resumed"])
+def test_a_gateway_killed_while_billing_unsettled_holds_loses_none_and_a_repeat_is_one_ledger_row(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path, sidecar_after: str
+) -> None:
+    """Gateway A is SIGKILLed mid-stream; its hold expires and gateway B's sweeper bills it. B's usage pipeline
+    is stopped (its sidecar SIGSTOPped), so B takes the unsettled entry but its event reaches nothing durable;
+    then B is SIGKILLed (a pod kill). Gateway C (paused meanwhile, so that B is the one that takes it) must
+    write the row. 'killed': B's sidecar dies too, the event B wrote is gone. 'resumed': B's sidecar lives on
+    and delivers B's event as well, so the ledger receives the same event twice and keeps one row. Before the
+    fix the entry was popped: with 'killed' the hold, charged to the counters, never reached the ledger."""
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, mutate=_priced(10_000), gateways=3,
+                       consumer=True, upstream_args=("--chunk-delay-ms", "200", "--reply-tokens", "200"),
+                       extra_env={"EDUAIQ_RESERVATION_TTL_SECONDS": "5"}) as stack:  # fmt: skip
+        first, _, third = stack.env["GATEWAY_URLS"].split(",")
+        gw_a, gw_b, gw_c = stack.procs[1:4]  # procs: upstream, the three gateways, the consumer
+        r = redis.Redis.from_url(redis_url, decode_responses=True)
+        gw_c.send_signal(signal.SIGSTOP)
+        b_sidecars = _sidecars(gw_b)
+        assert b_sidecars
+        try:
+            got_bytes = threading.Event()
+
+            def stream() -> None:
+                try:
+                    with httpx.stream("POST", first + "/v1/chat/completions", timeout=30,
+                                      headers={"Authorization": f"Bearer {stack.key('alice')}"},
+                                      json={"model": "demo-chat", "stream": True, "max_tokens": 100,
+                                            "messages": [{"role": "user", "content": "long story"}]}) as resp:  # fmt: skip
+                        for _ in resp.iter_bytes():
+                            got_bytes.set()
+                except httpx.HTTPError:
+                    pass  # the gateway dies under it
+
+            reader = threading.Thread(target=stream)
+            reader.start()
+            assert got_bytes.wait(20)
+            for p in b_sidecars:
+                p.suspend()  # B's usage pipeline stops taking events
+            gw_a.send_signal(signal.SIGKILL)
+            gw_a.wait(10)
+            reader.join(30)
+            # B's sweeper bills the hold after its deadline and B's billing round takes the entry.
+            deadline = time.monotonic() + 60
+            while (r.hlen(keys.records(stack.institution)) or r.llen(keys.unsettled(stack.institution))) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+            assert r.hlen(keys.records(stack.institution)) == 0
+            assert r.llen(keys.unsettled(stack.institution)) == 0
+            gw_b.send_signal(signal.SIGKILL)
+            gw_b.wait(10)
+            for p in b_sidecars:
+                if sidecar_after == "killed":
+                    p.kill()
+                else:
+                    p.resume()  # it reads what B wrote before dying, sends it, and exits
+                    p.wait(60)
+        finally:
+            gw_c.send_signal(signal.SIGCONT)
+            for p in b_sidecars:
+                with contextlib.suppress(psutil.Error):
+                    p.resume()
+        # C takes the lapsed claim (after one TTL) and writes the row.
+        deadline = time.monotonic() + 90
+        while r.zcard(keys.unsettled_claimed(stack.institution)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert r.zcard(keys.unsettled_claimed(stack.institution)) == 0, (
+            "nobody wrote the unsettled hold's event"
+        )
+        # Everything any gateway emitted is in the ledger once the consumers have caught up.
+        assert wait_for_ledger(Settings(kafka_bootstrap=kafka_bootstrap, kafka_topic=stack.env["EDUAIQ_KAFKA_TOPIC"],
+                                        kafka_consumer_group=stack.env["EDUAIQ_KAFKA_CONSUMER_GROUP"]), 60)  # fmt: skip
+        rows = _ledger_rows(stack.db_url, stack.institution, "unsettled")
+        assert [(row[1], row[2], row[3]) for row in rows] == [(100, 0, "alice")]  # once, funded whole
+        survivor = stack.__class__(third, stack.institution, stack.db_url, stack.env, stack.upstream_url)
+        assert _cost(survivor)["used"] == 100  # and the counters agree with it
+        r.close()
