@@ -39,7 +39,7 @@ from gateway.runtime import Runtime
 from gateway.stream import RelayResponse, StreamResult, WholeAnswer
 from gateway.tokens import answer_tokens, prompt_tokens
 from providers.errors import InvalidRequest, ModelNotFound, ProviderError, UpstreamUnavailable
-from providers.router import UpstreamResponse
+from providers.router import UpstreamAnswerLost, UpstreamResponse
 from providers.usage import NormalisedUsage
 from quota import Reservation
 
@@ -148,6 +148,7 @@ async def _serve(request: Request, kind: str) -> Response:
     rt = _runtime(request)
     outcome: Outcome | None = None
     reservation: Reservation | None = None
+    input_bound = images = 0
     try:
         principal = await rt.keys.authenticate(request.headers.get("authorization"))
         view = _view(rt, principal)
@@ -171,6 +172,11 @@ async def _serve(request: Request, kind: str) -> Response:
             max_tokens=_per_choice(reservation, parsed) if kind != "embedding" else None,
             allowed_models=allowed, needs_vision=images > 0, prompt_tokens_hint=input_bound,
         )  # fmt: skip
+    except UpstreamAnswerLost as exc:
+        assert reservation is not None and outcome is not None  # raised only by router.open
+        error = await _bill_lost_answer(rt, view, reservation, outcome, exc, input_bound, images)
+        METRICS.count(kind, error.status, error.code)
+        return error.response()
     except Exception as exc:
         error = _as_api_error(exc)
         if reservation is not None:
@@ -200,6 +206,32 @@ async def _serve(request: Request, kind: str) -> Response:
         headers,
         functools.partial(rt.accounting.finish, view, reservation, outcome, usage, served.price),
     )
+
+
+async def _bill_lost_answer(
+    rt: Runtime,
+    view: InstitutionView,
+    r: Reservation,
+    o: Outcome,
+    exc: UpstreamAnswerLost,
+    input_bound: int,
+    images: int,
+) -> ApiError:
+    """The upstream answered 200 but its body was lost (over the size cap, past the read timeout). The
+    model ran and its provider bills it, and nobody can say how much it produced: the request is charged
+    at its reservation's bound (prompt bound + the max_tokens sent), at the serving deployment's price,
+    and recorded as `upstream_error` with those tokens. Never retried elsewhere, never released; the
+    client is told not to retry (`x-should-retry: false`, which the OpenAI SDKs honour), since a retry
+    would be charged again."""
+    served = exc.served_by
+    o.provider_id, o.deployment_id = served.provider_id, served.deployment_id
+    o.status = "upstream_error"
+    log.warning("%s: %s; charged at its bound", o.request_id, exc)
+    bound = NormalisedUsage(input=input_bound, output=r.output_tokens, image=images)
+    await rt.accounting.finish(view, r, o, bound, served.price)
+    return ApiError(502, "the model answered but its answer could not be delivered (too large, or too slow "
+                    "to arrive); the request was charged at its limit, as the model's provider bills it",
+                    code="upstream_answer_lost", headers={"x-should-retry": "false"})  # fmt: skip
 
 
 async def _upstream_refused(

@@ -8,7 +8,10 @@ what this process has started or finished since; other deployments by this
 process's own in-flight count. A deployment is skipped while its breaker is
 open. Connect errors, timeouts, 5xx and 429 move on to the next candidate as
 long as nothing has been sent to the caller; once `open()` returns, the
-caller owns the stream and a failure surfaces as UpstreamStreamError.
+caller owns the stream and a failure surfaces as UpstreamStreamError. A
+non-stream answer whose 2xx head came but whose body was lost (over the size
+cap, past the read timeout) is never retried: the model has run, and
+UpstreamAnswerLost tells the caller to bill it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from providers.errors import (
     Attempt,
     InvalidRequest,
     ModelNotFound,
+    ProviderError,
     RetryableUpstreamError,
     UpstreamStreamError,
     UpstreamUnavailable,
@@ -121,6 +125,19 @@ class _Failed(Exception):
         super().__init__(attempt.reason)
         self.attempt = attempt
         self.timeout = timeout
+
+
+class UpstreamAnswerLost(ProviderError):
+    """The upstream answered 200 but its body could not be taken (larger than the response cap, too slow
+    to arrive, or unreadable). The model has run and its provider bills the work, so this is never retried
+    on another deployment and never free: the gateway charges the request at its reservation's bound.
+    `served_by` names the deployment (and price) that did the work."""
+
+    status = 502
+
+    def __init__(self, message: str, served_by: ServedBy) -> None:
+        super().__init__(message)
+        self.served_by = served_by
 
 
 class _StreamMeter:
@@ -484,8 +501,9 @@ class Router:
         `needs_vision` skips fallbacks that cannot see images. `prompt_tokens_hint` (the
         gateway's estimate) becomes the input count for providers configured with
         `stream_usage: counted`; `resp.usage_estimated` then says so.
-        Raises ModelNotFound, InvalidRequest, or UpstreamUnavailable when every candidate
-        failed before the first byte. A 4xx other than 429 is returned, not raised.
+        Raises ModelNotFound, InvalidRequest, UpstreamUnavailable when every candidate
+        failed before the first byte, or UpstreamAnswerLost when a non-stream answer's 2xx
+        head came but its body could not be taken. A 4xx other than 429 is returned, not raised.
         """
         chain = self._chains.get(model_id)
         if chain is None:
@@ -598,8 +616,14 @@ class Router:
                 data = public_error(status, dep.adapter.translate_error(status, raw), (key,) if key else ())
                 return _whole(dep, server, resp, status, data, None, attempts)
             if not stream:
-                body_bytes = await resp.read_whole(session.limits.max_response_bytes)
-                data, usage = dep.adapter.translate_body(cfg, body_bytes)
+                try:
+                    body_bytes = await resp.read_whole(session.limits.max_response_bytes)
+                    data, usage = dep.adapter.translate_body(cfg, body_bytes)
+                except Exception as exc:
+                    # After a 2xx head the model has already run: retrying elsewhere would run (and bill)
+                    # it twice, and releasing the hold would make it free.
+                    reason = f"answer lost after HTTP {status}: {str(exc) or type(exc).__name__}"[:300]
+                    raise UpstreamAnswerLost(f"upstream {cfg.id}: {reason}", dep.served_by) from exc
                 return _whole(dep, server, resp, status, data, usage, attempts)
             proc = dep.adapter.stream_processor(
                 cfg, include_usage_chunk=include_usage_chunk, prompt_tokens_hint=prompt_tokens_hint
@@ -616,7 +640,7 @@ class Router:
                     break
                 first = proc.feed(chunk)
             resp.deadline = None  # the first byte came in time; from here each read has its own timeout
-        except _Failed:
+        except (_Failed, UpstreamAnswerLost):
             self._fail(dep, resp)
             raise
         except TimeoutError as exc:

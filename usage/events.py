@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SCHEMA_VERSION: Literal[1] = 1
 
 # unsettled: billed at its hold because its gateway never settled it (gateway/accounting.py)
+# upstream_error: the model's server failed. Nothing is charged when it failed before answering; a stream it
+# cut is charged what it produced; a non-stream answer lost after its 200 head (over the size cap, past the
+# read timeout) is charged at the reservation's bound, since the provider ran and bills it.
 Status = Literal["ok", "clamped", "refused", "upstream_error", "client_abort", "bad_request", "unsettled"]
 Purpose = Literal["teaching", "research", "other"]
 Metric = Literal["cost", "tokens"]
