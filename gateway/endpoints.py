@@ -126,6 +126,20 @@ async def _fallback_usage(
     return NormalisedUsage(input=prompt + images, output=produced, image=images)
 
 
+def _at_least(reported: NormalisedUsage | None, counted: NormalisedUsage) -> NormalisedUsage:
+    """A cut stream's usage: what the provider reported before the cut (Anthropic's `message_start`
+    input, Gemini's running `usageMetadata`; it bills at least that), but never less than the count of
+    what was delivered."""
+    if reported is None:
+        return counted
+    return NormalisedUsage(
+        input=max(reported.input, counted.input),
+        output=max(reported.output, counted.output),
+        image=max(reported.image, counted.image),
+        cached_input=reported.cached_input,
+    )
+
+
 def _per_choice(r: Reservation, parsed: ParsedRequest) -> int:
     """The clamp sent upstream, per completion: the reservation's output is shared by every choice."""
     per = r.output_tokens // parsed.choices
@@ -265,8 +279,9 @@ def _relay(
 ) -> Response:
     async def done(result: StreamResult) -> None:
         usage = upstream.usage
-        if usage is None:
-            usage = await _fallback_usage(rt, parsed, images, result.events)
+        if usage is None:  # cut (client gone, upstream failed) or never reported
+            counted = await _fallback_usage(rt, parsed, images, result.events)
+            usage = _at_least(upstream.reported_usage, counted)
         if result.client_gone:
             o.status = "client_abort"
         elif result.error is not None:

@@ -228,6 +228,14 @@ class UpstreamResponse:
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
+    @property
+    def reported_usage(self) -> NormalisedUsage | None:
+        """The usage the upstream reported before the stream ended or was cut (None if none): `usage`
+        is only set by a stream that ran to its end."""
+        if self.usage is not None and not self.usage_estimated:
+            return self.usage
+        return self._proc.reported() if self._proc is not None else None
+
     def _finish(self, *, ok: bool) -> None:
         if self._server is not None:
             self._server.inflight -= 1

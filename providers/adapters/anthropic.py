@@ -308,6 +308,9 @@ class AnthropicStream:
             raise RetryableUpstreamError("anthropic stream ended before message_stop")
         return out
 
+    def reported(self) -> NormalisedUsage | None:
+        return from_anthropic(self._raw_usage) if self._raw_usage else None
+
 
 class AnthropicAdapter:
     def prepare(

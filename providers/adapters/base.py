@@ -42,6 +42,12 @@ class StreamProcessor(Protocol):
         """Upstream EOF: the bytes still owed to the client (translators end the stream here)."""
         ...
 
+    def reported(self) -> NormalisedUsage | None:
+        """The usage the upstream has reported so far (None if none yet): what a stream cut before its
+        end is billed at least, since providers bill what they reported (Anthropic's `message_start`
+        input and `message_delta` output, Gemini's running `usageMetadata`)."""
+        ...
+
 
 class Adapter(Protocol):
     def prepare(

@@ -296,6 +296,9 @@ class GeminiStream:
         out.append(DONE_EVENT)
         return b"".join(out)
 
+    def reported(self) -> NormalisedUsage | None:
+        return from_gemini(self._meta) if self._meta else None
+
 
 class GeminiAdapter:
     def prepare(

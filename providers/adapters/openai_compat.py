@@ -182,6 +182,9 @@ class PassthroughStream:
             out += self._counted_usage()
         return out
 
+    def reported(self) -> NormalisedUsage | None:
+        return None if self.usage_estimated else self.usage
+
 
 def _next_usage(data: bytes, pos: int) -> int:
     """Where the next usage object may be (`"usage": {...}` or Groq's `"x_groq"`), or -1; a
