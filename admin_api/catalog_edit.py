@@ -60,12 +60,13 @@ def _config_problems(problems: list[str]) -> Exception:
 async def save_configs(ctx: Ctx, configs: list[ProviderConfig], action: str) -> None:
     """Make the rows match `configs`, auditing each row created, changed or removed.
 
-    The operator's upstream policy applies to the whole section: a provider may read only declared
-    secret variables and reach a non-public address only where the operator allowed it (the gateway
-    would disable it otherwise); host names are resolved here too, so the admin hears of it at once."""
+    The operator's upstream policy applies to the whole section: a provider may read only secret
+    variables declared for this institution (and for the hosts it sends them to) and reach a non-public
+    address only where the operator allowed it (the gateway would disable it otherwise); host names are
+    resolved here too, so the admin hears of it at once."""
     inst = await ctx.session.get(Institution, ctx.institution_id)
     assert inst is not None
-    policy = UpstreamPolicy.from_settings(ctx.state.settings)
+    policy = UpstreamPolicy.from_settings(ctx.state.settings).for_institution(ctx.institution_id)
     problems = [q for i, p in enumerate(configs) for q in policy.provider_problems(p, f"providers[{i}]")]
     if problems:
         raise _config_problems(problems)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -34,23 +35,54 @@ def parse_networks(value: str) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
-def parse_secret_vars(value: str) -> tuple[frozenset[str], tuple[str, ...]]:
-    """(names, prefixes) from `OPENAI_API_KEY, PROVIDER_KEY_*`; ValueError for a name never allowed."""
-    names: set[str] = set()
-    prefixes: list[str] = []
+@dataclass(frozen=True, slots=True)
+class SecretVar:
+    """One `EDUAIQ_PROVIDER_SECRET_VARS` entry: `[institution:]NAME[*][@host]`.
+
+    `institution` None: any institution's providers may read it (meant for a deployment serving one
+    institution; with several, an unscoped key is readable by every institution's admins). `host` None:
+    it may be sent to any upstream the address policy allows; otherwise only to that host (any port).
+    """
+
+    institution: str | None
+    name: str
+    prefix: bool
+    host: str | None
+
+    def matches(self, name: str, institution: str | None) -> bool:
+        if self.institution is not None and self.institution != institution:
+            return False
+        return name.startswith(self.name) if self.prefix else name == self.name
+
+
+_INSTITUTION = re.compile(r"^[a-z0-9][a-z0-9\-]{0,63}$")
+_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HOST = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.\-]*[a-z0-9])?)$")
+SECRET_VARS_FORM = "[institution:]NAME[*][@host], e.g. stateu:OPENAI_API_KEY@api.openai.com"
+
+
+def parse_secret_vars(value: str) -> tuple[SecretVar, ...]:
+    """The entries of `stateu:OPENAI_API_KEY@api.openai.com, stateu:STATEU_*`; ValueError names an entry
+    that is malformed or names a variable no provider may ever read."""
+    out: list[SecretVar] = []
     for part in split_list(value):
-        stem = part[:-1] if part.endswith("*") else part
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", stem):
-            raise ValueError(f"'{part}' is not a variable name or a prefix ending in *")
-        if never_declarable(stem) or (
-            part.endswith("*") and any(p.startswith(stem.upper()) for p in _NEVER_PREFIXES)
-        ):
+        head, at, host = part.partition("@")
+        scope, colon, var = head.rpartition(":")
+        host = host.lower().rstrip(".")
+        if colon and not _INSTITUTION.match(scope):
+            raise ValueError(f"'{part}': '{scope}' is not an institution id (form: {SECRET_VARS_FORM})")
+        if at and not _HOST.match(host):
+            raise ValueError(f"'{part}': '{host}' is not a host name (form: {SECRET_VARS_FORM})")
+        prefix = var.endswith("*")
+        stem = var[:-1] if prefix else var
+        if not _VAR.match(stem):
+            raise ValueError(
+                f"'{part}' is not a variable name or a prefix ending in * (form: {SECRET_VARS_FORM})"
+            )
+        if never_declarable(stem) or (prefix and any(p.startswith(stem.upper()) for p in _NEVER_PREFIXES)):
             raise ValueError(
                 f"'{part}' would let providers read the gateway's own settings or database, Redis or Kafka "
                 "credentials; declare only variables that hold provider keys"
             )
-        if part.endswith("*"):
-            prefixes.append(stem)
-        else:
-            names.add(stem)
-    return frozenset(names), tuple(prefixes)
+        out.append(SecretVar(scope or None, stem, prefix, host.strip("[]") or None))
+    return tuple(out)

@@ -62,8 +62,9 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_read_timeout: float = Field(default=300.0, gt=0)
     # What institution admins' provider entries may make the gateway read and reach (providers/
-    # upstream_policy.py): the variables holding provider secrets (names, or prefixes ending in `*`; never
-    # EDUAIQ_*, PG*, REDIS*, KAFKA*), and the non-public networks and host names upstreams may be on
+    # upstream_policy.py): the variables holding provider secrets, each `[institution:]NAME[*][@host]`
+    # (scoped to one institution's providers, unscoped for any institution's; bound to one host, or any;
+    # never EDUAIQ_*, PG*, REDIS*, KAFKA*), and the non-public networks and host names upstreams may be on
     # (loopback, private and link-local addresses are refused otherwise). Comma-separated.
     provider_secret_vars: str = ""
     upstream_allowed_cidrs: str = ""

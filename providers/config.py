@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from providers.errors import ConfigError
 from providers.prices import SELF_HOSTED_TYPES, Price, litellm_price, price_to_micros
-from providers.upstream_policy import ENV_REF, UpstreamPolicy
+from providers.upstream_policy import ENV_REF, UpstreamPolicy, hostname
 
 ProviderType = Literal[
     "openai-compatible", "vllm", "openai", "anthropic", "gemini", "together", "groq", "mistral", "deepseek"
@@ -112,6 +112,11 @@ class ProviderConfig(BaseModel):
     def self_hosted(self) -> bool:
         return self.type in SELF_HOSTED_TYPES
 
+    @property
+    def resolved_base_url(self) -> str | None:
+        """`base_url`, or the provider type's public API when none is given."""
+        return self.base_url or DEFAULT_BASE_URLS.get(self.type)
+
 
 class RoutingConfig(BaseModel):
     """Process-wide routing knobs (not in the org file; the gateway's settings may set them)."""
@@ -151,6 +156,10 @@ class DeploymentConfig(BaseModel):
     stream_usage: Literal["reported", "counted"] = "reported"
     # Headers whose value is `env:NAME`: (header, variable), read at request time like the key.
     header_env: tuple[tuple[str, str], ...] = ()
+    # The variable whose value the health probe sends as its bearer token: `api_key_env`, or None when the
+    # probe goes to a metrics URL on another host than `base_url` (the key is meant for the model server,
+    # and a host it is bound to in EDUAIQ_PROVIDER_SECRET_VARS is judged by `base_url` and replicas only).
+    probe_key_env: str | None = None
     # Why the gateway will not use this deployment (its provider breaks the operator's policy), or None.
     disabled: str | None = None
 
@@ -210,6 +219,11 @@ def _resolve_price(
             "give price: {input_per_mtok, output_per_mtok}"
         )
     return price
+
+
+def _same_host(metrics_url: str | None, base_url: str) -> bool:
+    """The probe goes to `metrics_url` (or, without one, to the base URL itself)."""
+    return metrics_url is None or hostname(metrics_url) == hostname(base_url)
 
 
 def default_metrics_url(base_url: str) -> str:
@@ -311,6 +325,7 @@ def compile_deployments(
                         timeouts=p.timeouts,
                         health_check=health,
                         metrics_url=metrics_url,
+                        probe_key_env=p.api_key_env if _same_host(metrics_url, url) else None,
                         stream_usage=p.stream_usage,
                     )
                 )

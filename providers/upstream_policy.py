@@ -8,9 +8,11 @@ cloud metadata service at 169.254.169.254, the database's own port), and the
 gateway would send that variable's value there on every request and health
 probe. So the operator declares, in the gateway's settings:
 
-- which variables hold provider secrets (`EDUAIQ_PROVIDER_SECRET_VARS`: names,
-  or prefixes ending in `*`); the gateway's own settings and the database,
-  Redis and Kafka credentials can never be declared;
+- which variables hold provider secrets, for which institution, and where they
+  may be sent (`EDUAIQ_PROVIDER_SECRET_VARS`: `[institution:]NAME[*][@host]`;
+  one institution's admins cannot name another's key, and a key bound to a
+  host goes nowhere else); the gateway's own settings and the database, Redis
+  and Kafka credentials can never be declared;
 - which non-public addresses upstreams may have (`EDUAIQ_UPSTREAM_ALLOWED_CIDRS`
   and `EDUAIQ_UPSTREAM_ALLOWED_HOSTS`); loopback, private (RFC 1918, ULA),
   link-local (the metadata service) and other special-purpose addresses are
@@ -30,11 +32,18 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from core.declared import IPNetwork, never_declarable, parse_networks, parse_secret_vars, split_list
+from core.declared import (
+    IPNetwork,
+    SecretVar,
+    never_declarable,
+    parse_networks,
+    parse_secret_vars,
+    split_list,
+)
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -85,29 +94,54 @@ def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamPolicy:
-    secret_names: frozenset[str] = frozenset()
-    secret_prefixes: tuple[str, ...] = ()
+    """The operator's policy; `for_institution` narrows it to what one institution's providers may read
+    (entries scoped to another institution never match; an unscoped policy matches unscoped entries only)."""
+
+    secret_vars: tuple[SecretVar, ...] = ()
     allowed_networks: tuple[IPNetwork, ...] = ()
     allowed_hosts: frozenset[str] = frozenset()
+    institution: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UpstreamPolicy:
-        names, prefixes = parse_secret_vars(settings.provider_secret_vars)
         hosts = frozenset(h.lower().rstrip(".") for h in split_list(settings.upstream_allowed_hosts))
-        return cls(names, prefixes, parse_networks(settings.upstream_allowed_cidrs), hosts)
+        return cls(
+            parse_secret_vars(settings.provider_secret_vars),
+            parse_networks(settings.upstream_allowed_cidrs),
+            hosts,
+        )
+
+    def for_institution(self, institution: str) -> UpstreamPolicy:
+        return replace(self, institution=institution)
 
     # -- secrets -------------------------------------------------------------------------------------
-    def secret_allowed(self, name: str) -> bool:
+    def _declared(self, name: str) -> list[SecretVar]:
         if never_declarable(name):
-            return False
-        return name in self.secret_names or name.startswith(self.secret_prefixes)
+            return []
+        return [v for v in self.secret_vars if v.matches(name, self.institution)]
 
-    def _secret_problem(self, path: str, name: str) -> str | None:
-        if self.secret_allowed(name):
+    def secret_allowed(self, name: str, hosts: Iterable[str] = ()) -> bool:
+        """`name` is declared for this institution and may be sent to every one of `hosts`."""
+        return self._secret_problem("", name, hosts) is None
+
+    def _secret_problem(self, path: str, name: str, hosts: Iterable[str]) -> str | None:
+        declared = self._declared(name)
+        if not declared:
+            scoped = f"{self.institution}:{name}" if self.institution else name
+            whose = f" of institution '{self.institution}'" if self.institution else ""
+            return (
+                f"{path}: '{name}' is not a variable the operator declared for the provider secrets{whose} "
+                f"(EDUAIQ_PROVIDER_SECRET_VARS, as {scoped}); ask the operator to declare it"
+            )
+        if any(v.host is None for v in declared):
+            return None
+        bound = {v.host for v in declared if v.host is not None}
+        foreign = sorted(set(hosts) - bound)
+        if not foreign:
             return None
         return (
-            f"{path}: '{name}' is not a variable the operator declared for provider secrets "
-            "(EDUAIQ_PROVIDER_SECRET_VARS); ask the operator to declare it"
+            f"{path}: '{name}' may be sent only to {', '.join(sorted(bound))} (EDUAIQ_PROVIDER_SECRET_VARS "
+            f"binds it there), not to {', '.join(foreign)}"
         )
 
     # -- addresses -----------------------------------------------------------------------------------
@@ -143,14 +177,17 @@ class UpstreamPolicy:
     # -- a whole provider ----------------------------------------------------------------------------
     def provider_problems(self, p: ProviderConfig, path: str) -> list[str]:
         problems: list[str] = []
+        # Where the provider's secrets go: its servers (the health probe's too: it goes to the base URL, or
+        # to a metrics URL on the same host; one on another host is probed without the key).
+        hosts = {h for u in (p.resolved_base_url, *p.replicas) if u and (h := hostname(u))}
         if p.api_key_env is not None:
-            problem = self._secret_problem(f"{path}.api_key_env", p.api_key_env)
+            problem = self._secret_problem(f"{path}.api_key_env", p.api_key_env, hosts)
             if problem:
                 problems.append(problem)
         for name, value in p.headers.items():
             ref = ENV_REF.match(value)
             if ref:
-                problem = self._secret_problem(f"{path}.headers.{name}", ref.group(1))
+                problem = self._secret_problem(f"{path}.headers.{name}", ref.group(1), hosts)
                 if problem:
                     problems.append(problem)
             elif secret_header(name):

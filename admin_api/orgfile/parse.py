@@ -52,8 +52,9 @@ def _split(problem: str) -> Problem:
 
 
 def parse_document(doc: Any, policy: UpstreamPolicy | None = None) -> OrgFile:
-    """`policy`: the operator's (undeclared secret variables, literal credential headers and non-public
-    upstream addresses are problems of the file, as the gateway would disable such providers)."""
+    """`policy`: the operator's, applied for the file's institution (secret variables not declared for it,
+    literal credential headers and non-public upstream addresses are problems of the file, as the gateway
+    would disable such providers)."""
     if not isinstance(doc, dict):
         raise OrgFileError([("(file)", "must be a YAML mapping with institution, units, users, ...")])
     problems: list[Problem] = []
@@ -65,7 +66,8 @@ def parse_document(doc: Any, policy: UpstreamPolicy | None = None) -> OrgFile:
     problems += cross_checks(doc)
     if model is not None:
         try:
-            compile_deployments(model.providers, currency=model.institution.currency, policy=policy)
+            scoped = policy.for_institution(model.institution.id) if policy is not None else None
+            compile_deployments(model.providers, currency=model.institution.currency, policy=scoped)
         except ConfigError as exc:
             problems += [_split(p) for p in exc.problems]
     if problems or model is None:
