@@ -4,10 +4,13 @@ One Celery app, configured from the settings (broker and result backend at
 `EDUAIQ_REDIS_URL`). `run_worker(settings)` and `run_beat(settings)` are what
 `eduaiq worker` / `eduaiq beat` run.
 
-Quota upkeep (period rollover, the reservation sweeper, reconciliation with the
-ledger) belongs to `quota/`; this module only schedules it. Each hook names a
-function `quota.jobs.<name>(settings)`; a hook whose function does not exist is
-simply not registered, so scheduling starts the day the function is written.
+Quota upkeep (period rollover, the reservation sweeper) belongs to `quota/`; this
+module only schedules it. Each hook names a function `quota.jobs.<name>(settings)`,
+and every name listed here exists (tests/usage/test_job_names.py imports each one);
+a hook passed in whose function cannot be found is logged and not registered.
+Reconciling the counters with the ledger is not a scheduled job: drift is expected
+while usage events are on their way, so `eduaiq quota check` reports it and
+`eduaiq quota rebuild` repairs it on an operator's word.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ app = Celery("eduaiq", set_as_current=False)
 QUOTA_HOOKS: dict[str, tuple[str, float]] = {
     "quota.rollover_periods": ("quota.jobs:rollover_periods", 60.0),
     "quota.sweep_expired": ("quota.jobs:sweep_expired", 15.0),
-    "quota.reconcile": ("quota.jobs:reconcile", 3600.0),
 }
 # Optional: quota.jobs.caps_for(settings, institution_id) -> {unit_id: cost cap in micro-units or None}.
 CAPS_HOOK = "quota.jobs:caps_for"
@@ -88,7 +90,7 @@ def configure(s: Settings, hooks: Mapping[str, tuple[str, float]] | None = None)
     }
     for name, (target, seconds) in (hooks if hooks is not None else QUOTA_HOOKS).items():
         if resolve(target) is None:
-            log.info("no %s yet: task %s not scheduled", target, name)
+            log.warning("%s does not exist: task %s not scheduled", target, name)
             continue
         _register_hook(name, target)
         schedule[name] = {"task": name, "schedule": seconds}
