@@ -4,7 +4,9 @@ One owner, because every way a request can end must leave the counters and the l
 none may make a served request free:
 
 * **Settled.** The provider's usage is charged by the waterfall and the usage event carries the funding.
-* **Settle fails** (Redis away or timing out): the settle is retried with backoff while the hold lives.
+* **Settle fails** (Redis away or timing out, or the reply lost after the script ran): the settle is retried
+  with backoff while the hold lives; Redis answers a repeat with the first settle's reply, so a lost reply
+  charges nothing twice and never turns a funded request into overage.
   Once it succeeds the request is recorded as usual. If Redis stays away past the hold's deadline, the
   sweeper bills the hold when Redis is back, and the settle that finally gets through answers ``late``:
   this process then writes nothing, because the sweeper's event already bills the request.

@@ -130,6 +130,8 @@ class OpBatcher:
             keys.registry(inst),
             keys.records(inst),
             keys.unsettled(inst),
+            keys.settle_replies(inst),
+            keys.settle_times(inst),
         ]
         seen: set[str] = set()
         for op in ops:

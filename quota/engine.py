@@ -115,6 +115,7 @@ class QuotaEngine:
         max_inflight: int = 2,
         max_batch: int = 256,
         unsettled_lease: float | None = None,
+        settled_retention: float | None = None,
     ) -> None:
         self.redis = redis
         self.reservation_ttl = reservation_ttl
@@ -124,6 +125,9 @@ class QuotaEngine:
         # How long a drain round may hold unsettled entries before another takes them again (a TTL: like a
         # hold, a claim outlives it only when its process died or could not reach its pipeline).
         self.unsettled_lease = reservation_ttl if unsettled_lease is None else unsettled_lease
+        # How long a settle's reply is kept for a repeat of it (gateway/accounting.py retries a settle whose
+        # reply was lost for up to two TTLs).
+        self.settled_retention = 2 * reservation_ttl + 60 if settled_retention is None else settled_retention
         self._loader = loader
         self._clock = clock
         self._batcher = OpBatcher(redis, max_ops=max_batch, max_inflight=max_inflight)
@@ -494,7 +498,21 @@ class QuotaEngine:
                 if len(rids) < batch:
                     break
             await self.redis.zremrangebyscore(xp, "-inf", now_ms - int(self.expired_retention * 1000))
+            await self._prune_settle_replies(inst)
         return total
+
+    async def _prune_settle_replies(self, inst: str, batch: int = 1000) -> None:
+        """Forget settle replies older than ``settled_retention`` (by Redis's clock: they were kept by it)."""
+        sec, usec = await self.redis.time()
+        cutoff = int(sec) * 1000 + int(usec) // 1000 - int(self.settled_retention * 1000)
+        st, sr = keys.settle_times(inst), keys.settle_replies(inst)
+        while old := await self.redis.zrangebyscore(st, "-inf", cutoff, start=0, num=batch):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(sr, *old)
+                pipe.zrem(st, *old)
+                await pipe.execute()
+            if len(old) < batch:
+                break
 
     async def drain_unsettled(
         self,

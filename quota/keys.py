@@ -26,6 +26,9 @@ names they need first, then declare them). Fields inside the hashes:
     gateway's sweeper to write their usage events (:meth:`QuotaEngine.drain_unsettled`).
 ``eq:{I}:un:claimed`` sorted set: entries a drain round took from ``un`` and has not yet seen handed to the
     usage pipeline, scored by the end of the claim (ms, Redis's clock); a stale claim is taken again.
+``eq:{I}:sr`` hash: reservation id -> the reply of its settle (OK or LATE), so a settle repeated after a lost
+    reply gets the same answer; ``eq:{I}:st`` sorted set: when each was kept (ms, Redis's clock), pruned by the
+    sweeper after ``settled_retention``.
 ``eq:{I}:un:dead`` list: entries that cannot be billed (malformed), set aside so they block nothing.
 """
 
@@ -73,6 +76,14 @@ def records(inst: str) -> str:
 
 def unsettled(inst: str) -> str:
     return prefix(inst) + "un"
+
+
+def settle_replies(inst: str) -> str:
+    return prefix(inst) + "sr"
+
+
+def settle_times(inst: str) -> str:
+    return prefix(inst) + "st"
 
 
 def unsettled_claimed(inst: str) -> str:

@@ -4,7 +4,8 @@
 -- writes of the nodes several operations touch (a course's requests share six of seven).
 --
 -- KEYS: 1 cfg, 2 deadlines, 3 expired, 4 extras counters, 5 registry, 6 records, 7 unsettled,
---       8.. the counter hash of every period key the operations name (all declared).
+--       8 settle replies, 9 their times, 10.. the counter hash of every period key the operations name
+--       (all declared).
 -- ARGV: the unit paths of the batch, each once (many requests share one course's path):
 --   number of paths, then each: K (nodes, the member's included), the member nodes' cfg cap
 --   field and period key, then per unit node (unit first, root last): node id, cfg cap field,
@@ -24,6 +25,9 @@
 --       available} | {'STALE', current token} | {'NOINST'}
 --   S: {'OK', then for cost and tokens: allocation, funded, n, (extra, j, amount)*n}
 --      | {'LATE'} | {'GONE'}   -- LATE: expiry already billed the hold; GONE: unknown, nothing charged
+--      A settle's reply (OK or LATE) is kept for its reservation id (KEYS[8], times in KEYS[9], pruned by
+--      the sweeper after `settled_retention`): a settle repeated because the reply was lost (the connection
+--      dropped after the script ran) gets the same reply and charges nothing again.
 --   L: {'RELEASED'} | {'EXPIRED'} | {'GONE'}        X: {'EXPIRED'} | {'SKIP'}
 --   N: {'RENEWED'} | {'GONE'}
 --
@@ -39,6 +43,17 @@
 -- exceeded, and the ledger still records the whole usage.
 
 local CFG, DL, XP, XC, PK, RS, UN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local SR, ST = KEYS[8], KEYS[9]
+
+-- Redis's own clock (ms), read once per batch when an operation needs it: one clock for every replica.
+local TNOW_MS = false
+local function tnow()
+  if not TNOW_MS then
+    local t = redis.call('TIME')
+    TNOW_MS = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return TNOW_MS
+end
 local KPFX = string.sub(CFG, 1, -4) .. 'k:' -- 'eq:{I}:cfg' -> 'eq:{I}:k:'
 
 -- ---- parse ------------------------------------------------------------------------------
@@ -181,6 +196,21 @@ if #rids > 0 then
     REC[rids[q]] = v[q]
     INXP[rids[q]] = x[q] and true or false
     if d[q] then SCORE[rids[q]] = tonumber(d[q]) end
+  end
+end
+
+-- Settles of reservations whose record is gone: a reply kept from an earlier settle of the same id?
+local SRV = {}
+do
+  local gone = {}
+  for o = 1, #ops do
+    if ops[o].t == 'S' and not REC[ops[o].rid] then gone[#gone + 1] = ops[o].rid end
+  end
+  if #gone > 0 then
+    local v = hmget(SR, gone)
+    for q = 1, #gone do
+      if v[q] then SRV[gone[q]] = v[q] end
+    end
   end
 end
 
@@ -440,8 +470,29 @@ local function reserve(op)
   return out
 end
 
+local SRSET, srlist = {}, {}
+local function keep_reply(rid, out)
+  local words = {}
+  for q = 1, #out do
+    local v = out[q]
+    if type(v) == 'number' then v = string.format('%d', v) end
+    words[q] = v
+  end
+  SRV[rid] = table.concat(words, ' ')
+  if not SRSET[rid] then srlist[#srlist + 1] = rid end
+  SRSET[rid] = true
+  return out
+end
+
+local function replay(v)
+  local out = {}
+  for w in string.gmatch(v, '%S+') do out[#out + 1] = w end
+  return out
+end
+
 local function settle(op)
   local p, rec, status = op.p, REC[op.rid], 'OK'
+  if SRV[op.rid] and not rec then return replay(SRV[op.rid]) end -- a repeat: the first reply
   if rec then
     local holds = decode_holds(rec)
     apply(p, 1, 2, holds[1][1], holds[1][2], -1)
@@ -450,7 +501,7 @@ local function settle(op)
     set_dl(op.rid, false)
   elseif INXP[op.rid] then
     set_xp(op.rid, false)
-    return {'LATE'} -- expiry billed the hold: charging the usage too would bill it twice
+    return keep_reply(op.rid, {'LATE'}) -- expiry billed the hold: charging the usage too would bill it twice
   else
     return {'GONE'}
   end
@@ -463,7 +514,7 @@ local function settle(op)
     out[#out + 1] = funded
     encode_taken(out, taken)
   end
-  return out
+  return keep_reply(op.rid, out)
 end
 
 local function unhold_record(op)
@@ -596,4 +647,16 @@ chunked('ZREM', DL, zrem, 1000)
 chunked('ZADD', XP, xadd, 1000)
 chunked('ZREM', XP, xrem, 1000)
 chunked('RPUSH', UN, UNSETTLED, 1000)
+if #srlist > 0 then
+  local sh, sz = {}, {}
+  local at = string.format('%d', tnow())
+  for _, rid in ipairs(srlist) do
+    sh[#sh + 1] = rid
+    sh[#sh + 1] = SRV[rid]
+    sz[#sz + 1] = at
+    sz[#sz + 1] = rid
+  end
+  chunked('HSET', SR, sh, 1000)
+  chunked('ZADD', ST, sz, 1000)
+end
 return replies

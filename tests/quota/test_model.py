@@ -172,6 +172,8 @@ class Reference:
         self.pending: dict[str, Hold] = {}
         self.expired: dict[str, tuple[Hold, int]] = {}
         self.billed: dict[str, Charge] = {}
+        # settle replies kept for a repeat (a retry after a lost reply gets the first answer)
+        self.done: dict[str, tuple[str, Charge | None, dict[Metric, int]]] = {}
         self.set_spec(spec)
 
     def set_spec(self, spec: InstitutionSpec) -> None:
@@ -234,16 +236,20 @@ class Reference:
         for m in METRICS:
             apply_plan(self.units, self.extras, h.path, m, h.plans[m], slot=1, sign=-1)
 
-    def settle(self, rid: str, tin: int, tout: int) -> tuple[str, Charge | None, dict[Metric, int]]:
+    def settle(self, rid: str, tin: int, tout: int) -> tuple[str, Charge | None, dict[Metric, int], bool]:
+        """(status, charge, funded, whether it repeats an earlier settle's answer)."""
+        if rid in self.done:
+            return (*self.done[rid], True)
         if rid in self.pending:
             h = self.pending.pop(rid)
             self._undo(h)
             status = "settled"
         elif rid in self.expired:
             del self.expired[rid]
-            return "late", None, {}  # expiry billed the hold: nothing more
+            self.done[rid] = ("late", None, {})  # expiry billed the hold: nothing more
+            return "late", None, {}, False
         else:
-            return "gone", None, {}
+            return "gone", None, {}, False
         actual: dict[Metric, int] = {
             "cost": cost_of(tin, tout, h.price_in, h.price_out),
             "tokens": tin + tout,
@@ -259,7 +265,8 @@ class Reference:
             {m: plans[m].allocation for m in METRICS},
             {m: plans[m].extras for m in METRICS},
         )
-        return status, charge, {m: plans[m].funded for m in METRICS}
+        self.done[rid] = (status, charge, {m: plans[m].funded for m in METRICS})
+        return (*self.done[rid], False)
 
     def release(self, rid: str) -> str:
         if rid in self.pending:
@@ -300,6 +307,7 @@ class Reference:
             v[1] = 0
         self.pending.clear()
         self.expired.clear()
+        self.done.clear()
 
 
 # ---------------------------------------------------------------------------- the machine
@@ -407,11 +415,12 @@ class QuotaMachine(RuleBasedStateMachine):
 
     def _check_settle(self, rid: str, tin: int, tout: int, s: Any) -> None:
         r = self.reservations[rid]
-        status, charge, funded = self.ref.settle(rid, tin, tout)
+        status, charge, funded, repeat = self.ref.settle(rid, tin, tout)
         assert s.status == status, (s, status)
         assert s.charge == charge
         if charge is not None:
-            self.charges.append(charge)
+            if not repeat:
+                self.charges.append(charge)
             assert dict(s.charged) == funded
             actual = {"cost": cost_of(tin, tout, r.price_in, r.price_out), "tokens": tin + tout}
             assert dict(s.overage) == {m: actual[m] - funded[m] for m in METRICS}
@@ -636,7 +645,7 @@ def test_reference_handles_the_worked_example(seed: int) -> None:
     deny, nodes = spend("cs101", "s3", 1, "r4")
     assert nodes[deny.index] == "ada-teaching"
     assert spend("ada-research", "r1", 500, "r5")[0] == "settled"
-    _status, charge, _ = spend("ada-research", "r1", 100, "r6")
+    _status, charge, _, _ = spend("ada-research", "r1", 100, "r6")
     assert charge.extras["cost"] == (("nsf-123", 1, 100),)
     deny, nodes = spend("ada-research", "r1", 200, "r7")
     assert nodes[deny.index] == "ada-research" and (deny.needed, deny.available) == (200, 150)
