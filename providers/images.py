@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.dataurl import decode_data_url
-from providers.errors import ImageTooLarge, MalformedImage
+from providers.errors import ImageTooLarge, InvalidRequest, MalformedImage
 
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
@@ -177,6 +177,53 @@ def rule_for_model(upstream: str) -> str:
     if "gemini" in n:
         return "gemini"
     return "conservative"
+
+
+# The content part types the gateway forwards to the providers it passes bodies through to (the OpenAI
+# wire: OpenAI, vLLM and the other OpenAI-compatible types). The budget estimate counts text by its bytes
+# and `image_url` parts by the model family's image rule; any other part (`input_audio`, `audio_url`,
+# `video_url`, `file`, `input_image`, or one without a type, which vLLM infers from its keys) would reach
+# the model uncounted, and a self-hosted server would fetch its link from inside the campus network, so it
+# is refused with a 400 naming it. Anthropic and Gemini bodies are built part by part from text and
+# `image_url` parts only (providers/adapters/base.py `content_parts` refuses any other type the same way).
+FORWARDED_PARTS: dict[str, frozenset[str]] = dict.fromkeys(
+    ("openai", "openai-compatible", "vllm", "together", "groq", "mistral", "deepseek"),
+    frozenset({"text", "image_url", "refusal"}),
+)
+REMOTE_IMAGE_REFUSED = (
+    "this model runs on the institution's own servers, which take images only inline: send the image as a "
+    "data: URL (data:image/png;base64,...), not as a link"
+)
+
+
+def check_content_parts(body: Mapping[str, Any], provider_type: str, self_hosted: bool) -> None:
+    """Raise InvalidRequest for a message part the gateway does not forward to `provider_type`, and, for a
+    self-hosted model, for an image given as a link rather than inline (a data: URL).
+
+    Self-hosted model servers (vLLM) fetch links themselves, from inside the campus network (a student's
+    `http://169.254.169.254/...` reached the metadata service through them); fetching in the gateway
+    instead would make it the SSRF-exposed fetcher and put a download on the request path. Commercial
+    providers fetch links from their own networks and keep getting them. Runs on every request sent to a
+    provider (`type(x) is dict` first: the body is parsed JSON)."""
+    allowed = FORWARDED_PARTS[provider_type]
+    for m in body.get("messages") or ():
+        content = m.get("content") if type(m) is dict or isinstance(m, Mapping) else None
+        if content is None or type(content) is str:
+            continue
+        if type(content) is not list:
+            raise InvalidRequest("message content must be a string or a list of parts")
+        for part in content:
+            kind = part.get("type") if type(part) is dict or isinstance(part, Mapping) else None
+            if kind not in allowed:
+                raise InvalidRequest(
+                    f"content part type '{kind}' is not accepted for this model; parts may be: "
+                    + ", ".join(sorted(allowed))
+                )
+            if kind == "image_url" and self_hosted:
+                image = part.get("image_url")
+                url = image.get("url") if isinstance(image, Mapping) else image
+                if not (isinstance(url, str) and url.startswith("data:")):
+                    raise InvalidRequest(REMOTE_IMAGE_REFUSED)
 
 
 @dataclass(frozen=True, slots=True)

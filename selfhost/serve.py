@@ -1,18 +1,27 @@
 """The `vllm serve` command line for a catalogue model, and launching it where vLLM is installed.
 
-Flags follow vLLM >= 0.8 (JSON values for --limit-mm-per-prompt and --mm-processor-kwargs).
+Flags follow vLLM >= 0.11 (JSON values for --limit-mm-per-prompt and --mm-processor-kwargs, and
+--allowed-media-domains, which older versions refuse at start rather than fetch any link).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
 
 from selfhost.catalogue import load_catalogue
+
+# vLLM fetches media links in requests itself, from the network it runs in (169.254.169.254, campus
+# services). The gateway sends it images inline only (data: URLs, which no domain list restricts); vLLM
+# fetches http(s) media only from the domains listed, and `.invalid` (RFC 6761) is no host at all. No
+# --allowed-local-media-path either: local files stay off. Redirects are not followed.
+NO_REMOTE_MEDIA = ["--allowed-media-domains", "eduaiq.invalid"]
+NO_MEDIA_REDIRECTS = {"VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
 
 
 class VllmNotInstalled(RuntimeError):
@@ -35,7 +44,7 @@ def serve_command(
 
     `gpu` (a catalogue GPU name) switches bfloat16 to float16 on GPUs without
     bf16 (T4). `api_key` is passed as vLLM's --api-key so the gateway's
-    `api_key_env` secret protects the replica.
+    `api_key_env` secret protects the replica. Remote media are off (`NO_REMOTE_MEDIA`).
     """
     cat = load_catalogue()
     m = cat.model(model_id)
@@ -69,6 +78,7 @@ def serve_command(
         cmd.append("--trust-remote-code")
     if m.chat_template:
         cmd += ["--chat-template", m.chat_template]
+    cmd += NO_REMOTE_MEDIA
     cmd += list(m.extra_args)
     if api_key:
         cmd += ["--api-key", api_key]
@@ -90,8 +100,8 @@ def serve(model_id: str, **options: object) -> int:
     if not vllm_available():
         raise VllmNotInstalled(
             "vLLM is not installed on this machine (it needs an NVIDIA GPU: pip install vllm). "
-            f"On a GPU host run:\n  {shlex.join(cmd)}"
+            f"On a GPU host run:\n  VLLM_MEDIA_URL_ALLOW_REDIRECTS=0 {shlex.join(cmd)}"
         )
     if shutil.which("vllm") is None:
         cmd = ["python", "-m", "vllm.entrypoints.cli.main", *cmd[1:]]
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env={**os.environ, **NO_MEDIA_REDIRECTS})

@@ -19,40 +19,15 @@ from providers.adapters.base import (
     add_env_headers,
     api_key,
     effective_max_tokens,
-    image_url,
 )
 from providers.config import DeploymentConfig
-from providers.errors import InvalidRequest
+from providers.images import check_content_parts
 from providers.prices import SELF_HOSTED_TYPES
 from providers.sse import SSESplitter
 from providers.usage import NormalisedUsage, from_openai
 
 # Mistral's API refuses unknown fields and reports usage on its last chunk anyway.
 _NO_STREAM_OPTIONS = frozenset({"mistral"})
-
-
-def refuse_remote_images(body: Mapping[str, Any]) -> None:
-    """Self-hosted model servers (vLLM) fetch image URLs themselves, from inside the campus network: a
-    student's `http://169.254.169.254/...` reached the metadata service through them (issue 17 item 7).
-    So they get images inline only. Fetching URLs in the gateway instead would make the gateway the
-    SSRF-exposed fetcher, put a download of up to EDUAIQ_MAX_IMAGE_BYTES on the request path, and
-    still leave the reservation guessing the size; GPT4All and the OpenAI SDKs' file helpers already send
-    data: URLs. Commercial providers fetch URLs from their own networks and keep getting them.
-    (`type(x) is dict` first: the body is parsed JSON, and this runs on every self-hosted request.)"""
-    for m in body.get("messages") or ():
-        content = m.get("content") if type(m) is dict or isinstance(m, Mapping) else None
-        if type(content) is not list:
-            continue
-        for part in content:
-            if (
-                (type(part) is dict or isinstance(part, Mapping))
-                and part.get("type") == "image_url"
-                and not image_url(part).startswith("data:")
-            ):
-                raise InvalidRequest(
-                    "this model runs on the institution's own servers, which take images only inline: send "
-                    "the image as a data: URL (data:image/png;base64,...), not as a link"
-                )
 
 
 def _usage_of(obj: Any) -> Mapping[str, Any] | None:
@@ -210,8 +185,9 @@ class OpenAICompatAdapter:
         max_tokens: int | None,
         endpoint: Endpoint,
     ) -> PreparedRequest:
-        if dep.provider_type in SELF_HOSTED_TYPES and endpoint == "chat/completions":
-            refuse_remote_images(body)
+        # Only parts the estimate counted, and for self-hosted servers images inline only (they fetch
+        # links from inside the campus network): any endpoint, as vLLM's embeddings take messages too.
+        check_content_parts(body, dep.provider_type, dep.provider_type in SELF_HOSTED_TYPES)
         b = dict(body)
         b["model"] = dep.upstream
         if endpoint != "embeddings":
