@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -126,6 +127,12 @@ class FaultStack:
         return found
 
     def start_consumer(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Only from the main thread: the consumer gets SIGTERM when the thread that spawned it ends
+        (PR_SET_PDEATHSIG is per thread), and `asyncio.to_thread`'s workers end with `asyncio.run`, which
+        would stop the consumer before the ledger is checked."""
+        assert threading.current_thread() is threading.main_thread(), (
+            "start the consumer from the main thread"
+        )
         n = len(self.consumers())
         log = self.tmp / f"consumer-extra{n}.log"
         self.stack.logs.append(log)

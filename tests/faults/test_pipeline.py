@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,13 +35,17 @@ def _during(fs: FaultStack, n: int, fault: object, delay: float = 1.0, **load: o
 def test_consumer_sigkill(pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     with fault_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path) as fs:
 
-        def kill_and_restart() -> None:
-            fs.wait_ledger(10)  # mid-stream of writes, not during its first group join
-            fs.kill_consumers()
-            time.sleep(2)
-            fs.start_consumer()
+        async def scenario() -> None:
+            load = asyncio.create_task(fs.drive(120, concurrency=6))
+            await asyncio.to_thread(
+                fs.wait_ledger, 10
+            )  # mid-stream of writes, not during its first group join
+            await asyncio.to_thread(fs.kill_consumers)
+            await asyncio.sleep(2)
+            fs.start_consumer()  # from the main thread (see FaultStack.start_consumer)
+            await load
 
-        _during(fs, 120, kill_and_restart, delay=0.2, concurrency=6)
+        asyncio.run(scenario())
         fs.assert_invariants()
 
 

@@ -30,7 +30,7 @@ def test_quota_rebuild_during_load(
                 await asyncio.sleep(1.0)
                 done = await asyncio.to_thread(fs.cli, "quota", "rebuild", "-i", fs.stack.institution)
                 outcomes.append(f"rc={done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}")
-            await asyncio.to_thread(fs.start_consumer)
+            fs.start_consumer()  # from this thread: a process dies with the thread that spawned it
             await load
 
         asyncio.run(scenario())
