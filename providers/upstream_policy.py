@@ -16,7 +16,8 @@ probe. So the operator declares, in the gateway's settings:
 - which non-public addresses upstreams may have (`EDUAIQ_UPSTREAM_ALLOWED_CIDRS`
   and `EDUAIQ_UPSTREAM_ALLOWED_HOSTS`); loopback, private (RFC 1918, ULA),
   link-local (the metadata service) and other special-purpose addresses are
-  refused otherwise.
+  refused otherwise, as is an IPv6 address carrying one of them (NAT64, 6to4,
+  Teredo, IPv4-compatible/-mapped/-translated).
 
 Names are checked when a section is compiled (admin API, import, gateway
 load); addresses written as literals then too, and every address a host name
@@ -83,12 +84,46 @@ def hostname(url: str) -> str | None:
     return (host or "").lower().rstrip(".")
 
 
+# IPv6 ranges that are never a public upstream: deprecated site-local (RFC 3879: a private range that
+# Python's `is_global` still calls global) and NAT64's local-use prefix (RFC 8215: where the IPv4 address
+# sits depends on the operator's prefix length, and the translator is on the local network).
+_NEVER_PUBLIC_V6 = (ipaddress.IPv6Network("fec0::/10"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# IPv6 forms whose last 32 bits are an IPv4 address a packet ends up at: NAT64's well-known prefix
+# (RFC 6052), IPv4-compatible (RFC 4291, deprecated) and IPv4-translated (RFC 2765) addresses.
+_LOW32_V4 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped, NAT64, IPv4-compatible and -translated,
+    6to4 (2002::/16) and Teredo (2001::/32: its server and its client)."""
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    if any(ip in net for net in _LOW32_V4):
+        return (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF),)
+    if ip.sixtofour is not None:
+        return (ip.sixtofour,)
+    if ip.teredo is not None:
+        return ip.teredo
+    return ()
+
+
 def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """A globally routable unicast address: not loopback, private, ULA, link-local (169.254.0.0/16,
-    fe80::/10: the metadata service), shared, reserved, multicast or unspecified. IPv4 mapped into IPv6
-    is judged as the IPv4 address it is."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """A globally routable unicast address: not loopback, private, ULA, site-local, link-local
+    (169.254.0.0/16, fe80::/10: the metadata service), shared, reserved, multicast or unspecified. An IPv6
+    address that carries an IPv4 address (NAT64, 6to4, Teredo, IPv4-mapped, -compatible, -translated) is
+    public only when every IPv4 address it carries is: `64:ff9b::a9fe:a9fe` reaches 169.254.169.254
+    through a NAT64 gateway, and Python calls it global. IPv4-mapped is judged as the IPv4 address it is."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif any(ip in net for net in _NEVER_PUBLIC_V6):
+            return False
+        elif not all(public_address(v4) for v4 in embedded_ipv4(ip)):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
