@@ -12,8 +12,11 @@ applies to the next request on every replica even before the pub/sub
 invalidation arrives.
 
 Time: the caller's clock (``clock``, or ``now=`` per call, as epoch seconds)
-decides period windows, extras validity and deadlines; replicas are expected
-to run NTP. A request belongs to the periods it was reserved in: its settle
+decides period windows and extras validity (replicas are expected to run NTP).
+Deadlines and the sweep follow Redis's clock (``TIME`` inside the scripts), so a
+replica whose clock runs ahead cannot sweep the live holds of the others, nor one
+behind keep a dead replica's holds past their TTL (``lease_clock`` replaces it
+in tests that simulate time). A request belongs to the periods it was reserved in: its settle
 charges those windows even if it finishes after a reset.
 
 Failure model:
@@ -116,6 +119,7 @@ class QuotaEngine:
         max_batch: int = 256,
         unsettled_lease: float | None = None,
         settled_retention: float | None = None,
+        lease_clock: Callable[[], float] | None = None,
     ) -> None:
         self.redis = redis
         self.reservation_ttl = reservation_ttl
@@ -130,6 +134,8 @@ class QuotaEngine:
         self.settled_retention = 2 * reservation_ttl + 60 if settled_retention is None else settled_retention
         self._loader = loader
         self._clock = clock
+        self._lease_clock = lease_clock  # None: Redis's clock (deadlines, sweep); set only by simulations
+        self._lease_args: dict[int, bytes] = {}
         self._batcher = OpBatcher(redis, max_ops=max_batch, max_inflight=max_inflight)
         self._rid_prefix = secrets.token_hex(6)
         self._rid_seq = itertools.count()
@@ -148,6 +154,21 @@ class QuotaEngine:
 
     def _now_ms(self, now: float | None) -> int:
         return int((self._clock() if now is None else now) * 1000)
+
+    def _lease_at(self, offset_ms: int) -> bytes:
+        """A script's time argument: Redis's clock plus ``offset_ms`` ('+<ms>'), or the simulated lease clock."""
+        if self._lease_clock is None:
+            packed = self._lease_args.get(offset_ms)
+            if packed is None:
+                packed = self._lease_args[offset_ms] = bulk(f"+{offset_ms}")
+            return packed
+        return bulk(int(self._lease_clock() * 1000) + offset_ms)
+
+    async def _lease_now_ms(self) -> int:
+        if self._lease_clock is not None:
+            return int(self._lease_clock() * 1000)
+        sec, usec = await self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
 
     # --- operations --------------------------------------------------------------------
 
@@ -322,13 +343,13 @@ class QuotaEngine:
         ):
             raise ValueError("request bound too large to compute exactly")
         now_ms = self._now_ms(now)
-        deadline_ms = now_ms + int(self.reservation_ttl * 1000)
+        deadline = self._lease_at(int(self.reservation_ttl * 1000))
         amounts = bulks((input_tokens, max_output_tokens, price_in, price_out, nmin))
         for _ in range(4):
             snap = await self.snapshot(institution)
             prep = snap.prepared(unit, now_ms)
             rid = self._new_id()
-            head = b"".join((_R, bulk(snap.token), bulk(deadline_ms), bulk(rid), amounts, bulk(meta)))
+            head = b"".join((_R, bulk(snap.token), deadline, bulk(rid), amounts, bulk(meta)))
             member = keys.member_node(user, unit)
             fut = self._submit(institution, 10, head, prep.pkeys, prep.unit_packed, prep.unit_nargs, member)
             try:
@@ -357,7 +378,7 @@ class QuotaEngine:
                     price_in=price_in,
                     price_out=price_out,
                     created_at=_dt(now_ms),
-                    deadline=_dt(deadline_ms),
+                    deadline=_dt(int(reply[9])),
                     path=nodes,
                     period_keys=prep.period_keys(),
                     pkeys=prep.pkeys,
@@ -456,10 +477,10 @@ class QuotaEngine:
             charge=charge,
         )
 
-    async def renew(self, reservations: Iterable[Reservation], *, now: float | None = None) -> int:
-        """Move the deadline of live holds to now + TTL (a long stream's lease); returns how many were
-        still held. Holds already settled, released or expired are left alone."""
-        deadline = bulk(self._now_ms(now) + int(self.reservation_ttl * 1000))
+    async def renew(self, reservations: Iterable[Reservation]) -> int:
+        """Move the deadline of live holds to now + TTL (a long stream's lease; Redis's clock); returns how
+        many were still held. Holds already settled, released or expired are left alone."""
+        deadline = self._lease_at(int(self.reservation_ttl * 1000))
         futs = [
             self._submit(r.institution, 3, b"".join((_N, bulk(r.id), deadline)), ()) for r in reservations
         ]
@@ -476,11 +497,11 @@ class QuotaEngine:
     async def institutions(self) -> list[str]:
         return sorted(_text(x) for x in await self.redis.smembers(keys.INSTITUTIONS))
 
-    async def sweep(
-        self, institution: str | None = None, *, now: float | None = None, batch: int = 500
-    ) -> int:
-        """Release reservations past their deadline; returns how many. Safe on many replicas at once."""
-        now_ms = self._now_ms(now)
+    async def sweep(self, institution: str | None = None, *, batch: int = 500) -> int:
+        """Bill reservations past their deadline (Redis's clock); returns how many. Safe on many replicas at
+        once; the script checks each deadline again against its own reading of the clock."""
+        now_ms = await self._lease_now_ms()
+        at = self._lease_at(0)
         insts = [institution] if institution is not None else await self.institutions()
         total = 0
         for inst in insts:
@@ -492,7 +513,7 @@ class QuotaEngine:
                     if rec is None:
                         continue  # settled or released since the range read
                     pkeys = tuple(dict.fromkeys(_text(rec).split("\n")[1].split("\t")[0::2]))
-                    ops.append(self._op(inst, 3, b"".join((_X, bulk(rid), bulk(now_ms))), pkeys))
+                    ops.append(self._op(inst, 3, b"".join((_X, bulk(rid), at)), pkeys))
                 replies = await asyncio.gather(*ops)
                 total += sum(1 for r in replies if _text(r[0]) == "EXPIRED")
                 if len(rids) < batch:

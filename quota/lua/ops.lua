@@ -11,17 +11,19 @@
 --   field and period key, then per unit node (unit first, root last): node id, cfg cap field,
 --   period key, number of eligible extras, their ids in spend order.
 -- Then the number of operations, and each operation:
---   'R' token deadline_ms reservation_id input_tokens max_output price_in price_out min_output
+--   'R' token deadline reservation_id input_tokens max_output price_in price_out min_output
 --       META PATH MEMBER                   (META: the request's usage-event skeleton, kept in the
 --                                           record so an expired hold can still be billed)
 --   'S' reservation_id actual_cost actual_tokens PATH MEMBER  (the path it was reserved on)
 --   'L' reservation_id                                         (release: undo the holds)
---   'X' reservation_id now_ms                                  (expire, if deadline <= now)
---   'N' reservation_id deadline_ms                             (renew: move a live hold's deadline)
+--   'X' reservation_id now                                     (expire, if deadline <= now)
+--   'N' reservation_id deadline                                (renew: move a live hold's deadline)
+-- Times (deadline, now) are '+<ms>': Redis's clock plus that many ms, so that deadlines and the sweep
+-- follow one clock however the replicas' clocks disagree; or absolute epoch ms (a test's simulated clock).
 -- PATH: the index of a path above; MEMBER: the member node's id, member(user,unit).
 -- Reply: one reply per operation, in order:
 --   R: {'OK', output tokens, clamped 0/1, cost held, tokens held, limiting node or -1, room left
---       or -1 (cost), the same two for tokens} | {'REFUSED', metric, binding node, needed,
+--       or -1 (cost), the same two for tokens, deadline (epoch ms)} | {'REFUSED', metric, binding node, needed,
 --       available} | {'STALE', current token} | {'NOINST'}
 --   S: {'OK', then for cost and tokens: allocation, funded, n, (extra, j, amount)*n}
 --      | {'LATE'} | {'GONE'}   -- LATE: expiry already billed the hold; GONE: unknown, nothing charged
@@ -53,6 +55,11 @@ local function tnow()
     TNOW_MS = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
   return TNOW_MS
+end
+
+local function at_ms(v)
+  if string.sub(v, 1, 1) == '+' then return tnow() + tonumber(string.sub(v, 2)) end
+  return tonumber(v)
 end
 local KPFX = string.sub(CFG, 1, -4) .. 'k:' -- 'eq:{I}:cfg' -> 'eq:{I}:k:'
 
@@ -116,10 +123,10 @@ for o = 1, tonumber(ARGV[pos]) do
     op.rid = ARGV[pos + 1]
     pos = pos + 1
   elseif t == 'X' then
-    op.rid, op.now = ARGV[pos + 1], tonumber(ARGV[pos + 2])
+    op.rid, op.now = ARGV[pos + 1], at_ms(ARGV[pos + 2])
     pos = pos + 2
   elseif t == 'N' then
-    op.rid, op.deadline = ARGV[pos + 1], tonumber(ARGV[pos + 2])
+    op.rid, op.deadline = ARGV[pos + 1], at_ms(ARGV[pos + 2])
     pos = pos + 2
   else
     return redis.error_reply('ERR quota ops: unknown operation ' .. tostring(t))
@@ -444,7 +451,8 @@ local function reserve(op)
   apply(p, 1, 2, ac, tc, 1)
   apply(p, 2, 2, at, tt, 1)
   set_rec(op.rid, encode_record(p, {{ac, tc}, {at, tt}}, op.meta))
-  set_dl(op.rid, tonumber(op.deadline))
+  local deadline = at_ms(op.deadline)
+  set_dl(op.rid, deadline)
   -- What is left after this hold, and which node limits it (rate-limit style headers).
   local out = {'OK', n, clamped, amt_c, amt_t}
   for mi = 1, 2 do
@@ -467,6 +475,7 @@ local function reserve(op)
       out[#out + 1] = left
     end
   end
+  out[#out + 1] = deadline
   return out
 end
 

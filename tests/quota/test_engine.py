@@ -112,15 +112,18 @@ async def test_settle_outcomes(engine: QuotaEngine, inst: str) -> None:
 async def test_expired_reservation_is_billed_at_its_hold_and_a_late_settle_adds_nothing(
     redis_url: str, inst: str
 ) -> None:
-    engine = QuotaEngine.from_url(redis_url, reservation_ttl=60)
     future = time.time() + 10 * 365 * 86400  # ahead of any real-time sweeper sharing this Redis
+    lease = [future]  # deadlines follow Redis's clock; this test simulates it
+    engine = QuotaEngine.from_url(redis_url, reservation_ttl=60, lease_clock=lambda: lease[0])
     try:
         await engine.compile(tree(inst, course_cost=100))
         r = await engine.reserve(inst, "course", "ann", input_tokens=30, max_output_tokens=0, price_in=MICRO,
                                  price_out=0, now=future, min_output_tokens=0)  # fmt: skip
         assert isinstance(r, Reservation)
-        assert await engine.sweep(inst, now=future + 59) == 0
-        assert await engine.sweep(inst, now=future + 61) == 1
+        lease[0] = future + 59
+        assert await engine.sweep(inst) == 0
+        lease[0] = future + 61
+        assert await engine.sweep(inst) == 1
         e = await engine.explain(inst, "course", "ann", now=future + 61)
         # expiry bills the hold: nobody can report what was served
         assert (e.nodes[1].metrics["cost"].reserved, e.nodes[1].metrics["cost"].used) == (0, 30)
@@ -397,23 +400,29 @@ async def test_a_renewed_hold_outlives_its_first_deadline_and_a_settled_one_is_n
 ) -> None:
     """A stream longer than the TTL renews its lease; a sweeper running past the first deadline must not
     take its room (the hold stays, nothing is billed twice)."""
-    engine = QuotaEngine.from_url(redis_url, reservation_ttl=60)
     future = time.time() + 10 * 365 * 86400  # ahead of any real-time sweeper sharing this Redis
+    lease = [future]  # deadlines follow Redis's clock; this test simulates it
+    engine = QuotaEngine.from_url(redis_url, reservation_ttl=60, lease_clock=lambda: lease[0])
     try:
         await engine.compile(tree(inst, course_cost=100))
         r = await engine.reserve(inst, "course", "ann", input_tokens=30, max_output_tokens=0, price_in=MICRO,
                                  price_out=0, now=future, min_output_tokens=0)  # fmt: skip
         assert isinstance(r, Reservation)
-        assert await engine.renew([r], now=future + 50) == 1  # deadline now future + 110
-        assert await engine.sweep(inst, now=future + 61) == 0
+        lease[0] = future + 50
+        assert await engine.renew([r]) == 1  # deadline now future + 110
+        lease[0] = future + 61
+        assert await engine.sweep(inst) == 0
         e = await engine.explain(inst, "course", "ann", now=future + 61)
         assert (e.nodes[1].metrics["cost"].reserved, e.nodes[1].metrics["cost"].used) == (30, 0)
-        assert await engine.renew([r], now=future) == 1  # never moves a deadline back
-        assert await engine.sweep(inst, now=future + 100) == 0
+        lease[0] = future
+        assert await engine.renew([r]) == 1  # never moves a deadline back
+        lease[0] = future + 100
+        assert await engine.sweep(inst) == 0
         s = await engine.settle(r, 10, 0)
         assert (s.status, s.charged["cost"]) == ("settled", 10)
-        assert await engine.renew([r], now=future + 100) == 0
-        assert await engine.sweep(inst, now=future + 1000) == 0
+        assert await engine.renew([r]) == 0
+        lease[0] = future + 1000
+        assert await engine.sweep(inst) == 0
         e = await engine.explain(inst, "course", "ann", now=future + 100)
         assert (e.nodes[1].metrics["cost"].reserved, e.nodes[1].metrics["cost"].used) == (0, 10)
     finally:

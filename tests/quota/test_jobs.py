@@ -48,7 +48,8 @@ def test_sweep_and_rollover_hooks(private_redis_url: str) -> None:
     old = datetime(2020, 1, 15, tzinfo=UTC).timestamp()  # long past: due for both hooks
 
     async def reserve_in_the_past() -> None:
-        engine = QuotaEngine.from_url(private_redis_url, reservation_ttl=60)
+        # a hold made (by Redis's clock too: deadlines follow it) in the past
+        engine = QuotaEngine.from_url(private_redis_url, reservation_ttl=60, lease_clock=lambda: old)
         await engine.compile(spec(inst))
         r = await engine.reserve(inst, "lab", "ann", input_tokens=10, max_output_tokens=0, price_in=1_000_000,
                                  price_out=0, min_output_tokens=0, now=old)  # fmt: skip
