@@ -178,13 +178,6 @@ def quota_check(institution: Annotated[str | None, typer.Option("--institution",
         raise typer.Exit(1)
 
 
-def _uvicorn(app: Any, host: str, port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, loop="uvloop",
-                http="httptools", timeout_graceful_shutdown=20)  # fmt: skip
-
-
 @app.command()
 def gateway(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -208,10 +201,19 @@ def admin_api(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8001,
 ) -> None:
-    """Serve the control plane: /api/v1, sign-in under /auth, and the dashboard at /."""
-    from admin_api.app import create_app
+    """Serve the control plane: /api/v1, sign-in under /auth, and the dashboard at /.
 
-    _uvicorn(create_app(settings_or_exit()), host, port)
+    On the gateway's HTTP server with the same limits (`Limits.from_settings`): the sign-in routes answer
+    anyone, so a head, a body and the requests in progress are bounded here as they are on /v1."""
+    from admin_api.app import create_app
+    from gateway.server import Limits, run
+
+    settings = settings_or_exit()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s admin-api %(levelname)s %(name)s %(message)s"
+    )
+    run(lambda: create_app(settings), host, port, limits=Limits.from_settings(settings),
+        grace=settings.shutdown_grace_seconds)  # fmt: skip
 
 
 @app.command()
@@ -391,7 +393,7 @@ def selfhost_register(
 
 @app.command()
 def worker(concurrency: Annotated[int, typer.Option(help="job threads")] = 2) -> None:
-    """Run background jobs (Celery on Redis): rollups, exports, forecasts, budget sweeps and reconciliation."""
+    """Run background jobs (Celery on Redis): rollups, exports, forecasts and budget sweeps."""
     from usage.jobs import run_worker
 
     run_worker(settings_or_exit(), concurrency=concurrency)

@@ -66,6 +66,17 @@ def stack(
         wait_for_port("127.0.0.1", port, 60, s.procs[-1])
         _wait_ready(f"http://127.0.0.1:{port}")
         s.env["SERVE_URL"] = f"http://127.0.0.1:{port}"
+        admin = free_port()
+        log = tmp / "admin-api.log"
+        s.logs.append(log)
+        s.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "cli", "admin-api", "--port", str(admin)],
+            env={**s.env, "EDUAIQ_SESSION_SECRET": "limits-test-" + "s" * 32}, stdout=log.open("wb"),
+            stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+        ))  # fmt: skip
+        wait_for_port("127.0.0.1", admin, 60, s.procs[-1])
+        _wait_ready(f"http://127.0.0.1:{admin}")
+        s.env["ADMIN_URL"] = f"http://127.0.0.1:{admin}"
         yield s
 
 
@@ -73,6 +84,18 @@ def stack(
 def port(request: pytest.FixtureRequest, stack: Stack) -> int:
     url = stack.base_url if request.param == "gateway" else stack.env["SERVE_URL"]
     return int(url.rsplit(":", 1)[1])
+
+
+@pytest.fixture(params=["gateway", "quick-start", "admin-api"])
+def any_port(request: pytest.FixtureRequest, stack: Stack) -> int:
+    """Attacks that need no model behind the server: `eduaiq admin-api` must hold them off too (its sign-in
+    routes answer anyone)."""
+    url = {
+        "gateway": stack.base_url,
+        "quick-start": stack.env["SERVE_URL"],
+        "admin-api": stack.env["ADMIN_URL"],
+    }
+    return int(url[request.param].rsplit(":", 1)[1])
 
 
 HEAD = f"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ATTACKER}\r\n".encode()
@@ -129,32 +152,32 @@ def body_of(raw: bytes) -> dict[str, object]:
     return orjson.loads(raw.partition(b"\r\n\r\n")[2])
 
 
-def test_a_header_value_that_never_ends_is_refused_with_431_before_it_ends(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+def test_a_header_value_that_never_ends_is_refused_with_431_before_it_ends(any_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", any_port)) as sock:
         raw = send_watching(sock, iter([HEAD + b"X-Big: ", *([b"a" * 8192] * 256)]))  # up to 2 MiB
     assert status_of(raw) == 431, raw[:300]
     assert body_of(raw)["error"]["code"] == "headers_too_large"  # type: ignore[index]
 
 
-def test_more_header_lines_than_the_limit_get_431(port: int) -> None:
+def test_more_header_lines_than_the_limit_get_431(any_port: int) -> None:
     lines = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with socket.create_connection(("127.0.0.1", any_port)) as sock:
         raw = send_watching(sock, iter([HEAD + lines + b"Content-Length: 2\r\n\r\n{}"]))
     assert status_of(raw) == 431, raw[:300]
 
 
-def test_a_body_trickled_a_byte_at_a_time_gets_408_at_the_body_deadline(port: int) -> None:
+def test_a_body_trickled_a_byte_at_a_time_gets_408_at_the_body_deadline(any_port: int) -> None:
     head = HEAD + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with socket.create_connection(("127.0.0.1", any_port)) as sock:
         raw = send_watching(sock, iter([head, *([b" "] * 80)]), pause=0.5)  # 40 s of trickle at most
     assert status_of(raw) == 408, raw[:300]
     assert body_of(raw)["error"]["code"] == "request_timeout"  # type: ignore[index]
 
 
-def test_unfinished_bodies_beyond_the_worker_limit_get_503_with_retry_after(port: int) -> None:
+def test_unfinished_bodies_beyond_the_worker_limit_get_503_with_retry_after(any_port: int) -> None:
     """Six connections each send 3 MiB of a 4 MiB body and stop: the worker holds 8 MiB of them at most."""
     head = HEAD + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % MAX_BODY
-    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+    socks = [socket.create_connection(("127.0.0.1", any_port)) for _ in range(6)]
     answers: list[bytes] = []
     try:
         for sock in socks:
