@@ -282,10 +282,10 @@ def make_sso_router(
         request: Request, user: str, institution: str | None = None, return_to: str | None = None
     ) -> Response:
         if not svc.dev_mode or not loopback_connection(request):
-            # Off the loopback interface it does not exist: `eduaiq dev --host 0.0.0.0` must not offer
-            # every account of the institution to the network.
+            # Off the loopback interface, or through a proxy, it does not exist: `eduaiq dev --host
+            # 0.0.0.0` (or a reverse proxy in front of it) must not offer every account to the network.
             raise SSOError(
-                404, "dev_login_disabled", "the development login is off (dev mode, loopback only)"
+                404, "dev_login_disabled", "the development login is off (dev mode, loopback only, no proxy)"
             )
         async with session_scope(db) as session:
             inst = institution or await only_institution(session)
@@ -325,13 +325,34 @@ def _ip_literal(address: object) -> bool:
     return True
 
 
+# Headers a reverse proxy adds. Behind a proxy on the same machine every request arrives from loopback,
+# whoever sent it; a request that carries any of these came through one (or pretends to), so it is not a
+# browser on this machine.
+_PROXY_HEADERS = frozenset({
+    "forwarded", "via", "x-real-ip", "x-client-ip", "true-client-ip", "x-cluster-client-ip",
+    "cf-connecting-ip", "fastly-client-ip", "x-original-forwarded-for", "x-proxyuser-ip",
+})  # fmt: skip
+
+
+def _proxied(request: Request) -> bool:
+    for name, _ in request.scope.get("headers") or ():
+        key = name.decode("latin-1").lower()
+        if key in _PROXY_HEADERS or key.startswith("x-forwarded-"):
+            return True
+    return False
+
+
 def loopback_connection(request: Request) -> bool:
     """Both ends of the connection are loopback: the peer, and the local address the request reached (the
-    bind address, or for a wildcard bind the interface it came in on). Servers report the socket's local
-    IP; an in-process test transport reports the URL's host name, and then the peer alone decides. Behind
-    a reverse proxy that sends X-Forwarded-For the peer is the proxy's client, as the server sets it."""
+    bind address, or for a wildcard bind the interface it came in on), and no proxy header (a reverse
+    proxy on the same host makes every peer loopback). Servers report the socket's local IP; an
+    in-process test transport reports the URL's host name, and then the peer alone decides."""
     server = request.scope.get("server")
-    return _loopback(request.scope.get("client")) and (not _ip_literal(server) or _loopback(server))
+    return (
+        _loopback(request.scope.get("client"))
+        and (not _ip_literal(server) or _loopback(server))
+        and not _proxied(request)
+    )
 
 
 async def _idp_logout(

@@ -1,4 +1,5 @@
-"""Issue 17 item 12: `/auth/dev/login` (sign in as anyone, no password) answers only on loopback.
+"""Issue 17 item 12: `/auth/dev/login` (sign in as anyone, no password) answers only on loopback, and not
+through a reverse proxy (behind one on the same host, every request arrives from loopback).
 
 `eduaiq serve --dev-login --host 0.0.0.0` (what `eduaiq dev --host 0.0.0.0` runs) is started as a real
 process; the development login must not answer a request that reaches it through the machine's network
@@ -83,16 +84,22 @@ def served(pg_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path) ->
 
 def test_dev_login_is_not_offered_to_the_network(served: tuple[int, str]) -> None:
     port, inst = served
-    address = network_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address")
     params = {"user": "uadmin", "institution": inst}
-    remote = httpx.get(f"http://{address}:{port}/auth/dev/login", params=params, timeout=60)
-    assert remote.status_code == 404, remote.text
-    assert "eduaiq_session" not in remote.cookies
+    # A reverse proxy on the same machine (nginx in front of `eduaiq dev`) connects from loopback for
+    # every client it serves; the header it adds is what gives it away.
+    proxied = httpx.get(f"http://127.0.0.1:{port}/auth/dev/login", params=params, timeout=60,
+                        headers={"X-Forwarded-For": "198.51.100.7"})  # fmt: skip
+    assert proxied.status_code == 404, proxied.text
+    assert "eduaiq_session" not in proxied.cookies
     local = httpx.get(f"http://127.0.0.1:{port}/auth/dev/login", params=params, timeout=60)
     assert local.status_code == 303, local.text
     assert "eduaiq_session" in local.cookies
+    address = network_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address")
+    remote = httpx.get(f"http://{address}:{port}/auth/dev/login", params=params, timeout=60)
+    assert remote.status_code == 404, remote.text
+    assert "eduaiq_session" not in remote.cookies
 
 
 async def test_dev_login_refuses_a_peer_that_is_not_loopback(pg_url: str, redis_url: str) -> None:
@@ -106,5 +113,40 @@ async def test_dev_login_refuses_a_peer_that_is_not_loopback(pg_url: str, redis_
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
                 answer = await client.get("/auth/dev/login", params=params)
             assert answer.status_code == status, f"{peer}: {answer.text}"
+    finally:
+        await app.state.eduaiq_admin.close()
+
+
+# What reverse proxies add (nginx, Apache, HAProxy, Caddy, Traefik, Envoy, Cloudflare, Fastly, ...).
+PROXY_HEADERS = {
+    "Forwarded": "for=198.51.100.7;proto=https",
+    "X-Forwarded-For": "198.51.100.7",
+    "X-Forwarded-Host": "eduaiq.example.edu",
+    "X-Forwarded-Proto": "https",
+    "X-Real-IP": "198.51.100.7",
+    "Via": "1.1 nginx",
+    "True-Client-IP": "198.51.100.7",
+    "CF-Connecting-IP": "198.51.100.7",
+}
+
+
+@pytest.mark.parametrize("header", sorted(PROXY_HEADERS))
+async def test_dev_login_refuses_a_loopback_peer_behind_a_proxy(
+    pg_url: str, redis_url: str, header: str
+) -> None:
+    inst = await asyncio.to_thread(imported, pg_url)
+    app = create_app(Settings(database_url=pg_url, redis_url=redis_url), dev_login=True)
+    params = {"user": "uadmin", "institution": inst}
+    try:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+            proxied = await client.get(
+                "/auth/dev/login", params=params, headers={header: PROXY_HEADERS[header]}
+            )
+            assert proxied.status_code == 404, proxied.text
+            assert proxied.json()["error"]["code"] == "dev_login_disabled"
+            assert "eduaiq_session" not in proxied.cookies
+            direct = await client.get("/auth/dev/login", params=params)  # the control: no proxy header
+            assert direct.status_code == 303, direct.text
     finally:
         await app.state.eduaiq_admin.close()
