@@ -347,7 +347,7 @@ class Router:
                 probe = cfg.metrics_url
                 if probe is None and cfg.health_check:
                     probe = cfg.base_url + "/models"
-                server = _Server(probe, cfg.metrics_url is not None, cfg.api_key_env)
+                server = _Server(probe, cfg.metrics_url is not None, cfg.probe_key_env)
                 servers[cfg.base_url] = server
             dep = _Deployment(cfg, server, self.routing)
             server.deployments.append(dep)
