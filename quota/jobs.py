@@ -5,7 +5,9 @@ these give a deployment with no gateway running, or a quiet one, the same
 upkeep from the Celery beat. Each is idempotent and safe next to the
 replicas' own sweepers.
 
-* ``sweep_expired``: release holds past their deadline (crashed replicas).
+* ``sweep_expired``: bill holds past their deadline (their gateway died), as
+  the replicas' sweepers do; a gateway serving the institution writes their
+  ledger rows (``Accounting.run_billing``).
 * ``rollover_periods``: counters reset by construction (a new period is a new
   Redis hash, see quota/periods.py), so rollover only has to drop the hashes of
   periods that ended more than ``counter_retention`` ago.

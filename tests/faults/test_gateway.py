@@ -1,6 +1,5 @@
 """Faults of the gateway processes and of time: a gateway SIGKILLed with 50 streams open, and streams outliving
-the reservation TTL. (A period rollover mid-stream needs a clock the processes can be given: see the suite's
-README text; libfaketime hangs Python's timed waits.)"""
+the reservation TTL. (A period rollover mid-stream is in test_rollover.py.)"""
 
 from __future__ import annotations
 
