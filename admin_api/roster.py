@@ -15,11 +15,12 @@ import re
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, or_
 from sqlmodel import col, select
 
 from admin_api.access import INSTRUCTOR_MANAGED, MEMBER_ROLES
 from admin_api.context import Ctx
-from admin_api.errors import forbidden, invalid
+from admin_api.errors import ApiError, forbidden, invalid
 from admin_api.ids import SLUG, TEXT
 from admin_api.sso import SSOConfigError, parse_sso_section
 from core.models import AdminScope, ApiKey, Institution, Membership, User
@@ -175,22 +176,49 @@ async def _check_subjects(ctx: Ctx, subjects: list[str]) -> None:
                       code="sso_subject_not_allowed")  # fmt: skip
 
 
-async def ensure_users(ctx: Ctx, wanted: dict[str, Profile]) -> list[str]:
-    """Create the users that do not exist yet; refuse a subject another user already signs in with."""
+async def _known_subjects(ctx: Ctx, bound: dict[str, str]) -> None:
+    """Refuse subjects (of new users: user id -> subject) already known to another person: another user's
+    subject, e-mail or id, compared without case or surrounding blanks (IdPs pass on the case a person
+    typed, and a staff member listed by e-mail signs in with it), or one subject for two new users."""
+    by_key: dict[str, list[str]] = {}
+    for uid, subject in bound.items():
+        by_key.setdefault(subject.strip().lower(), []).append(uid)
+    problems = [{"path": uids[1], "message": f"sso_subject is also given to {uids[0]!r}"}
+                for uids in by_key.values() if len(uids) > 1]  # fmt: skip
+    keys = list(by_key)
+    stmt = select(User).where(User.institution_id == ctx.institution_id, or_(
+        func.lower(func.trim(User.sso_subject)).in_(keys), func.lower(func.trim(User.email)).in_(keys),
+        func.lower(User.id).in_(keys)))  # fmt: skip
+    for user in (await ctx.session.execute(stmt)).scalars().all():
+        for field_value in {user.sso_subject, user.email, user.id}:
+            for uid in by_key.get((field_value or "").strip().lower(), ()):
+                problems.append({"path": uid, "message": f"sso_subject belongs to {user.id!r}"})
+    if problems:
+        raise invalid(
+            "some sign-in subjects are already another person's", problems, code="sso_subject_taken"
+        )
+
+
+async def ensure_users(ctx: Ctx, unit_id: str, wanted: dict[str, Profile]) -> list[str]:
+    """Create the users that do not exist yet, for the roster of `unit_id`.
+
+    Whoever holds a user's sign-in subject signs in as that user, so: an instructor never sets one (an
+    admin of the unit or the institution file binds it, or a person signing in for the first time gets a
+    user of their own); an admin binds one only as the institution's SSO settings would admit it, and
+    never one already known to another person."""
     inst = ctx.institution_id
     ids = list(wanted)
     stmt = select(User).where(User.institution_id == inst, col(User.id).in_(ids))
     existing = {u.id for u in (await ctx.session.execute(stmt)).scalars().all()}
     missing = [uid for uid in ids if uid not in existing]
-    subjects = {wanted[uid].sso_subject: uid for uid in missing if wanted[uid].sso_subject}
-    if subjects:
-        await _check_subjects(ctx, [s for s in subjects if s])
-        stmt = select(User).where(User.institution_id == inst, col(User.sso_subject).in_(list(subjects)))
-        taken = (await ctx.session.execute(stmt)).scalars().all()
-        if taken:
-            raise invalid("some sign-in subjects already belong to other users",
-                          [{"path": subjects[str(u.sso_subject)], "message": f"sso_subject belongs to {u.id!r}"}
-                           for u in taken], code="sso_subject_taken")  # fmt: skip
+    bound = {uid: str(wanted[uid].sso_subject) for uid in missing if wanted[uid].sso_subject}
+    if bound:
+        if acting_as_instructor(ctx, unit_id):
+            raise ApiError(403, "sso_subject_not_allowed", "instructors do not bind sign-in subjects: an admin "
+                           "of the unit or the institution file does",
+                           {"problems": [{"path": "sso_subject", "message": "not allowed for instructors"}]})  # fmt: skip
+        await _check_subjects(ctx, list(bound.values()))
+        await _known_subjects(ctx, bound)
     for uid in missing:
         p = wanted[uid]
         user = User(institution_id=inst, id=uid, email=p.email, name=p.name, sso_subject=p.sso_subject)

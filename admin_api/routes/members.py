@@ -98,7 +98,7 @@ async def put_member(
     if await ctx.session.get(User, (ctx.institution_id, user_id)) is None:
         if body.profile is None:
             raise not_found("user", user_id)
-        await ensure_users(ctx, {user_id: body.profile})
+        await ensure_users(ctx, unit_id, {user_id: body.profile})
     await set_role(ctx, unit_id, user_id, body.role, current)
     await ctx.commit()
     return next(m for m in await _listing(ctx, unit_id) if m.user_id == user_id)
@@ -151,7 +151,7 @@ async def import_members(
     _writable(ctx, unit_id, roles | {m.role for m in dropped})
     await require_instructor_reach(ctx, unit_id, sorted(listed))
     result = ImportOut(added=[], changed=[], unchanged=[], removed=[], users_created=[])
-    result.users_created = await ensure_users(ctx, {r.user_id: r.profile for r in rows})
+    result.users_created = await ensure_users(ctx, unit_id, {r.user_id: r.profile for r in rows})
     for r in rows:
         outcome = await set_role(ctx, unit_id, r.user_id, r.role, current.get(r.user_id))
         getattr(result, outcome).append(r.user_id)
