@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -172,3 +173,17 @@ def metric_samples(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]
         for family in text_string_to_metric_families(r.text)
         for s in family.samples
     }
+
+
+def serve_until_refused(base_url: str, key: str, max_tokens: int, timeout: float) -> Counter[int]:
+    """Chat requests one at a time until one is refused for budget (429) or `timeout` passes; a 503 is retried
+    after half a second, as a client told to retry would. How many answers of each status came back."""
+    served, deadline = Counter[int](), time.monotonic() + timeout
+    while served[429] == 0 and time.monotonic() < deadline:
+        r = httpx.post(base_url + "/v1/chat/completions", timeout=120, headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "demo-chat", "max_tokens": max_tokens,
+                             "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        served[r.status_code] += 1
+        if r.status_code == 503:
+            time.sleep(0.5)
+    return served

@@ -12,12 +12,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import redis
 
 from cli.services.kafka import start_kafka
 from cli.services.process import free_port
-from tests.gateway.harness import _spawn, gateway_stack
+from tests.gateway.harness import _spawn, gateway_stack, serve_until_refused
 from tests.gateway.test_recovery import PER_REQUEST, _burst, _ledger_cost, _priced
 
 CAP = 10 * PER_REQUEST  # ten requests
@@ -45,15 +44,7 @@ def test_redis_lost_while_kafka_is_down_refuses_until_the_ledger_is_complete(
             log = tmp_path / "consumer.log"
             stack.logs.append(log)
             stack.procs.append(_spawn(["cli", "consume"], stack.env, log))
-            served, deadline = Counter[int](), time.monotonic() + 180
-            while served[429] == 0 and time.monotonic() < deadline:
-                r = httpx.post(stack.base_url + "/v1/chat/completions", timeout=120,
-                               headers={"Authorization": f"Bearer {key}"},
-                               json={"model": "demo-chat", "max_tokens": PER_REQUEST,
-                                     "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-                served[r.status_code] += 1
-                if r.status_code == 503:
-                    time.sleep(0.5)  # as a client told to retry would
+            served = serve_until_refused(stack.base_url, key, PER_REQUEST, 180)
             assert served[200] == 4, served  # rebuilt with the six spooled requests: four left
             deadline = time.monotonic() + 60
             while _ledger_cost(stack.db_url, stack.institution)[0] < 10 and time.monotonic() < deadline:

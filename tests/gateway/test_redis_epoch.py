@@ -13,11 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
-
 from cli.services.process import free_port
 from cli.services.redis import start_redis
-from tests.gateway.harness import gateway_stack
+from tests.gateway.harness import gateway_stack, serve_until_refused
 from tests.gateway.test_recovery import PER_REQUEST, _burst, _ledger_cost, _priced
 
 CAP = 10 * PER_REQUEST
@@ -60,15 +58,7 @@ def test_redis_back_with_an_older_append_only_file_is_rebuilt_from_the_ledger(
             server = start_redis(data, port, persist=True)
             time.sleep(3)  # a few rounds of the gateways' watch
 
-            served, deadline = Counter[int](), time.monotonic() + 120
-            while served[429] == 0 and time.monotonic() < deadline:
-                r = httpx.post(stack.base_url + "/v1/chat/completions", timeout=120,
-                               headers={"Authorization": f"Bearer {key}"},
-                               json={"model": "demo-chat", "max_tokens": PER_REQUEST,
-                                     "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-                served[r.status_code] += 1
-                if r.status_code == 503:
-                    time.sleep(0.5)
+            served = serve_until_refused(stack.base_url, key, PER_REQUEST, 120)
             assert served[200] == 0, served  # before the fix: five more funded (15 on a cap of 10)
             time.sleep(2)
             assert _ledger_cost(stack.db_url, stack.institution) == (10, CAP, CAP)
