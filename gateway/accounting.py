@@ -168,6 +168,8 @@ class Accounting:
             self._live.pop(r.id, None)
         if s.status == "late":
             log.warning("%s settled after its hold expired: billed at the hold by the sweeper", o.request_id)
+            if s.overage["cost"] or s.overage["tokens"]:
+                self._record_above_hold(r, o, usage, s.overage)
             return
         if s.status == "gone":
             log.warning("%s: its hold was unknown to Redis; recorded as unfunded overage", o.request_id)
@@ -190,6 +192,21 @@ class Accounting:
                 log.warning("settle of %s: Redis unreachable; retrying in %.1f s", o.request_id, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_RETRY)
+
+    def _record_above_hold(
+        self, r: Reservation, o: Outcome, usage: NormalisedUsage, above: Mapping[str, int]
+    ) -> None:
+        """A late settle served more than the hold the sweeper billed (the provider overran the granted output):
+        the difference goes to the ledger as a correction row of the request, status ``unsettled`` like the
+        sweeper's, unfunded (overage), so the ledger has every served token. Its event id comes from the hold:
+        a repeat is one row."""
+        out_above = min(above["tokens"], max(0, usage.output - r.output_tokens))
+        o.status = "unsettled"
+        o.input_tokens, o.output_tokens = above["tokens"] - out_above, out_above
+        o.cost_micro = o.overage_micro = above["cost"]
+        o.funding, o.extras_paid = {}, []
+        log.warning("%s: %d tokens above its expired hold recorded as overage", o.request_id, above["tokens"])
+        self.record(o, str(uuid.uuid5(_UNSETTLED_NS, f"{r.institution}/{r.id}/above-hold")))
 
     def record(self, o: Outcome, event_id: str | None = None) -> None:
         """Hand a request's usage event to the pipeline; never raises (also for requests that ended before

@@ -449,9 +449,13 @@ class QuotaEngine:
         actual: dict[Metric, int] = {"cost": cost, "tokens": tokens}
         if status in ("GONE", "LATE"):
             # GONE: unknown here (settled before, or Redis lost it): nothing charged, the usage unfunded.
-            # LATE: the sweeper billed the whole hold on expiry and its usage event says so.
+            # LATE: the sweeper billed the whole hold on expiry (exactly what was reserved) and its usage event
+            # says so; what was served above the hold is charged to no counter and reported as overage.
             none: dict[Metric, int] = {"cost": 0, "tokens": 0}
-            over = actual if status == "GONE" else none
+            if status == "GONE":
+                over = actual
+            else:
+                over = {"cost": max(0, cost - r.reserved_cost), "tokens": max(0, tokens - r.reserved_tokens)}
             return Settlement(r.id, r.request_id, status.lower(), cost, tokens, none, over, None)
         pos = 1
         alloc: dict[Metric, int] = {}

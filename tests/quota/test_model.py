@@ -237,7 +237,8 @@ class Reference:
             apply_plan(self.units, self.extras, h.path, m, h.plans[m], slot=1, sign=-1)
 
     def settle(self, rid: str, tin: int, tout: int) -> tuple[str, Charge | None, dict[Metric, int], bool]:
-        """(status, charge, funded, whether it repeats an earlier settle's answer)."""
+        """(status, charge, funded, whether it repeats an earlier settle's answer); for 'late', in place of
+        funded, what the sweeper billed (the hold): usage above it is overage."""
         if rid in self.done:
             return (*self.done[rid], True)
         if rid in self.pending:
@@ -245,9 +246,10 @@ class Reference:
             self._undo(h)
             status = "settled"
         elif rid in self.expired:
-            del self.expired[rid]
-            self.done[rid] = ("late", None, {})  # expiry billed the hold: nothing more
-            return "late", None, {}, False
+            h, _ = self.expired.pop(rid)
+            billed = {m: h.plans[m].funded for m in METRICS}
+            self.done[rid] = ("late", None, billed)  # expiry billed the hold: nothing more
+            return "late", None, billed, False
         else:
             return "gone", None, {}, False
         actual: dict[Metric, int] = {
@@ -423,6 +425,10 @@ class QuotaMachine(RuleBasedStateMachine):
         status, charge, funded, repeat = self.ref.settle(rid, tin, tout)
         assert s.status == status, (s, status)
         assert s.charge == charge
+        if status == "late":  # the hold was billed; what was served above it is overage, charged nowhere
+            actual = {"cost": cost_of(tin, tout, r.price_in, r.price_out), "tokens": tin + tout}
+            assert dict(s.charged) == {"cost": 0, "tokens": 0}
+            assert dict(s.overage) == {m: max(0, actual[m] - funded[m]) for m in METRICS}
         if charge is not None:
             if not repeat:
                 self.charges.append(charge)
