@@ -1,4 +1,5 @@
-"""Deadlines are kept by Redis's clock: replicas whose clocks disagree (one ahead, one behind) neither sweep
+"""(On a Redis of their own: every gateway sharing a Redis sweeps every institution in it.) Deadlines are
+kept by Redis's clock: replicas whose clocks disagree (one ahead, one behind) neither sweep
 each other's live holds early nor keep a dead replica's holds past their TTL."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from tests.quota.test_crash import spec
 SKEW = 3600.0  # an hour: far more than the TTL
 
 
-def _engine(redis_url: str, skew: float, ttl: float) -> QuotaEngine:
-    return QuotaEngine.from_url(redis_url, reservation_ttl=ttl, clock=lambda: time.time() + skew)
+def _engine(url: str, skew: float, ttl: float) -> QuotaEngine:
+    return QuotaEngine.from_url(url, reservation_ttl=ttl, clock=lambda: time.time() + skew)
 
 
 async def _hold(engine: QuotaEngine, inst: str) -> Reservation:
@@ -23,8 +24,10 @@ async def _hold(engine: QuotaEngine, inst: str) -> Reservation:
     return r
 
 
-async def test_a_replica_whose_clock_runs_ahead_does_not_sweep_a_live_hold(redis_url: str, inst: str) -> None:
-    true, ahead = _engine(redis_url, 0, 600), _engine(redis_url, SKEW, 600)
+async def test_a_replica_whose_clock_runs_ahead_does_not_sweep_a_live_hold(
+    private_redis_url: str, inst: str
+) -> None:
+    true, ahead = _engine(private_redis_url, 0, 600), _engine(private_redis_url, SKEW, 600)
     try:
         await true.compile(spec(inst))
         r = await _hold(true, inst)
@@ -39,9 +42,9 @@ async def test_a_replica_whose_clock_runs_ahead_does_not_sweep_a_live_hold(redis
 
 
 async def test_a_hold_made_by_a_replica_whose_clock_runs_behind_is_not_swept_early(
-    redis_url: str, inst: str
+    private_redis_url: str, inst: str
 ) -> None:
-    behind, true = _engine(redis_url, -SKEW, 600), _engine(redis_url, 0, 600)
+    behind, true = _engine(private_redis_url, -SKEW, 600), _engine(private_redis_url, 0, 600)
     try:
         await true.compile(spec(inst))
         r = await _hold(behind, inst)
@@ -53,9 +56,9 @@ async def test_a_hold_made_by_a_replica_whose_clock_runs_behind_is_not_swept_ear
 
 
 async def test_a_hold_made_by_a_replica_whose_clock_runs_ahead_expires_after_its_ttl(
-    redis_url: str, inst: str
+    private_redis_url: str, inst: str
 ) -> None:
-    ahead, true = _engine(redis_url, SKEW, 0.5), _engine(redis_url, 0, 0.5)
+    ahead, true = _engine(private_redis_url, SKEW, 0.5), _engine(private_redis_url, 0, 0.5)
     try:
         await true.compile(spec(inst))
         await _hold(ahead, inst)  # its replica dies here

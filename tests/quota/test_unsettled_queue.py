@@ -21,9 +21,9 @@ async def _expired_holds(engine: QuotaEngine, inst: str, n: int) -> list[str]:
 
 
 async def test_a_malformed_entry_goes_to_the_dead_letters_and_blocks_none_of_the_others(
-    redis_url: str, inst: str
+    private_redis_url: str, inst: str
 ) -> None:
-    engine = QuotaEngine.from_url(redis_url, reservation_ttl=0)
+    engine = QuotaEngine.from_url(private_redis_url, reservation_ttl=0)
     try:
         await engine.compile(spec(inst))
         first = await _expired_holds(engine, inst, 2)
@@ -50,12 +50,12 @@ async def test_a_malformed_entry_goes_to_the_dead_letters_and_blocks_none_of_the
 
 
 async def test_entries_stay_claimed_until_the_pipeline_has_them_and_a_dead_drainers_claims_come_back(
-    redis_url: str, inst: str
+    private_redis_url: str, inst: str
 ) -> None:
     """A round whose pipeline does not confirm (the gateway's emit went nowhere durable) leaves its entries
     claimed; once the claim lapses another replica writes them again. The same hold comes back, so the
     event id derived from it is the same: one ledger row (tests/gateway/test_recovery.py proves that end)."""
-    engine = QuotaEngine.from_url(redis_url, reservation_ttl=0, unsettled_lease=0)
+    engine = QuotaEngine.from_url(private_redis_url, reservation_ttl=0, unsettled_lease=0)
     try:
         await engine.compile(spec(inst))
         rids = await _expired_holds(engine, inst, 3)
