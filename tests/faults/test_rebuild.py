@@ -15,23 +15,24 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 def test_quota_rebuild_during_load(
     pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    """Three rebuilds while requests flow and the consumer is down: each must either wait for a ledger it can
-    prove complete or refuse; one that resets counters from a lagging ledger lets spend pass the caps (I1)."""
+    """Three rebuilds while the consumer is down (the ledger lags the counters), each followed by traffic: a
+    rebuild that resets counters from the lagging ledger lets that traffic pass the caps (I1). On the code
+    before the money work: 3,240 µ$ funded on a 3,000 µ$ cap."""
     with fault_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path) as fs:
         outcomes: list[str] = []
 
         async def scenario() -> None:
-            load = asyncio.create_task(fs.drive(160, concurrency=6))
+            load = asyncio.create_task(fs.drive(60, concurrency=6))
             await asyncio.to_thread(fs.wait_ledger, 10)
             # The ledger lags the counters (a consumer restarting, as in a rolling deploy): the window in which
             # a rebuild from the ledger forgets settled spend.
             await asyncio.to_thread(fs.kill_consumers)
+            await load
             for _ in range(3):
-                await asyncio.sleep(1.0)
                 done = await asyncio.to_thread(fs.cli, "quota", "rebuild", "-i", fs.stack.institution)
                 outcomes.append(f"rc={done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}")
+                await fs.drive(40, concurrency=6)  # traffic after each rebuild: the caps must still hold
             fs.start_consumer()  # from this thread: a process dies with the thread that spawned it
-            await load
 
         asyncio.run(scenario())
         print("rebuilds:", *outcomes, sep="\n  ")
