@@ -109,7 +109,9 @@ async def load_institution(
         await _rows(session, Extra, inst_id),
         await member_counts(session, inst_id),
     )
-    router = build_router(configs, currency=inst.currency, session=http, policy=policy)
+    router = build_router(
+        configs, currency=inst.currency, session=http, policy=policy and policy.for_institution(inst_id)
+    )
     chargebacks = {x.id: x.chargeback for u in spec.units for x in u.extras}
     return InstitutionView(
         inst.id,
