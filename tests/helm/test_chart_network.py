@@ -147,9 +147,11 @@ def test_the_gateway_reads_only_the_declared_provider_keys_and_reaches_the_model
 ) -> None:
     env = env_of(containers(gpu.workload("gateway"))[0])
     declared = set(env["EDUAIQ_PROVIDER_SECRET_VARS"]["value"].split(","))
-    assert declared == {k["env"] for k in GPU_VALUES.get("providerKeys", VALUE_SETS["default"].get("providerKeys", []))
-                        } | {"OPENAI_API_KEY", GPU_VALUES["selfHosted"]["apiKey"]["env"]}  # fmt: skip
     hosts = set(env["EDUAIQ_UPSTREAM_ALLOWED_HOSTS"]["value"].split(","))
+    vllm_key = GPU_VALUES["selfHosted"]["apiKey"]["env"]
+    # The model servers' key is bound to their Services: an admin cannot send it to any other host.
+    assert declared == {k["env"] for k in GPU_VALUES.get("providerKeys", VALUE_SETS["default"].get("providerKeys", []))
+                        } | {"OPENAI_API_KEY"} | {f"{vllm_key}@{h}" for h in hosts}  # fmt: skip
     campus = [p for p in imported_org(gpu)["providers"] if p["id"].startswith("campus-")]
     assert campus and {p["base_url"].split("//")[1].split(":")[0] for p in campus} == hosts
     assert all(h.endswith(f".{NAMESPACE}.svc") for h in hosts)
@@ -161,3 +163,18 @@ def test_the_gateway_reads_only_the_declared_provider_keys_and_reaches_the_model
     assert wider_env["EDUAIQ_UPSTREAM_ALLOWED_CIDRS"]["value"] == "10.40.0.0/16"
     with pytest.raises(helm.HelmRenderError, match="set by the chart"):
         render_chart({"settings": {"provider_secret_vars": "PGPASSWORD"}})
+
+
+def test_provider_keys_can_be_scoped_to_an_institution_and_a_host() -> None:
+    """Several institutions on one gateway: each key is declared for its own institution (and host), so one
+    institution's admins cannot name another's key (providers/upstream_policy.py checks the entries)."""
+    keys = [
+        {"env": "OPENAI_API_KEY", "secretName": "keys", "key": "a", "institution": "stateu",
+         "host": "api.openai.com"},
+        {"env": "TECH_ANTHROPIC_KEY", "secretName": "keys", "key": "b", "institution": "tech"},
+    ]  # fmt: skip
+    env = env_of(containers(render_chart({"providerKeys": keys}).workload("gateway"))[0])
+    assert set(env["EDUAIQ_PROVIDER_SECRET_VARS"]["value"].split(",")) == {
+        "stateu:OPENAI_API_KEY@api.openai.com",
+        "tech:TECH_ANTHROPIC_KEY",
+    }

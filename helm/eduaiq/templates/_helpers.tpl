@@ -141,10 +141,16 @@ secrets (only those the chart maps from Secrets), and which private upstreams ar
 self-hosted models' Services, and what upstream.* lists). Names, not secrets. */}}
 {{- $secretVars := list }}
 {{- range .Values.providerKeys }}
-{{- $secretVars = append $secretVars .env }}
+{{- $entry := .env }}
+{{- if .host }}{{ $entry = printf "%s@%s" $entry .host }}{{ end }}
+{{- if .institution }}{{ $entry = printf "%s:%s" .institution $entry }}{{ end }}
+{{- $secretVars = append $secretVars $entry }}
 {{- end }}
 {{- if and .Values.selfHosted.models .Values.selfHosted.apiKey.secretName }}
-{{- $secretVars = append $secretVars .Values.selfHosted.apiKey.env }}
+{{- /* The model servers' key goes only to the model servers' Services. */}}
+{{- range (include "eduaiq.vllmHosts" . | fromYamlArray) }}
+{{- $secretVars = append $secretVars (printf "%s@%s" $.Values.selfHosted.apiKey.env .) }}
+{{- end }}
 {{- end }}
 - name: EDUAIQ_PROVIDER_SECRET_VARS
   value: {{ $secretVars | uniq | join "," | quote }}
