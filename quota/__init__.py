@@ -58,8 +58,10 @@ from quota import keys
 from quota.engine import InstitutionNotLoaded, Loader, QuotaEngine
 from quota.explain import Explanation, ExtraReport, MetricReport, NodeReport
 from quota.model import (
+    ContractSpec,
     ExtraSpec,
     InstitutionSpec,
+    LimitSpec,
     MemberCap,
     Metric,
     Period,
@@ -70,10 +72,20 @@ from quota.model import (
     spec_from_org,
 )
 from quota.rebuild import CounterValues, Drift, recompute_counters
-from quota.results import Charge, Refusal, Remaining, Reservation, Settlement, UnsettledHold
+from quota.results import (
+    Charge,
+    LimitRefusal,
+    RateInfo,
+    Refusal,
+    Remaining,
+    Reservation,
+    Settlement,
+    UnsettledHold,
+)
 
 __all__ = [
     "Charge",
+    "ContractSpec",
     "CounterValues",
     "Drift",
     "Explanation",
@@ -81,6 +93,8 @@ __all__ = [
     "ExtraSpec",
     "InstitutionNotLoaded",
     "InstitutionSpec",
+    "LimitRefusal",
+    "LimitSpec",
     "Loader",
     "MemberCap",
     "Metric",
@@ -88,6 +102,7 @@ __all__ = [
     "NodeReport",
     "Period",
     "QuotaEngine",
+    "RateInfo",
     "Refusal",
     "Remaining",
     "Reservation",

@@ -131,3 +131,61 @@ def unpack_counters(value: str | bytes | None) -> tuple[int, int, int, int]:
         return 0, 0, 0, 0
     a, b, c, d = (value.decode() if isinstance(value, bytes) else value).split(" ")
     return int(a), int(b), int(c), int(d)
+
+
+# ---- limits, contracts and fair queues (SEMANTICS.md "Limits and contracts") ----
+# Node ids: `|` separates provider and model because provider ids may hold `/` and `:`; unit ids hold
+# no `:`, so no limit node id collides with a unit node or a member(...) node.
+
+FAIRQ_CHANNEL = "eq:fq:gw:"  # + gateway id: one pub/sub channel per gateway process (fair-queue wake-ups)
+
+
+def limit_unit(unit: str) -> str:
+    """Limit node of a unit's whole subtree together (``limits`` on the unit)."""
+    return "u:" + unit
+
+
+def limit_member(unit: str) -> str:
+    """Limit node of each member of a unit on their own (``member_limits`` on the unit)."""
+    return "m:" + unit
+
+
+def limit_provider(provider: str) -> str:
+    """Limit node of a provider's contract rate limits (institution-wide)."""
+    return "p:" + provider
+
+
+def limit_model(provider: str, model: str) -> str:
+    """Limit node of one model at a provider."""
+    return f"pm:{provider}|{model}"
+
+
+def limit_member_key(node: str, user: str) -> str:
+    """Key suffix of one member's window and leases under a member node ``m:<unit>``."""
+    return f"{node}:{user}"
+
+
+def limit_window(inst: str, suffix: str) -> str:
+    """HASH of a node's 60 one-second buckets (``t`` totals plus one field per second)."""
+    return prefix(inst) + "rl:" + suffix
+
+
+def limit_leases(inst: str, suffix: str) -> str:
+    """ZSET of a node's concurrency leases: reservation id -> lease deadline (ms)."""
+    return prefix(inst) + "cc:" + suffix
+
+
+def contract_node(provider: str, model: str | None = None) -> str:
+    """Counter field (in the period's counter hash) of a provider's or a provider model's contract."""
+    return "c:" + provider if model is None else f"c:{provider}|{model}"
+
+
+def queue_id(provider: str, model: str) -> str:
+    """Fair-queue id of a self-hosted model (the first tier's provider and model)."""
+    return f"{provider}|{model}"
+
+
+def fair_queue(inst: str, queue: str) -> tuple[str, str, str]:
+    """(busy ZSET, queue ZSET, state HASH) of one fair queue, in the order fairq.lua declares them."""
+    base = prefix(inst) + "fq:" + queue
+    return base + ":busy", base + ":q", base + ":s"

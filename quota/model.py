@@ -116,6 +116,27 @@ class Semester:
 
 
 @dataclass(frozen=True)
+class LimitSpec:
+    """Rate limits of one node (a unit's subtree, each member of a unit, a provider or a provider model).
+
+    ``None`` means no such limit. Requests and tokens count over a sliding 60 s window of 1 s buckets;
+    ``concurrent`` counts requests in progress (leases), see SEMANTICS.md "Limits and contracts".
+    """
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrent: int | None = None
+
+
+@dataclass(frozen=True)
+class ContractSpec:
+    """A provider (or provider model) contract's committed-spend ceiling per month or year (micro-units)."""
+
+    cost: int
+    period: Literal["month", "year"]
+
+
+@dataclass(frozen=True)
 class InstitutionSpec:
     id: str
     units: tuple[UnitSpec, ...]
@@ -123,6 +144,11 @@ class InstitutionSpec:
     semesters: tuple[Semester, ...] = ()
     year_start_month: int = 1  # 7 for a fiscal year starting in July
     name: str = ""
+    # Node id (quota.keys.limit_unit/limit_member/limit_provider/limit_model) -> its limits; empty
+    # (the default) keeps every request on the path with no limit work at all.
+    limits: Mapping[str, LimitSpec] = field(default_factory=dict)
+    # Contract node id (quota.keys.contract_node) -> its ceiling.
+    contracts: Mapping[str, ContractSpec] = field(default_factory=dict)
 
     def by_id(self) -> dict[str, UnitSpec]:
         """Built once per spec (specs are frozen): a 2,000-unit tree asks for it per unit and per level.

@@ -28,6 +28,8 @@ class Charge:
     period_keys: tuple[str, ...]  # one per node
     allocation: Mapping[Metric, int]  # added to `up` of every node
     extras: Mapping[Metric, tuple[ExtraTake, ...]]  # added to `up` of nodes below j and to the extra
+    # Contract spend: (contract node c:..., period key, cost) added to that cell's cost `up`.
+    contracts: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,22 @@ class Remaining:
 
     node: str
     room: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateInfo:
+    """The tightest limits on the path after this request (OpenAI's x-ratelimit-* trios); -1: no such limit.
+
+    Requests and tokens are reported for the node with the least left (ties: the nearest node); a reset is
+    the milliseconds until the oldest counted second leaves that node's window.
+    """
+
+    limit_requests: int
+    remaining_requests: int
+    reset_requests_ms: int
+    limit_tokens: int
+    remaining_tokens: int
+    reset_tokens_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +78,10 @@ class Reservation:
     pkeys: tuple[str, ...] = field(repr=False, default=())
     packed_path: bytes = field(repr=False, default=b"")
     path_nargs: int = field(repr=False, default=0)
+    rate: RateInfo | None = None  # None: no limit on the path (no headers to send)
+    # Limit keys the hold touches (settle declares them).
+    lkeys: tuple[str, ...] = field(repr=False, default=())
+    limited: bool = False  # the hold carries limits or contract holds (its record has a limit line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +100,25 @@ class Refusal:
     needed: int
     available: int
     resets_at: datetime | None  # None: the binding period never resets (period none)
+    # "budget", or "contract" (binding_node = c:<provider>[|<model>], binding_unit = "", resets_at = the
+    # end of the contract's window).
+    kind: str = "budget"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRefusal:
+    """A rate, token or concurrency limit on the path is full; the data behind the 429 rate_limit_exceeded."""
+
+    institution: str
+    unit: str
+    user: str
+    request_id: str
+    node: str  # limit node id: u:<unit>, m:<unit>, p:<provider>, pm:<provider>|<model>
+    what: str  # "requests" | "tokens" | "concurrent"
+    limit: int
+    needed: int  # requests (1) or tokens this request needs counted
+    retry_after_ms: int | None  # None: the request can never fit (its token bound is above the limit)
+    rate: RateInfo
 
 
 @dataclass(frozen=True, slots=True)
