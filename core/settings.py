@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     session_secret: str | None = None
 
     reservation_ttl_seconds: int = Field(default=600, ge=5)
+    # Concurrency limits and fair-queue slots are leases of this many seconds, renewed while a request is in
+    # progress: a killed gateway's requests stop counting within one lease.
+    limit_lease_seconds: int = Field(default=30, ge=3, le=600)
     min_clamp_tokens: int = Field(default=16, ge=1)
     key_cache_seconds: float = Field(default=2.0, ge=0, le=5)
     upstream_connect_timeout: float = Field(default=5.0, gt=0)

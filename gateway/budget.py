@@ -1,12 +1,14 @@
 """Stages 4 and 7: reserve before calling the model, settle with what it reported.
 
 This module only translates between the gateway and `quota/`: it picks the
-numbers to reserve, turns a refusal into a 429 a student can read, and turns
-a settlement into the fields of the usage event.
+numbers to reserve, turns a refusal (budget, contract or rate limit) into a 429 a student can read,
+reports the tightest rate limit in OpenAI's `x-ratelimit-*` headers, and turns a settlement into the
+fields of the usage event.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -18,7 +20,7 @@ from gateway.errors import ApiError
 from gateway.meter import Outcome
 from providers.prices import Price
 from providers.usage import NormalisedUsage
-from quota import Charge, QuotaEngine, Refusal, Reservation, Settlement
+from quota import Charge, LimitRefusal, QuotaEngine, RateInfo, Refusal, Reservation, Settlement
 
 
 def _money(micro: int, currency: str) -> str:
@@ -39,7 +41,127 @@ def _when(at: datetime | None, tz: str) -> str:
     return f"It resets on {local:%A %d %B %Y at %H:%M} ({tz})."
 
 
+def go_duration(ms: int) -> str:
+    """A reset time as OpenAI writes it in `x-ratelimit-reset-*` (Go's duration format): "20ms", "1.5s",
+    "1m0s". Clients and their libraries parse exactly these forms."""
+    ms = max(0, int(ms))
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:g}s"
+    minutes, rest = divmod(ms, 60_000)
+    return f"{minutes}m{rest / 1000:g}s"
+
+
+def rate_headers(rate: RateInfo) -> list[tuple[bytes, bytes]]:
+    """OpenAI's six rate-limit headers for the tightest limit of the path (a trio without a limit on the
+    path is left out)."""
+    out: list[tuple[bytes, bytes]] = []
+    for unit, limit, left, reset in (
+        ("requests", rate.limit_requests, rate.remaining_requests, rate.reset_requests_ms),
+        ("tokens", rate.limit_tokens, rate.remaining_tokens, rate.reset_tokens_ms),
+    ):
+        if limit >= 0:
+            out.append((f"x-ratelimit-limit-{unit}".encode(), str(limit).encode()))
+            out.append((f"x-ratelimit-remaining-{unit}".encode(), str(max(0, left)).encode()))
+            out.append((f"x-ratelimit-reset-{unit}".encode(), go_duration(reset).encode()))
+    return out
+
+
+def _in(seconds: int) -> str:
+    """'42 seconds', '1 second', '3 minutes' (rounded up): when a rate limit lets the request through."""
+    if seconds < 120:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return f"{math.ceil(seconds / 60)} minutes"
+
+
+def limit_subject(node: str, view: InstitutionView) -> str:
+    """Whose limit a node is, as a sentence names it (node ids: quota.keys.limit_*)."""
+    kind, _, rest = node.partition(":")
+    if kind in ("u", "m"):
+        unit_id = rest.split(":", 1)[0]  # a member suffix `m:<unit>:<user>` names the same unit
+        unit = view.units.get(unit_id)
+        name = unit.name if unit else unit_id
+        return (
+            f"your personal limit in {name}"
+            if kind == "m"
+            else f"the limit of {name} (everyone in it together)"
+        )
+    if kind == "p":
+        return f"{view.name}'s limit with provider {rest}"
+    if kind == "pm":
+        provider, _, model = rest.partition("|")
+        return f"the limit for {model} at {provider}"
+    return f"the limit {node}"
+
+
+def limit_message(ref: LimitRefusal, view: InstitutionView) -> str:
+    """The sentence a GPT4All user reads: which limit, how large, and when to try again."""
+    subject = limit_subject(ref.node, view)
+    if ref.what == "tokens" and ref.retry_after_ms is None:
+        return (f"Rate limit reached: this request needs {ref.needed:,} tokens, more than {subject} allows in a "
+                f"minute ({ref.limit:,}); ask for fewer max_tokens or send a shorter prompt.")  # fmt: skip
+    if ref.what == "concurrent":
+        return (f"Rate limit reached: {subject} allows {ref.limit:,} request{'s' if ref.limit != 1 else ''} at a "
+                f"time and {ref.limit:,} {'are' if ref.limit != 1 else 'is'} in progress. "
+                "Please try again in a moment.")  # fmt: skip
+    unit = "tokens" if ref.what == "tokens" else "requests"
+    wait = math.ceil((ref.retry_after_ms or 0) / 1000) or 1
+    return (
+        f"Rate limit reached: {subject} is {ref.limit:,} {unit} per minute. Please try again in {_in(wait)}."
+    )
+
+
+def limit_error(ref: LimitRefusal, view: InstitutionView) -> ApiError:
+    """429 `rate_limit_exceeded`: the SDKs retry it after `retry-after-ms` unless it can never fit."""
+    headers = {name.decode(): value.decode() for name, value in rate_headers(ref.rate)}
+    retry = ref.retry_after_ms
+    if retry is None:
+        headers["x-should-retry"] = "false"
+    else:
+        retry = max(1, int(retry))
+        headers["retry-after"] = str(max(1, math.ceil(retry / 1000)))
+        headers["retry-after-ms"] = str(retry)
+        headers["x-should-retry"] = "true"
+    if ref.what in ("requests", "tokens"):  # the refusing node's own trio: nothing left until it resets
+        headers[f"x-ratelimit-limit-{ref.what}"] = str(ref.limit)
+        headers[f"x-ratelimit-remaining-{ref.what}"] = "0"
+        headers[f"x-ratelimit-reset-{ref.what}"] = go_duration(retry or 0)
+    headers["x-eduaiq-limit"] = ref.node
+    return ApiError(429, limit_message(ref, view), code="rate_limit_exceeded",
+                    type_="tokens" if ref.what == "tokens" else "requests", headers=headers)  # fmt: skip
+
+
+def _contract_when(at: datetime | None, tz: str) -> str:
+    if at is None:
+        return ""
+    local = at.astimezone(ZoneInfo(tz))
+    return f" It resets on {local:%A %d %B %Y at %H:%M} ({tz})."
+
+
+def contract_error(refusal: Refusal, view: InstitutionView) -> ApiError:
+    """429 `insufficient_quota`: the committed spend of a provider contract is used up for its period, and no
+    retry within seconds can succeed, so the SDKs must not retry (`x-should-retry: false`)."""
+    node = refusal.binding_node.removeprefix("c:")
+    provider, _, model = node.partition("|")
+    contract = view.spec.contracts.get(refusal.binding_node)
+    period = f"this {contract.period}" if contract is not None else "this period"
+    left = _money(refusal.available, view.currency)
+    need = _money(refusal.needed, view.currency)
+    message = (
+        f"{view.name}'s contract with {provider}{f' ({model})' if model else ''} is fully committed for "
+        f"{period}: {left} left, and this request needs at least {need}."
+        f"{_contract_when(refusal.resets_at, view.timezone)} Ask your administrator."
+    )
+    headers = {"x-should-retry": "false", "x-eduaiq-limit": refusal.binding_node}
+    if refusal.resets_at is not None:
+        headers["x-eduaiq-budget-reset"] = refusal.resets_at.isoformat()
+    return ApiError(429, message, code="insufficient_quota", type_="insufficient_quota", headers=headers)
+
+
 def refusal_error(refusal: Refusal, view: InstitutionView) -> ApiError:
+    if refusal.kind == "contract":
+        return contract_error(refusal, view)
     what = "AI budget" if refusal.metric == "cost" else "token allowance"
     if refusal.is_member_cap:
         unit = view.units.get(refusal.binding_unit)
@@ -81,8 +203,11 @@ async def reserve(
     )
     if isinstance(result, Refusal):
         outcome.status = "refused"
-        outcome.binding_unit = result.binding_unit
+        outcome.binding_unit = result.binding_unit or None
         raise refusal_error(result, view)
+    if isinstance(result, LimitRefusal):
+        outcome.status = "refused"
+        raise limit_error(result, view)
     if result.clamped:
         outcome.status = "clamped"
     return result
@@ -101,6 +226,8 @@ def budget_headers(r: Reservation, view: InstitutionView, requested: int) -> lis
         out.append((b"x-eduaiq-budget-remaining-tokens", str(tokens.room).encode()))
     if r.clamped:
         out.append((b"x-eduaiq-max-tokens-clamped", f"{requested}->{r.output_tokens}".encode()))
+    if r.rate is not None:
+        out.extend(rate_headers(r.rate))
     return out
 
 
