@@ -14,8 +14,18 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from core.money import plain_number
 from providers.errors import ConfigError
 from providers.prices import SELF_HOSTED_TYPES, Price, litellm_price, price_to_micros
 from providers.upstream_policy import ENV_REF, UpstreamPolicy, hostname
@@ -59,6 +69,62 @@ class TimeoutConfig(BaseModel):
     read: float = Field(default=300.0, gt=0)
 
 
+# Contract ceilings are held in micro-units in Lua numbers: 9e9 currency units stays below 2^53 micro-units.
+MAX_CONTRACT_COST = Decimal(9_000_000_000)
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "concurrent")
+
+
+class LimitsConfig(BaseModel):
+    """Rate limits of one node (a unit's subtree, each member of a unit, a provider or a model).
+
+    Requests and tokens per minute count over a sliding window of 60 one-second buckets; `concurrent`
+    counts requests in progress. A request must fit every limit on its path."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests_per_minute: int | None = Field(default=None, ge=1, le=10**9)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=10**12)
+    concurrent: int | None = Field(default=None, ge=1, le=10**6)
+
+    @model_validator(mode="after")
+    def _some(self) -> LimitsConfig:
+        if self.requests_per_minute is None and self.tokens_per_minute is None and self.concurrent is None:
+            raise PydanticCustomError("limits_empty", "give at least one of " + ", ".join(LIMIT_FIELDS))
+        return self
+
+
+class ContractConfig(BaseModel):
+    """A committed-spend ceiling with a provider (or one of its models), in the institution's currency
+    per calendar month or year: no sum of unit budgets can spend past it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cost: Decimal = Field(gt=0, decimal_places=6)
+    period: Literal["month", "year"]
+
+    @field_serializer("cost", when_used="json")
+    def _plain(self, v: Decimal) -> int | float:
+        """Stored and exported as a number (50000, not the string '50000')."""
+        return plain_number(v)
+
+    @field_validator("cost")
+    @classmethod
+    def _bounded(cls, v: Decimal) -> Decimal:
+        if v > MAX_CONTRACT_COST:
+            raise PydanticCustomError("too_large", "too large (at most 9,000,000,000)")
+        return v
+
+
+class QueueConfig(BaseModel):
+    """How requests wait for a slot of a self-hosted model when every slot is busy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_wait_seconds: float = Field(default=30.0, gt=0, le=300)
+    max_waiting: int = Field(default=1000, ge=1, le=100_000)
+    retry_after_seconds: int = Field(default=5, ge=1, le=120)
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,6 +136,19 @@ class ModelConfig(BaseModel):
     priority: int | None = None
     fallbacks: list[str] = Field(default_factory=list)
     image_tokens: str | None = None
+    slots: int | None = Field(default=None, ge=1, le=100_000)
+    """Concurrent requests over all replicas of a self-hosted model; more wait in a fair queue."""
+    queue: QueueConfig | None = None
+    """The queue's bounds (defaults apply to a model with `slots` and no `queue`)."""
+    limits: LimitsConfig | None = None
+    contract: ContractConfig | None = None
+
+    @property
+    def queue_config(self) -> QueueConfig | None:
+        """The queue's settings when the model has slots, else None (nothing is queued)."""
+        if self.slots is None:
+            return None
+        return self.queue or QueueConfig()
 
     @property
     def upstream_name(self) -> str:
@@ -92,6 +171,9 @@ class ProviderConfig(BaseModel):
     stream_usage: Literal["reported", "counted"] = "reported"
     """`counted` for OpenAI-compatible servers that send no usage in streams (llama-cpp-python)."""
     models: list[ModelConfig] = Field(default_factory=list)
+    limits: LimitsConfig | None = None
+    """The provider's rate limits, institution-wide over every gateway replica."""
+    contract: ContractConfig | None = None
 
     @field_validator("base_url", "metrics_url")
     @classmethod
@@ -162,6 +244,9 @@ class DeploymentConfig(BaseModel):
     probe_key_env: str | None = None
     # Why the gateway will not use this deployment (its provider breaks the operator's policy), or None.
     disabled: str | None = None
+    # Concurrent slots of the model over all its replicas, and how requests queue for them (None: no queue).
+    slots: int | None = None
+    queue: QueueConfig | None = None
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -281,6 +366,12 @@ def compile_deployments(
             if m.id in seen_models:
                 problems.append(f"{mpath}.id: duplicate model id '{m.id}' in provider '{p.id}'")
             seen_models.add(m.id)
+            if m.slots is not None and not p.self_hosted:
+                problems.append(
+                    f"{mpath}.slots: only self-hosted providers (vllm, openai-compatible) have slots"
+                )
+            if m.queue is not None and m.slots is None:
+                problems.append(f"{mpath}.queue: needs slots")
             for k, fb in enumerate(m.fallbacks):
                 if fb == m.id:
                     problems.append(f"{mpath}.fallbacks[{k}]: a model cannot fall back to itself")
@@ -327,6 +418,8 @@ def compile_deployments(
                         metrics_url=metrics_url,
                         probe_key_env=p.api_key_env if _same_host(metrics_url, url) else None,
                         stream_usage=p.stream_usage,
+                        slots=m.slots,
+                        queue=m.queue_config,
                     )
                 )
                 order += 1

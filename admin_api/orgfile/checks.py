@@ -98,6 +98,9 @@ def cross_checks(doc: dict[str, Any]) -> list[Problem]:
 
     if roots:
         problems += _root_checks(_dict(roots[0]))
+    if doc.get("fair_share") is not None:
+        names = {u.get("id") for _, u, _ in units} | {u.get("kind") for _, u, _ in units}
+        problems += fair_share_checks(_dict(doc.get("fair_share")), names)
 
     effective: dict[int, set[str]] = {}
     members_of: dict[str, set[str]] = {}
@@ -168,3 +171,30 @@ def _root_checks(root: dict[str, Any]) -> list[Problem]:
         for m in metrics
         if "fixed" not in _dict(budget.get(m))
     ]
+
+
+def fair_share_checks(fair: dict[str, Any], names: set[Any], base: str = "fair_share") -> list[Problem]:
+    """Every weight names a unit or a unit kind of the file, and the windows are ordered and disjoint
+    (two windows on one day would make that day's weights depend on the order they are read in)."""
+    problems: list[Problem] = []
+
+    def known(weights: Any, path: str) -> None:
+        for key in _dict(weights):
+            if key not in names:
+                problems.append((f"{path}.{key}", f"no unit or unit kind {key!r} in this file"))
+
+    known(fair.get("weights"), f"{base}.weights")
+    spans: list[tuple[int, str, str, str]] = []
+    for i, win in enumerate(_list(fair.get("windows"))):
+        win = _dict(win)
+        known(win.get("weights"), f"{base}.windows[{i}].weights")
+        start, end = str(win.get("from", "")), str(win.get("to", ""))
+        if start and end and start > end:
+            problems.append((f"{base}.windows[{i}]", f"from {start} is after to {end}"))
+            continue
+        for j, other_start, other_end, other_name in spans:
+            if start <= other_end and other_start <= end:
+                problems.append((f"{base}.windows[{i}]", f"overlaps windows[{j}] ({other_name})"))
+                break
+        spans.append((i, start, end, str(win.get("name", ""))))
+    return problems

@@ -84,6 +84,9 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
             doc["budget"] = budget
         if cap:
             doc["member_cap"] = cap
+        for name in ("limits", "member_limits"):
+            if (u.limits or {}).get(name):
+                doc[name] = dict(u.limits[name])  # type: ignore[index]
         if u.models is not None:
             doc["models"] = list(u.models)
         if u.default_model:
@@ -112,6 +115,7 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
         "institution": {"id": inst.id, "name": inst.name, "currency": inst.currency, "timezone": inst.timezone,
                         "semesters": inst.semesters},
         "providers": [_plain(redact_headers(p.to_config(offers[p.id], default_prices=False))) for p in providers],
+        **({"fair_share": inst.fair_share} if inst.fair_share else {}),
         "units": [unit_doc(r) for r in children[None]],
         "users": [
             {k: v for k, v in {"id": u.id, "email": u.email, "name": u.name, "sso_subject": u.sso_subject}.items()

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlmodel import SQLModel
 
-from admin_api.orgfile.schema import Key, OrgFile, UnitNode
+from admin_api.orgfile.schema import FairShare, Key, OrgFile, UnitNode
 from core.models import (
     AdminScope,
     ApiKey,
@@ -65,6 +65,7 @@ def desired_rows(org: OrgFile) -> Desired:
             timezone=org.institution.timezone,
             semesters=[s.model_dump(mode="json") for s in org.institution.semesters],
             sso=dict(org.sso),
+            fair_share=fair_share_doc(org.fair_share),
         )
     )
     for row in provider_rows(inst_id, org.providers, org.institution.currency):
@@ -117,12 +118,29 @@ def provider_rows(inst: str, providers: list[ProviderConfig], currency: str) -> 
     return out
 
 
+def fair_share_doc(fair: FairShare | None) -> dict[str, Any]:
+    """The `fair_share:` section as stored (and exported): the file's field names, plain numbers."""
+    if fair is None:
+        return {}
+    return fair.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+def unit_limits_doc(node: UnitNode) -> dict[str, Any] | None:
+    """`Unit.limits`: {"limits": {...}, "member_limits": {...}} with the fields the file gave, or None."""
+    doc = {
+        name: value.model_dump(mode="json", exclude_none=True)
+        for name in ("limits", "member_limits")
+        if (value := getattr(node, name)) is not None
+    }
+    return doc or None
+
+
 def _add_unit(out: Desired, inst: str, node: UnitNode, parent: str | None, position: int) -> None:
     budget = node.budget
     out.add(
         Unit(institution_id=inst, id=node.id, parent_id=parent, kind=node.kind, name=node.name,
              period=budget.period if budget else None, models=node.models, default_model=node.default_model,
-             archived=False, position=position)
+             limits=unit_limits_doc(node), archived=False, position=position)
     )  # fmt: skip
     for metric in ("cost", "tokens"):
         rule = getattr(budget, metric) if budget else None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 from core.keys import hash_secret
-from providers.config import ProviderConfig
+from core.money import plain_number
+from providers.config import LimitsConfig, ProviderConfig
 
 Period = Literal["day", "week", "month", "semester", "year", "none"]
 ProviderType = Literal[
@@ -97,12 +98,43 @@ class Member(Strict):
     role: str = Field(pattern=r"^[a-z][a-z_\-]{0,31}$")
 
 
+Limits = LimitsConfig  # one definition for units, providers and models
+
+# A flow's weight: the share of a queued model's slots its unit gets while others wait too.
+WeightValue = Annotated[
+    Decimal, Field(gt=0, le=1000, decimal_places=6), PlainSerializer(plain_number, when_used="json")
+]
+Weights = dict[str, WeightValue]
+
+
+class FairShareWindow(Strict):
+    """Days (local, both ends included) on which `weights` override the base weights they list."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=128)
+    from_: date = Field(alias="from")
+    to: date
+    weights: Weights = Field(min_length=1)
+
+
+class FairShare(Strict):
+    """How the slots of self-hosted models are shared between units when requests queue for them.
+    A key of `weights` is a unit id or a unit kind (the id wins)."""
+
+    weights: Weights = {}
+    default_weight: WeightValue = Decimal(1)
+    windows: list[FairShareWindow] = []
+
+
 class UnitNode(Strict):
     id: str = Slug
     kind: str = Field(pattern=r"^[a-z][a-z_\-]{0,31}$")
     name: str | None = None
     budget: Budget | None = None
     member_cap: MemberCap | None = None
+    limits: Limits | None = None  # the unit's whole subtree together
+    member_limits: Limits | None = None  # each member, over all their use under this unit
     models: list[str] | None = None
     default_model: str | None = None
     extras: list[ExtraFunds] = []
@@ -148,6 +180,7 @@ class OrgFile(Strict):
     institution: Institution
     providers: list[ProviderConfig] = []  # one definition of the section, shared with the router
     units: list[UnitNode] = Field(min_length=1)
+    fair_share: FairShare | None = None
     users: list[User] = []
     keys: list[Key] = []
     sso: dict[str, object] = {}

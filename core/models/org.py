@@ -6,7 +6,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKeyConstraint, Numeric
+from sqlalchemy import JSON, BigInteger, Column, ForeignKeyConstraint, Numeric, text
 from sqlmodel import Field, SQLModel
 
 from core.time import utcnow
@@ -21,6 +21,10 @@ class Institution(SQLModel, table=True):
     semesters: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Identity-provider settings (the institution file's `sso:` section); secrets stay in the environment.
     sso: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # The institution file's `fair_share:` section ({} when absent): weights for self-hosted models' queues.
+    fair_share: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default=text("'{}'"))
+    )
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -43,6 +47,8 @@ class Unit(SQLModel, table=True):
     # None: every model the parent allows. A list narrows it; import checks it is a subset.
     models: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     default_model: str | None = None
+    # {"limits": {...}, "member_limits": {...}} with the institution file's field names; None: no limits.
+    limits: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     archived: bool = False
     position: int = 0
 
