@@ -10,7 +10,9 @@ a request sees either the old configuration or the new one, never a mix.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
@@ -36,6 +38,36 @@ class UnitInfo:
     default_model: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class FairShare:
+    """The institution file's `fair_share:` section: weights of units (by id or kind) in the fair queues of
+    self-hosted models, and whole-day windows (e.g. exam weeks) that override some of them."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+    default_weight: float = 1.0
+    windows: tuple[tuple[date, date, Mapping[str, float]], ...] = ()
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any] | None) -> FairShare:
+        """From the stored section (the file's field names; numbers may be strings)."""
+        if not doc:
+            return cls()
+        windows = tuple(
+            (date.fromisoformat(str(w["from"])), date.fromisoformat(str(w["to"])),
+             {k: float(v) for k, v in (w.get("weights") or {}).items()})
+            for w in doc.get("windows") or ()
+        )  # fmt: skip
+        return cls({k: float(v) for k, v in (doc.get("weights") or {}).items()},
+                   float(doc.get("default_weight", 1)), windows)  # fmt: skip
+
+    def window(self, day: date) -> int:
+        """Index of the window holding `day` (windows do not overlap), or -1."""
+        for i, (start, end, _) in enumerate(self.windows):
+            if start <= day <= end:
+                return i
+        return -1
+
+
 @dataclass(slots=True)
 class InstitutionView:
     id: str
@@ -46,7 +78,41 @@ class InstitutionView:
     spec: InstitutionSpec
     router: Router
     chargebacks: dict[str, str | None]  # extra id -> grant or cost centre, for the usage event
+    fair_share: FairShare = field(default_factory=FairShare)
     _lineage: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    _flows: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
+
+    @property
+    def limited(self) -> bool:
+        """Whether any limit or contract is configured: without one, no request does any limit work."""
+        return bool(self.spec.limits or self.spec.contracts)
+
+    def limit_scopes(self, model: str, allowed: Any = None) -> tuple[tuple[str, str], ...]:
+        """The (provider, model) pairs whose limits and contracts a request for `model` holds: every one it
+        may be served by. Empty when the institution has no limits (the engine then does no limit work)."""
+        if not self.limited:
+            return ()
+        return self.router.chain_pairs(model, allowed)
+
+    def flow_of(self, unit_id: str, day: date) -> tuple[str, float]:
+        """(flow, weight) of a request from `unit_id` in a fair queue on local `day`: the nearest unit on the
+        path whose id (else kind) has a weight that day; else flow "*" with the default weight."""
+        fair = self.fair_share
+        window = fair.window(day) if fair.windows else -1
+        known = self._flows.get((unit_id, window))
+        if known is not None:
+            return known
+        weights = dict(fair.weights)
+        if window >= 0:
+            weights.update(fair.windows[window][2])
+        known = ("*", fair.default_weight)
+        for unit in self.path(unit_id):
+            weight = weights.get(unit.id, weights.get(unit.kind))
+            if weight is not None:
+                known = (unit.id, weight)
+                break
+        self._flows[(unit_id, window)] = known
+        return known
 
     def lineage(self, unit_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(ids, kinds) of the unit and its ancestors, nearest first: what every usage event carries,
@@ -122,6 +188,7 @@ async def load_institution(
         spec,
         router,
         chargebacks,
+        FairShare.parse(getattr(inst, "fair_share", None)),
     )
 
 

@@ -46,6 +46,11 @@ class _Metrics:
     usage_pending: Gauge
     usage_spool_bytes: Gauge
     usage_sidecar_restarts: Gauge
+    # Limits and fair queues: refusals by what refused (requests, tokens, concurrent, contract, queue_timeout,
+    # queue_full), and the time requests waited for a slot of a queued model (outcome granted|timeout|full).
+    limit_refusals: Counter
+    queue_wait: Histogram
+    queue_waiting: Gauge
     # Labelled children, looked up once: `labels()` builds and hashes its key tuple every call, a
     # measurable share of a request's CPU when taken three or four times per request.
     _children: dict[tuple[object, ...], Any] = field(default_factory=dict)
@@ -63,6 +68,12 @@ class _Metrics:
             self._child(self.refusals, code or "rate_limit").inc()
         elif status >= 500:
             self._child(self.upstream_errors, code or "error").inc()
+
+    def limit_refused(self, what: str) -> None:
+        self._child(self.limit_refusals, what).inc()
+
+    def queue_waited(self, model: str, outcome: str, seconds: float) -> None:
+        self._child(self.queue_wait, model, outcome).observe(seconds)
 
     def timed(self, endpoint: str, seconds: float) -> None:
         """Time from the request's arrival to its response start (a stream's first byte from the model)."""
@@ -91,6 +102,13 @@ def _make() -> _Metrics:
                             registry=reg),
         usage_spool_bytes=Gauge("eduaiq_usage_spool_bytes", "Bytes in the usage spool", registry=reg),
         usage_sidecar_restarts=Gauge("eduaiq_usage_sidecar_restarts", "Usage sidecar restarts", registry=reg),
+        limit_refusals=Counter("eduaiq_limit_refusals", "Requests refused by a rate, token, concurrency or "
+                               "contract limit, or by a full or timed-out fair queue", ["what"], registry=reg),
+        queue_wait=Histogram("eduaiq_queue_wait_seconds", "Time a request waited for a slot of a queued model",
+                             ["model", "outcome"], registry=reg,
+                             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)),
+        queue_waiting=Gauge("eduaiq_queue_waiting", "Requests of this process waiting for a slot", ["model"],
+                            registry=reg),
     )  # fmt: skip
 
 

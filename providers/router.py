@@ -26,7 +26,7 @@ from typing import Any
 
 from providers.adapters import Adapter, Endpoint, StreamProcessor, adapter_for
 from providers.breaker import CircuitBreaker, State
-from providers.config import DeploymentConfig, RoutingConfig
+from providers.config import DeploymentConfig, QueueConfig, RoutingConfig
 from providers.errors import (
     Attempt,
     InvalidRequest,
@@ -70,6 +70,19 @@ class ModelInfo:
     vision: bool
     max_output_tokens: int | None
     image_tokens: str | None
+    # The fair queue of a self-hosted model with `slots` (its first tier's provider and model): None when
+    # the model is not queued, so requests for it never touch the queue.
+    queue: QueueInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """A queued model's slots over all its replicas and how long requests may wait for one."""
+
+    provider_id: str
+    model_id: str
+    slots: int
+    config: QueueConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +334,12 @@ def _whole(
     )
 
 
+def _queue_info(cfg: DeploymentConfig) -> QueueInfo | None:
+    if cfg.slots is None:
+        return None
+    return QueueInfo(cfg.provider_id, cfg.model_id, cfg.slots, cfg.queue or QueueConfig())
+
+
 class Router:
     """Routes model ids to deployments. One per process; `await start()` inside the serving loop."""
 
@@ -378,9 +397,11 @@ class Router:
                 deps[0].cfg.vision,
                 deps[0].cfg.max_output_tokens,
                 deps[0].cfg.image_tokens,
+                _queue_info(deps[0].cfg),
             )
             for m, deps in by_model.items()
         }
+        self._pairs: dict[tuple[str, frozenset[str] | None], tuple[tuple[str, str], ...]] = {}
         self._rr = 0
 
     def _extend_chain(
@@ -456,6 +477,32 @@ class Router:
                 price = d.cfg.price if price is None else price.max_with(d.cfg.price)
         assert price is not None
         return price
+
+    def chain_pairs(
+        self, model_id: str, allowed_models: Collection[str] | None = None
+    ) -> tuple[tuple[str, str], ...]:
+        """Every (provider, model) the request may be served by, after the same filter as `price_ceiling`:
+        a request holds the limits and contracts of each of them, since routing happens after the hold.
+        Worked out once per (model, allowed models) for the life of the router."""
+        key = (model_id, frozenset(allowed_models) if allowed_models is not None else None)
+        known = self._pairs.get(key)
+        if known is not None:
+            return known
+        chain = self._chains.get(model_id)
+        if chain is None:
+            raise ModelNotFound(model_id)
+        pairs: dict[tuple[str, str], None] = {}
+        for tier in chain:
+            if (
+                allowed_models is not None
+                and tier.model_id != model_id
+                and tier.model_id not in allowed_models
+            ):
+                continue
+            for d in tier.deployments:
+                pairs[(d.cfg.provider_id, d.cfg.model_id)] = None
+        known = self._pairs[key] = tuple(pairs)
+        return known
 
     def chain(self, model_id: str) -> list[list[str]]:
         """Deployment ids tier by tier, for explaining a route."""
