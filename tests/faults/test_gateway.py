@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import fault_stack, priced_org
+from tests.faults.invariants import ledger_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -54,3 +55,11 @@ def test_streams_outliving_the_reservation_ttl(
                      extra_env={"EDUAIQ_RESERVATION_TTL_SECONDS": "5"}) as fs:  # fmt: skip
         fs.load(90, concurrency=30, stream=True, max_tokens=40)
         fs.assert_invariants(150)
+        # The double never overruns max_tokens, so no answer may cost more than its hold: unfunded overage
+        # here means a hold was swept while its stream ran, its room went to another request, and the
+        # provider's bill passed the caps (I1 counts funded spend only).
+        rows = ledger_rows(fs.stack.db_url, fs.stack.institution)
+        overage = [(r.request_id, r.overage_micro) for r in rows if r.overage_micro]
+        assert not overage, (
+            f"{len(overage)} of {len(rows)} requests recorded as unfunded overage: {overage[:5]}"
+        )
