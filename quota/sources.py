@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -22,8 +22,22 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from core.models import BudgetRule, Extra, Institution, Membership, Unit
-from quota.model import ExtraSpec, InstitutionSpec, MemberCap, Metric, Rule, Semester, UnitSpec, validate
+from core.models import BudgetRule, Extra, Institution, Membership, ModelOffer, Provider, Unit
+from core.money import to_micro
+from providers.config import ContractConfig, LimitsConfig
+from quota.keys import contract_node, limit_member, limit_model, limit_provider, limit_unit
+from quota.model import (
+    ContractSpec,
+    ExtraSpec,
+    InstitutionSpec,
+    LimitSpec,
+    MemberCap,
+    Metric,
+    Rule,
+    Semester,
+    UnitSpec,
+    validate,
+)
 from quota.periods import Calendar, local_midnight, window
 from quota.results import Charge
 
@@ -34,7 +48,11 @@ def spec_from_rows(
     rules: list[BudgetRule],
     extras: list[Extra],
     member_counts: dict[str, int],
+    providers: Sequence[Provider] = (),
+    offers: Sequence[ModelOffer] = (),
 ) -> InstitutionSpec:
+    """``providers`` and ``offers`` carry the limits and contract ceilings of the catalog (in their
+    ``options``); callers that pass none get a spec with no provider limits or contracts."""
     unit_rules: dict[str, dict[Metric, Rule]] = defaultdict(dict)
     caps: dict[str, dict[Metric, MemberCap]] = defaultdict(dict)
     for r in rules:
@@ -69,11 +87,60 @@ def spec_from_rows(
         Semester(str(s["id"]), date.fromisoformat(str(s["start"])), date.fromisoformat(str(s["end"])))
         for s in inst.semesters
     )
+    limits, contracts = limits_from_rows(units, providers, offers)
     spec = InstitutionSpec(
-        id=inst.id, units=specs, timezone=inst.timezone, semesters=semesters, name=inst.name
+        id=inst.id,
+        units=specs,
+        timezone=inst.timezone,
+        semesters=semesters,
+        name=inst.name,
+        limits=limits,
+        contracts=contracts,
     )
     validate(spec)
     return spec
+
+
+def _limit_spec(doc: Mapping[str, Any] | None) -> LimitSpec | None:
+    if not doc:
+        return None
+    cfg = LimitsConfig.model_validate(doc)
+    return LimitSpec(rpm=cfg.requests_per_minute, tpm=cfg.tokens_per_minute, concurrent=cfg.concurrent)
+
+
+def _contract_spec(doc: Mapping[str, Any] | None) -> ContractSpec | None:
+    if not doc:
+        return None
+    cfg = ContractConfig.model_validate(doc)
+    return ContractSpec(cost=to_micro(cfg.cost), period=cfg.period)
+
+
+def limits_from_rows(
+    units: Sequence[Unit], providers: Sequence[Provider], offers: Sequence[ModelOffer]
+) -> tuple[dict[str, LimitSpec], dict[str, ContractSpec]]:
+    """Limit nodes (``u:``/``m:`` of units, ``p:``/``pm:`` of the catalog) and contract nodes (``c:``), read
+    from ``Unit.limits`` and the provider/model ``options`` as the institution file wrote them. Archived
+    units keep no limits: nothing is served under them."""
+    limits: dict[str, LimitSpec] = {}
+    contracts: dict[str, ContractSpec] = {}
+    for u in units:
+        if u.archived or not u.limits:
+            continue
+        for name, node in (("limits", limit_unit(u.id)), ("member_limits", limit_member(u.id))):
+            spec = _limit_spec(u.limits.get(name))
+            if spec is not None:
+                limits[node] = spec
+    for p in providers:
+        if (spec := _limit_spec(p.options.get("limits"))) is not None:
+            limits[limit_provider(p.id)] = spec
+        if (con := _contract_spec(p.options.get("contract"))) is not None:
+            contracts[contract_node(p.id)] = con
+    for o in offers:
+        if (spec := _limit_spec(o.options.get("limits"))) is not None:
+            limits[limit_model(o.provider_id, o.id)] = spec
+        if (con := _contract_spec(o.options.get("contract"))) is not None:
+            contracts[contract_node(o.provider_id, o.id)] = con
+    return limits, contracts
 
 
 async def load_spec(session: AsyncSession, inst_id: str) -> InstitutionSpec:
@@ -91,6 +158,8 @@ async def load_spec(session: AsyncSession, inst_id: str) -> InstitutionSpec:
         await rows(BudgetRule),
         await rows(Extra),
         await member_counts(session, inst_id),
+        providers=await rows(Provider),
+        offers=await rows(ModelOffer),
     )
 
 
@@ -156,6 +225,11 @@ def ledger_scope(spec: InstitutionSpec, now: datetime) -> LedgerScope:
         if w.start is None:  # a one-off allowance: its counters hold everything ever charged
             unbounded = True
         else:
+            starts.append(w.start)
+    for contract in spec.contracts.values():  # a yearly contract makes a rebuild read the year's rows
+        w = window(contract.period, now, cal)
+        open_periods.add(w.key)
+        if w.start is not None:
             starts.append(w.start)
     today = now.astimezone(cal.tz).date()
     live = [x for u in spec.units for x in u.extras if x.valid_to >= today]

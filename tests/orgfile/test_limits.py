@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from admin_api.orgfile import OrgFileError, apply_org, export_org, parse_document
 from core.db import make_async_engine, session_factory
+from quota.model import ContractSpec, InstitutionSpec, LimitSpec
+from quota.sources import ledger_scope, load_spec
 
 
 def _doc() -> dict[str, Any]:
@@ -232,3 +237,43 @@ def test_removing_limits_from_the_file_removes_them(pg_url: str) -> None:
     assert "fair_share" not in exported
     assert "limits" not in exported["units"][0] and "member_limits" not in exported["units"][0]
     assert "contract" not in exported["providers"][0]
+
+
+async def _spec(url: str, doc: dict[str, Any]) -> InstitutionSpec:
+    engine = make_async_engine(url, pool_size=1)
+    try:
+        factory = session_factory(engine)
+        async with factory() as s, s.begin():
+            await apply_org(s, parse_document(doc))
+        async with factory() as s:
+            return await load_spec(s, doc["institution"]["id"])
+    finally:
+        await engine.dispose()
+
+
+def test_the_quota_spec_carries_every_limit_and_contract(pg_url: str) -> None:
+    spec = asyncio.run(_spec(pg_url, _doc()))
+    assert spec.limits == {
+        "u:stateu": LimitSpec(rpm=20000),
+        "m:stateu": LimitSpec(rpm=60, concurrent=4),
+        "m:cs101": LimitSpec(rpm=20, tpm=40000),
+        "u:lab": LimitSpec(concurrent=8),
+        "p:openai": LimitSpec(rpm=5000, tpm=2000000, concurrent=500),
+        "pm:openai|gpt-4o": LimitSpec(tpm=800000),
+    }
+    assert spec.contracts == {
+        "c:openai": ContractSpec(cost=50_000_000_000, period="year"),
+        "c:openai|gpt-4o": ContractSpec(cost=4_000_500_000, period="month"),
+    }
+
+
+def test_a_rebuild_reads_the_ledger_back_to_the_start_of_a_yearly_contract(pg_url: str) -> None:
+    spec = asyncio.run(_spec(pg_url, _doc()))  # budgets are per month (the default); the contract per year
+    now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+    scope = ledger_scope(spec, now)
+    assert scope.since is not None and scope.since.astimezone(ZoneInfo("America/Chicago")).date() == date(
+        2026, 1, 1
+    )
+    assert {"y:2026", "m:2026-12"} <= scope.open_periods
+    bare = ledger_scope(replace(spec, contracts={}), now)
+    assert bare.since is not None and bare.since > scope.since
