@@ -37,7 +37,7 @@ from gateway.requests import (
 )
 from gateway.runtime import Runtime
 from gateway.stream import RelayResponse, StreamResult, WholeAnswer
-from gateway.tokens import answer_tokens, prompt_tokens
+from gateway.tokens import answer_tokens, prompt_tokens, text_tokens
 from providers.errors import InvalidRequest, ModelNotFound, ProviderError, UpstreamUnavailable
 from providers.router import UpstreamAnswerLost, UpstreamResponse
 from providers.usage import NormalisedUsage
@@ -114,14 +114,22 @@ def _bound(parsed: ParsedRequest, view: InstitutionView, model: str, rt: Runtime
 
 
 async def _fallback_usage(
-    rt: Runtime, parsed: ParsedRequest, images: int, produced: int, answer: bytes | None = None
+    rt: Runtime,
+    parsed: ParsedRequest,
+    images: int,
+    produced: int,
+    answer: bytes | None = None,
+    delivered: list[str] | None = None,
 ) -> NormalisedUsage:
     """When the provider never reported usage: a tokenizer's count of the prompt, and of the answer when
-    there is a whole one, otherwise one token per streamed event (how vLLM and OpenAI stream). Counted off
-    the event loop (gateway/tokens.py): never zero, never a stall."""
+    there is a whole one, otherwise one token per streamed event (how vLLM and OpenAI stream), or more: the
+    count of the text a translated stream (Anthropic, Gemini) delivered, whose events carry many tokens.
+    Counted off the event loop (gateway/tokens.py): never zero, never a stall."""
     limit = rt.settings.token_count_max_bytes
     if answer is not None:
         produced = await answer_tokens(answer, limit)
+    if delivered:
+        produced = max(produced, await text_tokens(delivered, limit))
     prompt = await prompt_tokens(parsed.body, limit)
     return NormalisedUsage(input=prompt + images, output=produced, image=images)
 
@@ -280,7 +288,7 @@ def _relay(
     async def done(result: StreamResult) -> None:
         usage = upstream.usage
         if usage is None:  # cut (client gone, upstream failed) or never reported
-            counted = await _fallback_usage(rt, parsed, images, result.events)
+            counted = await _fallback_usage(rt, parsed, images, result.events, None, upstream.delivered_text)
             usage = _at_least(upstream.reported_usage, counted)
         if result.client_gone:
             o.status = "client_abort"

@@ -132,6 +132,14 @@ def _count_answer(data: bytes) -> int:
     return len(choices) + _count(list(_texts(choices)), 0)
 
 
+async def text_tokens(texts: list[str], max_bytes: int) -> int:
+    """Tokens of the text a translated stream delivered before it was cut (its provider reports output
+    only at the end, and one of its events can carry any number of tokens): counted in the counting
+    thread; its byte count when too big."""
+    bound = _byte_bound(texts, 0)
+    return await _off_loop(bound if bound <= max_bytes else -1, bound, _count, texts, 0)
+
+
 async def answer_tokens(data: bytes, max_bytes: int) -> int:
     """Output tokens of a non-stream answer that came without usage: its text (message content, tool
     calls, completions text), parsed and counted in the counting thread; its byte count when too big."""

@@ -249,6 +249,12 @@ class UpstreamResponse:
             return self.usage
         return self._proc.reported() if self._proc is not None else None
 
+    @property
+    def delivered_text(self) -> list[str] | None:
+        """The text a translated stream sent on (None for a passthrough): a cut stream is billed at least
+        its count, since its provider's events carry any number of tokens."""
+        return self._proc.delivered() if self._proc is not None else None
+
     def _finish(self, *, ok: bool) -> None:
         if self._server is not None:
             self._server.inflight -= 1

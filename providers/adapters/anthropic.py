@@ -25,6 +25,7 @@ from providers.adapters.base import (
     content_parts,
     effective_max_tokens,
     image_url,
+    keep_text,
     merge_turn,
     openai_error,
     sse,
@@ -197,6 +198,7 @@ class AnthropicStream:
         "_include_usage",
         "_raw_usage",
         "_split",
+        "_text",
         "_tools",
         "usage",
         "usage_estimated",
@@ -204,6 +206,7 @@ class AnthropicStream:
 
     def __init__(self, model: str, include_usage_chunk: bool) -> None:
         self._split = SSESplitter()
+        self._text: list[str] = []  # what was sent on: a cut stream is billed at least its count
         self._include_usage = include_usage_chunk
         self._base: dict[str, Any] = {
             "id": "",
@@ -220,6 +223,7 @@ class AnthropicStream:
         self.usage_estimated = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        keep_text(self._text, delta)
         c = dict(self._base)
         c["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
         return sse(c)
@@ -307,6 +311,9 @@ class AnthropicStream:
         if not self._done:
             raise RetryableUpstreamError("anthropic stream ended before message_stop")
         return out
+
+    def delivered(self) -> list[str] | None:
+        return self._text
 
     def reported(self) -> NormalisedUsage | None:
         return from_anthropic(self._raw_usage) if self._raw_usage else None

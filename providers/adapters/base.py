@@ -48,6 +48,11 @@ class StreamProcessor(Protocol):
         input and `message_delta` output, Gemini's running `usageMetadata`)."""
         ...
 
+    def delivered(self) -> list[str] | None:
+        """The text (content, tool names and arguments) sent on so far, for a translator whose events carry
+        any number of tokens; None for a passthrough, whose events carry one token each."""
+        ...
+
 
 class Adapter(Protocol):
     def prepare(
@@ -181,3 +186,16 @@ FINISH_REASONS_ANTHROPIC = {
     "pause_turn": "stop",
     "refusal": "content_filter",
 }
+
+
+def keep_text(into: list[str], delta: Mapping[str, Any]) -> None:
+    """Collect the text of a chunk a translator sends on (content, tool names and arguments): what a stream
+    cut before its provider's final usage is billed at least the count of."""
+    content = delta.get("content")
+    if content:
+        into.append(content)
+    for call in delta.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        for part in (fn.get("name"), fn.get("arguments")):
+            if part:
+                into.append(part)

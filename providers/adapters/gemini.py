@@ -23,6 +23,7 @@ from providers.adapters.base import (
     content_parts,
     effective_max_tokens,
     image_url,
+    keep_text,
     merge_turn,
     openai_error,
     sse,
@@ -204,6 +205,7 @@ class GeminiStream:
         "_meta",
         "_seen",
         "_split",
+        "_text",
         "_tools",
         "usage",
         "usage_estimated",
@@ -211,6 +213,7 @@ class GeminiStream:
 
     def __init__(self, model: str, include_usage_chunk: bool) -> None:
         self._split = SSESplitter()
+        self._text: list[str] = []  # what was sent on: a cut stream is billed at least its count
         self._include_usage = include_usage_chunk
         self._base: dict[str, Any] = {
             "id": "",
@@ -226,6 +229,7 @@ class GeminiStream:
         self.usage_estimated = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        keep_text(self._text, delta)
         c = dict(self._base)
         c["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
         return sse(c)
@@ -295,6 +299,9 @@ class GeminiStream:
             out.append(sse(c))
         out.append(DONE_EVENT)
         return b"".join(out)
+
+    def delivered(self) -> list[str] | None:
+        return self._text
 
     def reported(self) -> NormalisedUsage | None:
         return from_gemini(self._meta) if self._meta else None

@@ -160,6 +160,9 @@ class PassthroughStream:
     def reported(self) -> NormalisedUsage | None:
         return None if self.usage_estimated else self.usage
 
+    def delivered(self) -> list[str] | None:
+        return None  # passed through unparsed: each event carries one token (OpenAI, vLLM)
+
 
 def _next_usage(data: bytes, pos: int) -> int:
     """Where the next usage object may be (`"usage": {...}` or Groq's `"x_groq"`), or -1; a

@@ -3,7 +3,9 @@
 Anthropic reports the prompt's tokens (cache reads included) in `message_start`, and Gemini a running
 `usageMetadata` in every chunk; both bill that much whatever happens to the connection afterwards. A
 stream cut before its end (the upstream's connection drops, or the client hangs up) is charged
-max(what the provider reported, the gateway's count of the prompt and of the events delivered).
+max(what the provider reported, the gateway's count of the prompt and of what was delivered: one token an
+event, or the tokenizer's count of the delivered text, since one Anthropic or Gemini event can carry any
+number of tokens).
 
 The provider doubles of tests/providers run unchanged; between them and a real gateway process sits a
 TCP proxy that forwards the first N server-sent events of each answer and then either drops both
@@ -22,14 +24,15 @@ import httpx
 import orjson
 import psycopg2
 import pytest
+from aiohttp import web
 
-from gateway.tokens import prompt_tokens
+from gateway.tokens import prompt_tokens, text_tokens
 from tests.gateway.harness import Stack, gateway_stack
 from tests.providers.anthropic_double import API_KEY as ANTHROPIC_KEY
 from tests.providers.anthropic_double import CACHE_READ, AnthropicDouble
 from tests.providers.gemini_double import API_KEY as GEMINI_KEY
 from tests.providers.gemini_double import CACHED, GeminiDouble
-from tests.providers.wire import tokens_of
+from tests.providers.wire import run_app, tokens_of
 
 PROMPT = "x" * 400  # the doubles report 100 prompt tokens; o200k counts far fewer (the gap is the bug)
 
@@ -116,7 +119,57 @@ def doubles() -> Iterator[dict[str, EventCutter]]:
     thread.join(10)
 
 
-def _providers(cutters: dict[str, EventCutter]) -> Any:
+BIG_TEXT = " word" * 2000 + " <END>"  # about 2,000 tokens in one event
+
+
+async def _one_big_delta(request: web.Request) -> web.StreamResponse:
+    """An Anthropic stream whose single text delta carries the whole answer, its final usage 30 s later: a
+    client that hangs up once it has the text leaves before the provider says how many tokens it billed."""
+    req = orjson.loads(await request.read())
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+
+    async def event(name: str, data: dict[str, Any]) -> None:
+        await resp.write(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+
+    usage = {"input_tokens": 10, "output_tokens": 1}
+    await event("message_start", {"type": "message_start", "message": {
+        "id": "m", "type": "message", "role": "assistant", "model": req["model"], "content": [],
+        "stop_reason": None, "usage": usage}})  # fmt: skip
+    await event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    await event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": BIG_TEXT}},
+    )
+    await asyncio.sleep(30)
+    await event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                  "usage": {"output_tokens": 2002}})  # fmt: skip
+    await event("message_stop", {"type": "message_stop"})
+    return resp
+
+
+@pytest.fixture(scope="module")
+def big_double() -> Iterator[int]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> Any:
+        app = web.Application()
+        app.router.add_post("/v1/messages", _one_big_delta)
+        return await run_app(app)
+
+    running = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    yield running.port
+    asyncio.run_coroutine_threadsafe(running.close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def _providers(cutters: dict[str, EventCutter], big: int) -> Any:
     price = {"input_per_mtok": 1, "output_per_mtok": 2}  # 1 and 2 micro-units a token
 
     def mutate(doc: dict[str, Any]) -> None:
@@ -127,8 +180,11 @@ def _providers(cutters: dict[str, EventCutter]) -> Any:
             {"id": "google", "type": "gemini", "api_key_env": "TEST_GEMINI_KEY",
              "base_url": f"http://127.0.0.1:{cutters['gem'].port}/v1beta",
              "models": [{"id": "gem", "upstream": "gemini-2.5-flash", "price": price}]},
+            {"id": "anthropic-big", "type": "anthropic", "api_key_env": "TEST_ANTHROPIC_KEY",
+             "base_url": f"http://127.0.0.1:{big}/v1",
+             "models": [{"id": "claude-big", "upstream": "claude-sonnet-4-5", "price": price}]},
         ]  # fmt: skip
-        doc["units"][0]["models"] += ["claude", "gem"]
+        doc["units"][0]["models"] += ["claude", "gem", "claude-big"]
 
     return mutate
 
@@ -136,6 +192,7 @@ def _providers(cutters: dict[str, EventCutter]) -> Any:
 @pytest.fixture(scope="module")
 def stack(
     doubles: dict[str, EventCutter],
+    big_double: int,
     pg_server_url: str,
     redis_url: str,
     kafka_bootstrap: str,
@@ -147,7 +204,7 @@ def stack(
         "TEST_GEMINI_KEY": GEMINI_KEY,
     }
     with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path_factory.mktemp("cut"),
-                       mutate=_providers(doubles), consumer=True, extra_env=env) as s:  # fmt: skip
+                       mutate=_providers(doubles, big_double), consumer=True, extra_env=env) as s:  # fmt: skip
         yield s
 
 
@@ -210,6 +267,34 @@ def test_cut_stream_is_billed_at_least_what_the_provider_reported(
 
     status, inp, out, cached_tokens, cost = _row(stack, request_id)
     assert status == ("upstream_error" if mode == "cut" else "client_abort")
-    expect_in, expect_out = max(rep_in, counted_in), max(rep_out, delivered)
+    text = [d for c in answered for ch in c["choices"] if (d := (ch.get("delta") or {}).get("content"))]
+    expect_in = max(rep_in, counted_in)
+    expect_out = max(rep_out, delivered, asyncio.run(text_tokens(text, 262144)))
     assert (inp, out, cached_tokens) == (expect_in, expect_out, cached)
     assert cost == expect_in * 1 + expect_out * 2
+
+
+def test_a_client_hanging_up_after_one_big_event_pays_for_its_text(stack: Stack) -> None:
+    """One Anthropic event carried about 2,000 tokens; the client hung up once it had them, before the
+    provider's final usage. Billed one token an event, the answer cost 2 output tokens (attack review);
+    the delivered text's count is what the provider bills, near enough."""
+    body = {"model": "claude-big", "stream": True, "max_tokens": 4000,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    got = ""
+    with httpx.stream("POST", stack.base_url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {stack.key('alice')}"}) as r:  # fmt: skip
+        assert r.status_code == 200
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                for choice in orjson.loads(line[6:]).get("choices", []):
+                    got += (choice.get("delta") or {}).get("content") or ""
+                if "<END>" in got:
+                    break  # the whole answer is here: hang up
+    status, _inp, out, _cached, cost = _row(stack, request_id)
+    assert status == "client_abort"
+    expected = asyncio.run(text_tokens([BIG_TEXT], 262144))
+    assert expected >= 2000
+    assert out == expected, (
+        f"{out} output tokens billed for {expected} tokens of text delivered (cost {cost})"
+    )
