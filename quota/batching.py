@@ -37,9 +37,10 @@ from quota.resp import bulk, bulks
 
 class Op:
     """One operation: its own RESP arguments, the unit path it names (shared, sent once per
-    batch) with its member node, and the period keys it touches (to declare their hashes)."""
+    batch) with its member node, the period keys it touches (to declare their hashes) and the
+    limit keys (windows, leases: full names, declared after the counter hashes)."""
 
-    __slots__ = ("fut", "head", "inst", "member", "nhead", "path", "path_nargs", "pkeys")
+    __slots__ = ("fut", "head", "inst", "lkeys", "member", "nhead", "path", "path_nargs", "pkeys")
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class Op:
         path_nargs: int,
         member: bytes,
         fut: asyncio.Future[Any],
+        lkeys: Sequence[str] = (),
     ) -> None:
         self.inst = inst
         self.nhead = nhead
@@ -60,6 +62,7 @@ class Op:
         self.path_nargs = path_nargs
         self.member = member
         self.fut = fut
+        self.lkeys = lkeys
 
 
 class OpBatcher:
@@ -87,6 +90,7 @@ class OpBatcher:
         path: bytes | None = None,
         path_nargs: int = 0,
         member: bytes = b"",
+        lkeys: Sequence[str] = (),
     ) -> asyncio.Future[Any]:
         """Queue one operation (``head``: its ``nhead`` packed arguments; ``path``, when it has one,
         a prepared unit path and ``member`` its member node, packed). The future resolves to its
@@ -98,7 +102,7 @@ class OpBatcher:
             # at a time (as its Redis connections do); a new one is taken once the old one is closed.
             loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(Op(inst, nhead, head, pkeys, path, path_nargs, member, fut))
+        self._queue.append(Op(inst, nhead, head, pkeys, path, path_nargs, member, fut, lkeys))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -139,6 +143,11 @@ class OpBatcher:
                 if pk not in seen:
                     seen.add(pk)
                     names.append(keys.counters(inst, pk))
+        for op in ops:
+            for lk in op.lkeys:
+                if lk not in seen:
+                    seen.add(lk)
+                    names.append(lk)
         paths: dict[bytes, int] = {}
         path_parts: list[bytes] = []
         op_parts: list[bytes] = []

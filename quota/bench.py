@@ -85,7 +85,7 @@ async def _cleanup(redis_url: str, inst: str) -> None:
 
 async def _worker(redis_url: str, inst: str, seconds: float, concurrency: int, wid: int, start: Any) -> dict:
     from quota.engine import QuotaEngine
-    from quota.results import Refusal
+    from quota.results import Reservation
 
     engine = QuotaEngine.from_url(redis_url, max_inflight=2)
     leaf = f"u{len(LEVELS) - 1}"
@@ -101,7 +101,7 @@ async def _worker(redis_url: str, inst: str, seconds: float, concurrency: int, w
             r = await engine.reserve(
                 inst, leaf, user, input_tokens=120, max_output_tokens=256, price_in=150_000, price_out=600_000
             )
-            if isinstance(r, Refusal):
+            if not isinstance(r, Reservation):
                 refused += 1
                 continue
             await engine.settle(r, 100, 180)

@@ -85,6 +85,11 @@ def compile_spec(spec: InstitutionSpec) -> Compiled:
         "ysm": spec.year_start_month,
         "units": units,
     }
+    # Only when set: an institution without limits keeps its snapshot (and its zero-cost path) as before.
+    if spec.limits:
+        snap["lim"] = {n: [lim.rpm, lim.tpm, lim.concurrent] for n, lim in sorted(spec.limits.items())}
+    if spec.contracts:
+        snap["con"] = {n: [c.period, c.cost] for n, c in sorted(spec.contracts.items())}
     return Compiled(spec.id, fields, json.dumps(snap, separators=(",", ":"), sort_keys=True), owned)
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -58,8 +59,18 @@ from quota.model import METRICS, InstitutionSpec, Metric
 from quota.periods import window_for_key
 from quota.rebuild import CounterValues, Drift, compare, recompute_counters
 from quota.resp import bulk, bulks
-from quota.results import Charge, ExtraTake, Refusal, Remaining, Reservation, Settlement, UnsettledHold
-from quota.snapshot import Snapshot
+from quota.results import (
+    Charge,
+    ExtraTake,
+    LimitRefusal,
+    RateInfo,
+    Refusal,
+    Remaining,
+    Reservation,
+    Settlement,
+    UnsettledHold,
+)
+from quota.snapshot import LimitSegment, Snapshot
 from quota.waterfall import MAX_EXACT, cost_of
 
 log = logging.getLogger(__name__)
@@ -69,6 +80,11 @@ _CODE: dict[str, Metric] = {"cost": "cost", "tokens": "tokens"}
 
 
 _R, _S, _L, _X, _N = bulk("R"), bulk("S"), bulk("L"), bulk("X"), bulk("N")
+# The LIM segment of a reserve on a path with no limit and no contract: NL 0, NC 0 (lua/ops.lua reads two
+# numbers and does nothing else; the record and the reply are what they were before limits existed).
+_NO_LIMITS = bulks(("0", "0"))
+_REDIS_NOW = bulk("-")  # a limit op's NOW: Redis's clock
+Scopes = tuple[tuple[str, str], ...]  # (provider id, model id) of each tier a request may be served by
 # What a malformed unsettled entry raises, parsed or billed: it goes to the dead letters, not back.
 _POISON = (ValueError, TypeError, KeyError, IndexError)
 
@@ -120,6 +136,8 @@ class QuotaEngine:
         unsettled_lease: float | None = None,
         settled_retention: float | None = None,
         lease_clock: Callable[[], float] | None = None,
+        limit_lease: float = 30.0,
+        limit_clock: Callable[[], float] | None = None,
     ) -> None:
         self.redis = redis
         self.reservation_ttl = reservation_ttl
@@ -136,6 +154,10 @@ class QuotaEngine:
         self._clock = clock
         self._lease_clock = lease_clock  # None: Redis's clock (deadlines, sweep); set only by simulations
         self._lease_args: dict[int, bytes] = {}
+        # Concurrency leases (EDUAIQ_LIMIT_LEASE_SECONDS): a dead gateway's slots come back within one.
+        self.limit_lease = limit_lease
+        self._limit_lease_ms = bulk(int(limit_lease * 1000))
+        self._limit_clock = limit_clock  # None: Redis's clock (windows, leases); set only by tests
         self._batcher = OpBatcher(redis, max_ops=max_batch, max_inflight=max_inflight)
         self._rid_prefix = secrets.token_hex(6)
         self._rid_seq = itertools.count()
@@ -164,6 +186,19 @@ class QuotaEngine:
             return packed
         return bulk(int(self._lease_clock() * 1000) + offset_ms)
 
+    def _limit_now(self) -> bytes:
+        """NOW of a limit op: '-' (Redis's clock, so every replica counts windows on one clock), or a test's."""
+        if self._limit_clock is None:
+            return _REDIS_NOW
+        return bulk(int(self._limit_clock() * 1000))
+
+    def _limit_lease_at(self) -> bytes:
+        """A renewed concurrency lease's deadline, on the limit clock."""
+        ms = int(self.limit_lease * 1000)
+        if self._limit_clock is None:
+            return self._lease_at(ms)
+        return bulk(int(self._limit_clock() * 1000) + ms)
+
     async def _lease_now_ms(self) -> int:
         if self._lease_clock is not None:
             return int(self._lease_clock() * 1000)
@@ -185,23 +220,30 @@ class QuotaEngine:
         path: bytes | None = None,
         path_nargs: int = 0,
         member: str = "",
+        lkeys: tuple[str, ...] = (),
     ) -> asyncio.Future[Any]:
         member_bulk = bulk(member) if path is not None else b""
-        return self._batcher.submit(institution, nhead, head, pkeys, path, path_nargs, member_bulk)
+        return self._batcher.submit(institution, nhead, head, pkeys, path, path_nargs, member_bulk, lkeys)
 
     async def _op(self, *args: Any) -> Any:
         """Submit and wait. Once queued, an operation runs even if its caller is cancelled."""
         return await self._submit(*args)
 
     def _release_orphan(
-        self, institution: str, rid: str, pkeys: tuple[str, ...], fut: asyncio.Future[Any]
+        self,
+        institution: str,
+        rid: str,
+        pkeys: tuple[str, ...],
+        lkeys: tuple[str, ...],
+        fut: asyncio.Future[Any],
     ) -> None:
         """A reserve whose caller was cancelled (client gone) still made its hold: give it back now
         rather than at the deadline."""
         if fut.cancelled() or fut.exception() is not None:
             return
         if _text(fut.result()[0]) == "OK":
-            orphan = self._submit(institution, 2, _L + bulk(rid), pkeys)
+            head = _L + bulk(rid) + self._limit_now()
+            orphan = self._submit(institution, 3, head, pkeys, lkeys=lkeys)
             orphan.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     # --- snapshot ----------------------------------------------------------------------
@@ -318,13 +360,19 @@ class QuotaEngine:
         request_id: str = "",
         meta: str = "",
         now: float | None = None,
-    ) -> Reservation | Refusal:
+        scopes: Scopes = (),
+    ) -> Reservation | Refusal | LimitRefusal:
         """Hold an upper bound for one request, clamping ``max_output_tokens`` if only less fits.
 
         ``input_tokens`` is the prompt's upper bound (images included); prices
         are micro-units per 1M tokens. Returns a :class:`Reservation` to settle
         or release, or a :class:`Refusal` naming the binding unit. ``meta`` (one line) is kept with the
         hold and handed back by :meth:`drain_unsettled` if the hold expires unsettled.
+
+        ``scopes``: (provider, model) of every tier that may serve the request; the request must fit the
+        limits and contract ceilings of each (conservative: settle refunds the tiers that did not serve).
+        A full rate, token or concurrency limit returns a :class:`LimitRefusal`; a full contract a
+        :class:`Refusal` with ``kind="contract"``. Without limits in the institution it costs nothing.
         """
         nmin = self.min_output_tokens if min_output_tokens is None else min_output_tokens
         if not user.isprintable():  # the id goes into tab- and line-separated hold records
@@ -349,13 +397,23 @@ class QuotaEngine:
             snap = await self.snapshot(institution)
             prep = snap.prepared(unit, now_ms)
             rid = self._new_id()
-            head = b"".join((_R, bulk(snap.token), deadline, bulk(rid), amounts, bulk(meta)))
+            seg = snap.limit_segment(unit, scopes, now_ms) if snap.limited else None
+            lkeys: tuple[str, ...] = ()
+            if seg is None:
+                nlim, lim, lkeys, pkeys = 2, _NO_LIMITS, (), prep.pkeys
+            else:
+                nlim, lim, lkeys = seg.pack(user, self._limit_now(), self._limit_lease_ms)
+                pkeys = seg.pkeys_with(prep.pkeys)
+            head = b"".join((_R, bulk(snap.token), deadline, bulk(rid), amounts, bulk(meta), lim))
             member = keys.member_node(user, unit)
-            fut = self._submit(institution, 10, head, prep.pkeys, prep.unit_packed, prep.unit_nargs, member)
+            fut = self._submit(
+                institution, 10 + nlim, head, pkeys, prep.unit_packed, prep.unit_nargs, member, lkeys
+            )
             try:
                 reply = await asyncio.shield(fut)
             except asyncio.CancelledError:
-                fut.add_done_callback(functools.partial(self._release_orphan, institution, rid, prep.pkeys))
+                release = functools.partial(self._release_orphan, institution, rid, pkeys, lkeys)
+                fut.add_done_callback(release)
                 raise
             status = _text(reply[0])
             if status == "OK":
@@ -381,12 +439,20 @@ class QuotaEngine:
                     deadline=_dt(int(reply[9])),
                     path=nodes,
                     period_keys=prep.period_keys(),
-                    pkeys=prep.pkeys,
+                    pkeys=pkeys,
                     packed_path=prep.unit_packed,
                     path_nargs=prep.unit_nargs,
+                    rate=_rate(reply, 10, quiet=True),
+                    lkeys=lkeys,
+                    limited=seg is not None,
                 )
             if status == "REFUSED":
-                return self._refusal(snap, prep.nodes(user), prep, reply, unit, user, request_id)
+                refusal = self._refusal(snap, prep.nodes(user), prep, reply, unit, user, request_id)
+                return dataclasses.replace(refusal, rate=_rate(reply, 5, quiet=True))
+            if status == "LIMITED" and seg is not None:
+                return _limit_refusal(institution, unit, user, request_id, seg, reply)
+            if status == "CONTRACT" and seg is not None:
+                return _contract_refusal(institution, unit, user, request_id, seg, reply)
             if status == "STALE":
                 self.invalidate(institution)
                 continue
@@ -427,13 +493,21 @@ class QuotaEngine:
         )
 
     async def settle(
-        self, reservation: Reservation, input_tokens: int, output_tokens: int, *, cost: int | None = None
+        self,
+        reservation: Reservation,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cost: int | None = None,
+        served: tuple[str, str] | None = None,
     ) -> Settlement:
         """Charge the provider's reported usage and drop the hold (stream or not, disconnect or not).
 
         `cost` is the caller's own figure when the reservation's prices are not the ones to charge: the
         gateway reserves at the dearest price of a fallback chain and charges at the price of the
-        deployment that actually served (cached-input discounts included)."""
+        deployment that actually served (cached-input discounts included). `served`: (provider, model)
+        that answered; the hold's other providers and models get their request and tokens back and
+        their contracts are not charged (None: every one held is charged, the safe side)."""
         _check_ints(input_tokens=input_tokens, output_tokens=output_tokens)
         r = reservation
         if cost is None:
@@ -443,8 +517,11 @@ class QuotaEngine:
         tokens = input_tokens + output_tokens
         if input_tokens * r.price_in + output_tokens * r.price_out > MAX_EXACT or tokens > MAX_EXACT:
             raise ValueError("usage too large to compute exactly")
-        head = _S + bulks((r.id, cost, tokens))
-        reply = await self._op(r.institution, 4, head, r.pkeys, r.packed_path, r.path_nargs, r.path[0])
+        head = _S + bulks((r.id, cost, tokens, "" if served is None else f"{served[0]}|{served[1]}"))
+        head += self._limit_now()
+        reply = await self._op(
+            r.institution, 6, head, r.pkeys, r.packed_path, r.path_nargs, r.path[0], r.lkeys
+        )
         status = _text(reply[0])
         actual: dict[Metric, int] = {"cost": cost, "tokens": tokens}
         if status in ("GONE", "LATE"):
@@ -469,7 +546,12 @@ class QuotaEngine:
                 taken.append((_text(reply[pos]), int(reply[pos + 1]), int(reply[pos + 2])))
                 pos += 3
             extras[m] = tuple(taken)
-        charge = Charge(r.institution, r.path, r.period_keys, alloc, extras)
+        contracts: list[tuple[str, str, int]] = []
+        if pos < len(reply):  # a hold with limits: the contract cells charged
+            for _ in range(int(reply[pos])):
+                contracts.append((_text(reply[pos + 1]), _text(reply[pos + 2]), int(reply[pos + 3])))
+                pos += 3
+        charge = Charge(r.institution, r.path, r.period_keys, alloc, extras, tuple(contracts))
         return Settlement(
             reservation_id=r.id,
             request_id=r.request_id,
@@ -485,15 +567,19 @@ class QuotaEngine:
         """Move the deadline of live holds to now + TTL (a long stream's lease; Redis's clock); returns how
         many were still held. Holds already settled, released or expired are left alone."""
         deadline = self._lease_at(int(self.reservation_ttl * 1000))
+        lease_at = self._limit_lease_at()
         futs = [
-            self._submit(r.institution, 3, b"".join((_N, bulk(r.id), deadline)), ()) for r in reservations
+            self._submit(r.institution, 4, b"".join((_N, bulk(r.id), deadline, lease_at)), (), lkeys=r.lkeys)
+            for r in reservations
         ]
         replies = await asyncio.gather(*futs)
         return sum(1 for reply in replies if _text(reply[0]) == "RENEWED")
 
     async def release(self, reservation: Reservation) -> str:
         """Undo a reservation without charging: 'released', 'expired' (already swept) or 'gone'."""
-        reply = await self._op(reservation.institution, 2, _L + bulk(reservation.id), reservation.pkeys)
+        r = reservation
+        head = _L + bulk(r.id) + self._limit_now()
+        reply = await self._op(r.institution, 3, head, r.pkeys, None, 0, "", r.lkeys)
         return _text(reply[0]).lower()
 
     # --- sweeper -----------------------------------------------------------------------
@@ -516,8 +602,8 @@ class QuotaEngine:
                 for rid, rec in zip(rids, await self.redis.hmget(rs, rids) if rids else [], strict=True):
                     if rec is None:
                         continue  # settled or released since the range read
-                    pkeys = tuple(dict.fromkeys(_text(rec).split("\n")[1].split("\t")[0::2]))
-                    ops.append(self._op(inst, 3, b"".join((_X, bulk(rid), at)), pkeys))
+                    pkeys, lkeys = _record_keys(inst, _text(rec))
+                    ops.append(self._op(inst, 3, b"".join((_X, bulk(rid), at)), pkeys, None, 0, "", lkeys))
                 replies = await asyncio.gather(*ops)
                 total += sum(1 for r in replies if _text(r[0]) == "EXPIRED")
                 if len(rids) < batch:
@@ -796,9 +882,86 @@ class QuotaEngine:
         return build(snap, prep, user, _dt(now_ms), caps, counters, xcounters)
 
 
+def _limit_line(line: str) -> tuple[list[tuple[str, bool, bool]], list[tuple[str, str, int]]]:
+    """Record line 4 (lua/ops.lua lim_take): the windows/leases (suffix, has window, has lease) and the
+    contract holds (node, period key, held). Empty for a record without limits."""
+    if not line.startswith("L\t"):
+        return [], []
+    f = line.split("\t")[1:]
+    wins = [(f[at], f[at + 1] != "-", f[at + 2] == "1") for at in range(2, 2 + 3 * int(f[1]), 3)]
+    at = 2 + 3 * int(f[1])
+    cons = [(f[i], f[i + 1], int(f[i + 2])) for i in range(at + 1, at + 1 + 3 * int(f[at]), 3)]
+    return wins, cons
+
+
+def _record_keys(inst: str, rec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The counter hashes (period keys) and limit keys a hold record touches, to declare them."""
+    lines = [*rec.split("\n", 3), "", ""]
+    wins, cons = _limit_line(lines[3])
+    pkeys = tuple(dict.fromkeys([*lines[1].split("\t")[0::2], *(p for _, p, _ in cons)]))
+    lkeys = [keys.limit_window(inst, s) for s, w, _ in wins if w]
+    lkeys += [keys.limit_leases(inst, s) for s, _, c in wins if c]
+    return pkeys, tuple(lkeys)
+
+
+def _rate(reply: list[Any], at: int, *, quiet: bool = False) -> RateInfo | None:
+    """The six header numbers a limited op's reply carries from ``at`` (None: absent; with ``quiet``, also
+    when neither a requests nor a tokens limit is on the path, so there is nothing to report)."""
+    if len(reply) < at + 6:
+        return None
+    info = RateInfo(*(int(v) for v in reply[at : at + 6]))
+    if quiet and info.limit_requests < 0 and info.limit_tokens < 0:
+        return None
+    return info
+
+
+def _limit_refusal(
+    inst: str, unit: str, user: str, request_id: str, seg: LimitSegment, reply: list[Any]
+) -> LimitRefusal:
+    """{'LIMITED', what, node index, limit, needed, retry ms (-1: never), six header numbers}."""
+    retry = int(reply[5])
+    rate = _rate(reply, 6) or RateInfo(-1, -1, -1, -1, -1, -1)
+    return LimitRefusal(
+        institution=inst,
+        unit=unit,
+        user=user,
+        request_id=request_id,
+        node=seg.nodes[int(reply[2])],
+        what=_text(reply[1]),
+        limit=int(reply[3]),
+        needed=int(reply[4]),
+        retry_after_ms=None if retry < 0 else retry,
+        rate=rate,
+    )
+
+
+def _contract_refusal(
+    inst: str, unit: str, user: str, request_id: str, seg: LimitSegment, reply: list[Any]
+) -> Refusal:
+    """{'CONTRACT', contract index, cost needed, room, [six header numbers]}: the contract is committed."""
+    at = int(reply[1])
+    node = seg.contracts[at]
+    return Refusal(
+        institution=inst,
+        unit=unit,
+        user=user,
+        request_id=request_id,
+        binding_node=node,
+        binding_unit="",
+        binding_name=node[2:],
+        is_member_cap=False,
+        metric="cost",
+        needed=int(reply[2]),
+        available=int(reply[3]),
+        resets_at=seg.contract_windows[at].end,
+        kind="contract",
+        rate=_rate(reply, 4, quiet=True),
+    )
+
+
 def _unsettled(institution: str, raw: str) -> UnsettledHold:
     """Parse an unsettled-list entry: ``<reservation id>\\n<record>`` as lua/ops.lua wrote it."""
-    rid, holds_line, path_line, meta = [*raw.split("\n", 3), ""][:4]
+    rid, holds_line, path_line, meta, lim_line = [*raw.split("\n", 4), "", ""][:5]
     words = holds_line.split()
     at = 0
     alloc: dict[Metric, int] = {}
@@ -814,5 +977,6 @@ def _unsettled(institution: str, raw: str) -> UnsettledHold:
         extras[m] = tuple(takes)
         totals[m] = alloc[m] + sum(x for _, _, x in takes)
     parts = path_line.split("\t")
-    charge = Charge(institution, tuple(parts[1::2]), tuple(parts[0::2]), alloc, extras)
+    _, cons = _limit_line(lim_line)
+    charge = Charge(institution, tuple(parts[1::2]), tuple(parts[0::2]), alloc, extras, tuple(cons))
     return UnsettledHold(rid, charge, totals["cost"], totals["tokens"], meta)

@@ -205,6 +205,28 @@ class InstitutionSpec:
         return "month"
 
 
+_LIMIT_NODE = re.compile(r"^(u|m):[^\s|:]+$|^p:[^\s|]+$|^pm:[^\s|]+\|[^\s|]+$")
+_CONTRACT_NODE = re.compile(r"^c:[^\s|]+(\|[^\s|]+)?$")
+
+
+def _validate_limits(spec: InstitutionSpec, units: set[str]) -> None:
+    """Node ids go into Redis key names, tab-separated hold records and space-separated settle replies:
+    no whitespace, one `|` between provider and model; every number a positive integer below 2^53."""
+    for node, lim in spec.limits.items():
+        if not _LIMIT_NODE.match(node) or (node[0] in "um" and node.split(":", 1)[1] not in units):
+            raise SpecError(
+                f"limit node {node!r}: not u:<unit>, m:<unit>, p:<provider> or pm:<provider>|<model>"
+            )
+        values = (lim.rpm, lim.tpm, lim.concurrent)
+        if all(v is None for v in values) or any(v is not None and not 1 <= v < 2**53 for v in values):
+            raise SpecError(f"limit node {node}: give at least one limit, each a whole number >= 1")
+    for node, con in spec.contracts.items():
+        if not _CONTRACT_NODE.match(node):
+            raise SpecError(f"contract node {node!r}: not c:<provider> or c:<provider>|<model>")
+        if con.period not in ("month", "year") or not 0 < con.cost < 2**53:
+            raise SpecError(f"contract {node}: period month or year, cost > 0 and below 2^53 micro-units")
+
+
 def validate(spec: InstitutionSpec) -> None:
     """Refuse a spec the engine could not apply exactly; the org-file importer reports friendlier errors."""
     if not _ID.match(spec.id):
@@ -246,6 +268,7 @@ def validate(spec: InstitutionSpec) -> None:
     for u in spec.units:
         if u.parent is not None and u.parent not in seen:
             raise SpecError(f"unit {u.id}: unknown parent {u.parent!r}")
+    _validate_limits(spec, seen)
     root = spec.root()
     for metric, rule in root.rules.items():
         if rule.mode != "fixed":

@@ -5,8 +5,10 @@ an institution (each row carries the :class:`~quota.results.Charge` the
 settle returned) and passes them here; :meth:`QuotaEngine.rebuild` writes the
 result into Redis atomically and :meth:`QuotaEngine.drift` compares it with
 what Redis holds. Only spend is recomputed (``up`` per node and period,
-``used`` per extra); holds of reservations in flight are Redis-only state and
-are left as they are.
+``used`` per extra, and the contract cells ``c:<provider>[|<model>]`` from
+``Charge.contracts``); holds of reservations in flight are Redis-only state and
+are left as they are. Rate windows and concurrency leases are not rebuilt: they
+are ephemeral (see SEMANTICS.md "Limits and contracts").
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def recompute_counters(charges: Iterable[Charge]) -> CounterValues:
             taken = tuple(ch.extras.get(m, ()))
             p = Plan(ch.allocation.get(m, 0), taken, 0)
             apply_plan(units, extras, path, m, p, slot=0)
+        for node, pkey, amount in ch.contracts:  # contract cells: committed spend, cost only
+            units.setdefault((pkey, node, "cost"), [0, 0])[0] += amount
     out = CounterValues()
     for inst, (units, extras) in per_inst.items():
         for (pkey, node, m), (up, _) in units.items():

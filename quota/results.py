@@ -103,6 +103,7 @@ class Refusal:
     # "budget", or "contract" (binding_node = c:<provider>[|<model>], binding_unit = "", resets_at = the
     # end of the contract's window).
     kind: str = "budget"
+    rate: RateInfo | None = None  # the path's rate limits (headers), when it has any
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Any
 from quota import keys
 from quota.model import Metric, Period, Semester
 from quota.periods import Calendar, Window, local_midnight, window
-from quota.resp import bulks
+from quota.resp import bulk, bulks
 
 _FAR = 2**62
 
@@ -74,6 +74,58 @@ class PreparedPath:
         return (self.windows[0].key, *(w.key for w in self.windows))
 
 
+@dataclass(slots=True)
+class LimitSegment:
+    """The LIM arguments of one (unit, scopes) for ``[valid_from_ms, valid_until_ms)`` (lua/ops.lua):
+    every limited node on the path, nearest first (members, units, then each scope's model and
+    provider), and the chain's contract cells. Pre-encoded; a request adds only its member entries' key
+    suffix ``m:<unit>:<user>`` and the clock arguments."""
+
+    nodes: tuple[str, ...]  # limit node ids, in ARGV order (a refusal's index points here)
+    member: tuple[bool, ...]  # per node: a member node (its key suffix carries the user)
+    parts: tuple[bytes, ...]  # per node: its RPM TPM CC, packed
+    static_lkeys: tuple[str, ...]  # full key names of the non-member nodes
+    contracts: tuple[str, ...]  # contract node ids, in ARGV order
+    contract_windows: tuple[Window, ...]
+    contract_packed: bytes  # NC (NODE PKEY CEIL)*
+    contract_nargs: int
+    pkeys: tuple[str, ...]  # the contract cells' period keys
+    windows_of: tuple[bool, ...]  # per node: it has a window (rpm or tpm)
+    leases_of: tuple[bool, ...]  # per node: it has leases (concurrent)
+    institution: str
+    valid_from_ms: int
+    valid_until_ms: int
+    _merged: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+
+    def pkeys_with(self, path_pkeys: tuple[str, ...]) -> tuple[str, ...]:
+        """The path's period keys and the contracts', each once (cached per path)."""
+        out = self._merged.get(path_pkeys)
+        if out is None:
+            out = self._merged[path_pkeys] = tuple(dict.fromkeys((*path_pkeys, *self.pkeys)))
+        return out
+
+    def pack(self, user: str, now: bytes, lease_ms: bytes) -> tuple[int, bytes, tuple[str, ...]]:
+        """(number of arguments, the packed LIM, every limit key the op touches) for one user's request."""
+        n = len(self.nodes)
+        if n == 0:
+            return 1 + self.contract_nargs, bulk(0) + self.contract_packed, ()
+        out = [bulk(n), now, lease_ms]
+        lkeys = list(self.static_lkeys)
+        for node, is_member, part, has_w, has_l in zip(
+            self.nodes, self.member, self.parts, self.windows_of, self.leases_of, strict=True
+        ):
+            suffix = keys.limit_member_key(node, user) if is_member else node
+            out.append(bulk(suffix))
+            out.append(part)
+            if is_member:
+                if has_w:
+                    lkeys.append(keys.limit_window(self.institution, suffix))
+                if has_l:
+                    lkeys.append(keys.limit_leases(self.institution, suffix))
+        out.append(self.contract_packed)
+        return 3 + 4 * n + self.contract_nargs, b"".join(out), tuple(lkeys)
+
+
 @dataclass
 class Snapshot:
     institution: str
@@ -83,6 +135,17 @@ class Snapshot:
     units: dict[str, UnitInfo]
     _paths: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _prepared: dict[str, PreparedPath] = field(default_factory=dict)
+    # Limit node id -> (rpm, tpm, concurrent); contract node id -> (period, ceiling in micro-units).
+    limits: dict[str, tuple[int | None, int | None, int | None]] = field(default_factory=dict)
+    contracts: dict[str, tuple[Period, int]] = field(default_factory=dict)
+    _segments: dict[tuple[str, tuple[tuple[str, str], ...]], LimitSegment | None] = field(
+        default_factory=dict
+    )
+
+    @property
+    def limited(self) -> bool:
+        """Whether any limit or contract exists: without, reserve sends the constant no-limits segment."""
+        return bool(self.limits or self.contracts)
 
     @staticmethod
     def parse(token: str, raw: str | bytes) -> Snapshot:
@@ -121,7 +184,76 @@ class Snapshot:
                 member_count=int(u["mc"]),
                 extras=tuple(extras),
             )
-        return Snapshot(doc["id"], token, doc["name"], cal, units)
+        snap = Snapshot(doc["id"], token, doc["name"], cal, units)
+        for node, (rpm, tpm, cc) in doc.get("lim", {}).items():
+            snap.limits[node] = (rpm, tpm, cc)
+        for node, (period, cost) in doc.get("con", {}).items():
+            snap.contracts[node] = (period, int(cost))
+        return snap
+
+    def limit_segment(
+        self, unit: str, scopes: tuple[tuple[str, str], ...], now_ms: int
+    ) -> LimitSegment | None:
+        """The limits and contracts a request on ``unit`` served by one of ``scopes`` ((provider, model) of
+        its chain) must fit; None when there are none (the zero-cost path). Cached per (unit, scopes) until
+        a contract window ends."""
+        ck = (unit, scopes)
+        if ck in self._segments:
+            seg = self._segments[ck]
+            if seg is None or seg.valid_from_ms <= now_ms < seg.valid_until_ms:
+                return seg
+        seg = self._segment(unit, scopes, now_ms)
+        self._segments[ck] = seg
+        return seg
+
+    def _segment(self, unit: str, scopes: tuple[tuple[str, str], ...], now_ms: int) -> LimitSegment | None:
+        path = self.path(unit)
+        order = [keys.limit_member(u) for u in path] + [keys.limit_unit(u) for u in path]
+        cons: list[str] = []
+        for prov, model in scopes:
+            order += [keys.limit_model(prov, model), keys.limit_provider(prov)]
+            cons += [keys.contract_node(prov, model), keys.contract_node(prov)]
+        nodes = [n for n in dict.fromkeys(order) if n in self.limits]
+        cnodes = [c for c in dict.fromkeys(cons) if c in self.contracts]
+        if not nodes and not cnodes:
+            return None
+        at = datetime.fromtimestamp(now_ms / 1000, UTC)
+        lo, hi = -_FAR, _FAR
+        cwin: list[Window] = []
+        cargs: list[str | int] = [len(cnodes)]
+        for c in cnodes:
+            period, ceil = self.contracts[c]
+            w = window(period, at, self.calendar)
+            cwin.append(w)
+            if w.start is not None:
+                lo = max(lo, _ms(w.start))
+            if w.end is not None:
+                hi = min(hi, _ms(w.end))
+            cargs += [c, w.key, ceil]
+        lims = [self.limits[n] for n in nodes]
+        member = tuple(n.startswith("m:") for n in nodes)
+        static: list[str] = []
+        for n, is_member, (rpm, tpm, cc) in zip(nodes, member, lims, strict=True):
+            if not is_member and (rpm or tpm):
+                static.append(keys.limit_window(self.institution, n))
+            if not is_member and cc:
+                static.append(keys.limit_leases(self.institution, n))
+        return LimitSegment(
+            nodes=tuple(nodes),
+            member=member,
+            parts=tuple(bulks(["-" if v is None else v for v in lim]) for lim in lims),
+            static_lkeys=tuple(static),
+            contracts=tuple(cnodes),
+            contract_windows=tuple(cwin),
+            contract_packed=bulks(cargs),
+            contract_nargs=len(cargs),
+            pkeys=tuple(dict.fromkeys(w.key for w in cwin)),
+            windows_of=tuple(bool(rpm or tpm) for rpm, tpm, _ in lims),
+            leases_of=tuple(bool(cc) for _, _, cc in lims),
+            institution=self.institution,
+            valid_from_ms=lo,
+            valid_until_ms=hi,
+        )
 
     def path(self, unit: str) -> tuple[str, ...]:
         cached = self._paths.get(unit)
