@@ -19,8 +19,10 @@ none may make a served request free:
 * **Settled before, or Redis lost the record** (``gone``): the usage is recorded with its cost as
   overage (unfunded), never as zero.
 
-Only ``finish`` and ``release`` end a request; both forget its lease, and ``finish`` never raises (the
-answer has already gone to the client).
+Only ``finish`` and ``release`` end a request; both forget its lease and give back its fair-queue slot
+(if it holds one), and ``finish`` never raises (the answer has already gone to the client). Holds with
+limits (concurrency leases) and slots are renewed every third of ``EDUAIQ_LIMIT_LEASE_SECONDS``, so a dead
+process's requests stop counting against a concurrency limit or a model's slots within one lease.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from gateway.observe import METRICS
 from providers.prices import Price
 from providers.usage import NormalisedUsage
 from quota import QuotaEngine, Reservation, UnsettledHold
+from quota.fairq import FairQueue, Slot
 
 log = logging.getLogger(__name__)
 
@@ -119,46 +122,82 @@ class Accounting:
         emit: Emit,
         chargebacks_of: ChargebacksOf,
         flush: Callable[[float], Awaitable[bool]] | None = None,
+        *,
+        lease: float = 30.0,
+        fair_queue: FairQueue | None = None,
     ) -> None:
         """``flush(seconds)``: wait until every event emitted so far is with Kafka or the spool (False if
-        not within that time); the unsettled holds' entries leave Redis only after it said True."""
+        not within that time); the unsettled holds' entries leave Redis only after it said True.
+        ``lease``: seconds of a concurrency lease or a slot (renewed every third of it)."""
         self.quota = quota
         self._emit = emit
         self._flush = flush
         self._chargebacks_of = chargebacks_of
+        self._lease = lease
+        self._fair_queue = fair_queue
         self._live: dict[str, Reservation] = {}  # the holds this process must keep alive (leases)
+        self._slots: dict[str, Slot] = {}  # reservation id -> the model slot its request holds
 
     @property
     def live(self) -> int:
         return len(self._live)
 
     async def reserve(
-        self, view: InstitutionView, o: Outcome, *, input_bound: int, max_output: int, price: Price
+        self,
+        view: InstitutionView,
+        o: Outcome,
+        *,
+        input_bound: int,
+        max_output: int,
+        price: Price,
+        scopes: tuple[tuple[str, str], ...] = (),
     ) -> Reservation:
         """Hold the request's bound (or raise the 429) and keep the hold alive until `finish`/`release`."""
         r = await budget.reserve(
             self.quota, view, o, input_bound=input_bound, max_output=max_output, price=price,
-            meta=skeleton(o, input_bound),
+            meta=skeleton(o, input_bound), scopes=scopes,
         )  # fmt: skip
         self._live[r.id] = r
         return r
 
+    def hold_slot(self, r: Reservation, slot: Slot) -> None:
+        """The request got a model slot: renewed with its hold, given back by `finish`/`release`."""
+        self._slots[r.id] = slot
+
+    async def _free_slot(self, r: Reservation) -> None:
+        slot = self._slots.pop(r.id, None)
+        if slot is None or self._fair_queue is None:
+            return
+        try:
+            await self._fair_queue.release(slot)
+        except Exception:  # its lease runs out and the next request in the queue gets it
+            log.warning("could not give back the slot of %s", r.id, exc_info=True)
+
     async def release(self, r: Reservation) -> None:
         """Nothing was served (the model refused or failed before answering): give the hold back."""
         self._live.pop(r.id, None)
+        await self._free_slot(r)
         try:
             await self.quota.release(r)
         except Exception:  # the hold expires; it is then billed, conservatively, by the sweeper
             log.exception("could not release reservation %s", r.id)
 
     async def finish(
-        self, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage, price: Price
+        self,
+        view: InstitutionView,
+        r: Reservation,
+        o: Outcome,
+        usage: NormalisedUsage,
+        price: Price,
+        served: tuple[str, str] | None = None,
     ) -> None:
-        """Charge what the provider served and record it, exactly once; never raises."""
+        """Charge what the provider served and record it, exactly once; never raises. ``served``: the
+        (provider, model) that answered, whose contract and limits keep the charge."""
+        await self._free_slot(r)  # the model is done with it: the next request in its queue may start
         try:
             o.image_tokens = max(o.image_tokens, usage.image)
             o.cached_tokens = usage.cached_input
-            s = await self._settle(view, r, o, usage, price)
+            s = await self._settle(view, r, o, usage, price, served if r.limited else None)
         except Exception:
             # Not free: the hold stays in Redis, and after its deadline the sweeper bills it and writes
             # the event. Writing one here too would bill the request twice.
@@ -177,7 +216,13 @@ class Accounting:
         self.record(o)
 
     async def _settle(
-        self, view: InstitutionView, r: Reservation, o: Outcome, usage: NormalisedUsage, price: Price
+        self,
+        view: InstitutionView,
+        r: Reservation,
+        o: Outcome,
+        usage: NormalisedUsage,
+        price: Price,
+        served: tuple[str, str] | None,
     ) -> Any:
         """Settle, retrying while Redis is unreachable: for as long as the hold can live (its TTL past the
         last known deadline), after which the sweeper has billed it and a settle would answer `late`."""
@@ -185,7 +230,7 @@ class Accounting:
         give_up = time.monotonic() + 2 * self.quota.reservation_ttl
         while True:
             try:
-                return await budget.settle(self.quota, view, r, o, usage, price)
+                return await budget.settle(self.quota, view, r, o, usage, price, served)
             except _TRANSIENT:
                 if time.monotonic() + delay > give_up:
                     raise
@@ -248,16 +293,24 @@ class Accounting:
         _DEAD_UNSETTLED.labels(institution).inc()
 
     async def run_leases(self) -> None:
-        """Renew every live hold each third of the TTL, so only a dead process's holds ever expire."""
-        every = self.quota.reservation_ttl / 3
+        """Renew every live hold each third of the TTL, so only a dead process's holds ever expire; holds with
+        limits (their concurrency leases) and model slots each third of the (shorter) limit lease."""
+        ttl_every = self.quota.reservation_ttl / 3
+        every = min(self.quota.reservation_ttl, self._lease) / 3
+        next_all = time.monotonic() + ttl_every
         while True:
             await asyncio.sleep(every)
-            live = list(self._live.values())
-            if not live:
-                continue
+            whole = time.monotonic() >= next_all
+            if whole:
+                next_all = time.monotonic() + ttl_every
+            live = [r for r in self._live.values() if whole or r.limited]
+            slots = list(self._slots.values())
             try:
-                await self.quota.renew(live)
+                if live:
+                    await self.quota.renew(live)
+                if slots and self._fair_queue is not None:
+                    await self._fair_queue.renew(slots)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis away: the next round tries again, well before the deadline
-                log.warning("could not renew %d holds", len(live), exc_info=True)
+                log.warning("could not renew %d holds and %d slots", len(live), len(slots), exc_info=True)

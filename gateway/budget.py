@@ -18,6 +18,7 @@ from core.money import format_micro
 from gateway.catalog import InstitutionView
 from gateway.errors import ApiError
 from gateway.meter import Outcome
+from gateway.observe import METRICS
 from providers.prices import Price
 from providers.usage import NormalisedUsage
 from quota import Charge, LimitRefusal, QuotaEngine, RateInfo, Refusal, Reservation, Settlement
@@ -105,7 +106,7 @@ def limit_message(ref: LimitRefusal, view: InstitutionView) -> str:
         return (f"Rate limit reached: {subject} allows {ref.limit:,} request{'s' if ref.limit != 1 else ''} at a "
                 f"time and {ref.limit:,} {'are' if ref.limit != 1 else 'is'} in progress. "
                 "Please try again in a moment.")  # fmt: skip
-    unit = "tokens" if ref.what == "tokens" else "requests"
+    unit = ("token" if ref.what == "tokens" else "request") + ("s" if ref.limit != 1 else "")
     wait = math.ceil((ref.retry_after_ms or 0) / 1000) or 1
     return (
         f"Rate limit reached: {subject} is {ref.limit:,} {unit} per minute. Please try again in {_in(wait)}."
@@ -189,7 +190,10 @@ async def reserve(
     max_output: int,
     price: Price,
     meta: str = "",
+    scopes: tuple[tuple[str, str], ...] = (),
 ) -> Reservation:
+    """Hold the request's bound on every budget and limit of its path (and of the providers and models in
+    `scopes`), or raise the 429 that says which one is full."""
     result = await engine.reserve(
         view.id,
         outcome.unit_id or "",
@@ -200,13 +204,17 @@ async def reserve(
         price_out=price.output_per_mtok,
         request_id=outcome.request_id,
         meta=meta,
+        scopes=scopes,
     )
     if isinstance(result, Refusal):
         outcome.status = "refused"
         outcome.binding_unit = result.binding_unit or None
+        if result.kind == "contract":
+            METRICS.limit_refused("contract")
         raise refusal_error(result, view)
     if isinstance(result, LimitRefusal):
         outcome.status = "refused"
+        METRICS.limit_refused(result.what)
         raise limit_error(result, view)
     if result.clamped:
         outcome.status = "clamped"
@@ -238,9 +246,11 @@ async def settle(
     outcome: Outcome,
     usage: NormalisedUsage,
     price: Price,
+    served: tuple[str, str] | None = None,
 ) -> Settlement:
-    """Charged at the price of the deployment that served (the reservation held the chain's dearest)."""
-    s = await engine.settle(r, usage.input, usage.output, cost=price.cost_micros(usage))
+    """Charged at the price of the deployment that served (the reservation held the chain's dearest), and to
+    the contract and limits of the (provider, model) that `served` (the others of the chain get theirs back)."""
+    s = await engine.settle(r, usage.input, usage.output, cost=price.cost_micros(usage), served=served)
     outcome.input_tokens, outcome.output_tokens = usage.input, usage.output
     outcome.cost_micro = s.cost
     outcome.overage_micro = s.overage.get("cost", 0)
@@ -253,6 +263,8 @@ def record_charge(outcome: Outcome, c: Charge, chargebacks: Mapping[str, str | N
     """The event's funding (what `quota rebuild` replays) and the extras that paid, as quota/ charged them."""
     outcome.funding = {"institution": c.institution, "path": list(c.path), "period_keys": list(c.period_keys),
                        "allocation": dict(c.allocation), "extras": {m: list(t) for m, t in c.extras.items()}}  # fmt: skip
+    if c.contracts:  # what provider contracts were charged (node, period key, amount): rebuilt like the rest
+        outcome.funding["contracts"] = [list(t) for t in c.contracts]
     outcome.extras_paid = [
         {"extra_id": xid, "unit_id": c.path[j], "metric": metric, "amount": amount,
          "chargeback": chargebacks.get(xid)}

@@ -174,6 +174,8 @@ async def load_institution(
         await _rows(session, BudgetRule, inst_id),
         await _rows(session, Extra, inst_id),
         await member_counts(session, inst_id),
+        providers=providers,
+        offers=[o for p in providers for o in offers[p.id]],
     )
     router = build_router(
         configs, currency=inst.currency, session=http, policy=policy and policy.for_institution(inst_id)

@@ -148,6 +148,13 @@ def _at_least(reported: NormalisedUsage | None, counted: NormalisedUsage) -> Nor
     )
 
 
+def _rate_onto(error: ApiError, r: Reservation) -> None:
+    """Every answer after the reserve step carries the path's rate-limit headers (when it has limits)."""
+    if r.rate is not None:
+        for name, value in budget.rate_headers(r.rate):
+            error.headers.setdefault(name.decode(), value.decode())
+
+
 def _per_choice(r: Reservation, parsed: ParsedRequest) -> int:
     """The clamp sent upstream, per completion: the reservation's output is shared by every choice."""
     per = r.output_tokens // parsed.choices
@@ -170,6 +177,7 @@ async def _serve(request: Request, kind: str) -> Response:
     rt = _runtime(request)
     outcome: Outcome | None = None
     reservation: Reservation | None = None
+    queued: list[tuple[bytes, bytes]] = []
     input_bound = images = 0
     try:
         principal = await rt.keys.authenticate(request.headers.get("authorization"))
@@ -188,7 +196,12 @@ async def _serve(request: Request, kind: str) -> Response:
             max_out = per_choice * parsed.choices  # n, best_of and prompt lists each generate up to it
         price = view.router.price_ceiling(model, allowed)
         reservation = await rt.accounting.reserve(view, outcome, input_bound=input_bound, max_output=max_out,
-                                                  price=price)  # fmt: skip
+                                                  price=price, scopes=view.limit_scopes(model, allowed))  # fmt: skip
+        queue = view.router.model(model).queue
+        if queue is not None and rt.slots is not None:  # a self-hosted model with slots: wait for one
+            slot = await rt.slots.acquire(view, outcome, queue)
+            rt.accounting.hold_slot(reservation, slot)
+            queued = [(b"x-eduaiq-queue-time-ms", str(slot.waited_ms).encode())]
         upstream = await view.router.open(
             model, parsed.body, stream=parsed.stream, endpoint=_ENDPOINTS[kind],  # type: ignore[arg-type]
             max_tokens=_per_choice(reservation, parsed) if kind != "embedding" else None,
@@ -197,11 +210,13 @@ async def _serve(request: Request, kind: str) -> Response:
     except UpstreamAnswerLost as exc:
         assert reservation is not None and outcome is not None  # raised only by router.open
         error = await _bill_lost_answer(rt, view, reservation, outcome, exc, input_bound, images)
+        _rate_onto(error, reservation)
         METRICS.count(kind, error.status, error.code)
         return error.response()
     except Exception as exc:
         error = _as_api_error(exc)
         if reservation is not None:
+            _rate_onto(error, reservation)
             await rt.accounting.release(reservation)
         METRICS.count(kind, error.status, error.code)
         if outcome is not None:
@@ -214,6 +229,7 @@ async def _serve(request: Request, kind: str) -> Response:
     outcome.provider_id, outcome.deployment_id = served.provider_id, served.deployment_id
     headers = [
         *budget.budget_headers(reservation, view, max_out),
+        *queued,
         (b"x-request-id", outcome.request_id.encode()),
     ]
     if not upstream.ok:
@@ -226,8 +242,9 @@ async def _serve(request: Request, kind: str) -> Response:
     return WholeAnswer(  # type: ignore[return-value]
         body,
         headers,
-        functools.partial(rt.accounting.finish, view, reservation, outcome, usage, served.price),
-    )
+        functools.partial(rt.accounting.finish, view, reservation, outcome, usage, served.price,
+                          (served.provider_id, served.model_id)),
+    )  # fmt: skip
 
 
 async def _bill_lost_answer(
@@ -250,7 +267,7 @@ async def _bill_lost_answer(
     o.status = "upstream_error"
     log.warning("%s: %s; charged at its bound", o.request_id, exc)
     bound = NormalisedUsage(input=input_bound, output=r.output_tokens, image=images)
-    await rt.accounting.finish(view, r, o, bound, served.price)
+    await rt.accounting.finish(view, r, o, bound, served.price, (served.provider_id, served.model_id))
     return ApiError(502, "the model answered but its answer could not be delivered (too large, or too slow "
                     "to arrive); the request was charged at its limit, as the model's provider bills it",
                     code="upstream_answer_lost", headers={"x-should-retry": "false"})  # fmt: skip
@@ -294,7 +311,8 @@ def _relay(
             o.status = "client_abort"
         elif result.error is not None:
             o.status = "upstream_error"
-        await rt.accounting.finish(view, r, o, usage, upstream.served_by.price)
+        served = upstream.served_by
+        await rt.accounting.finish(view, r, o, usage, served.price, (served.provider_id, served.model_id))
 
     return RelayResponse(upstream, headers, done)  # type: ignore[return-value]
 

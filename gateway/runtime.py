@@ -23,9 +23,11 @@ from gateway.auth import KeyCache
 from gateway.bounded import bounded, bounded_all
 from gateway.catalog import Catalog
 from gateway.meter import Outcome, emit
+from gateway.slots import SlotGate
 from providers.http import PoolLimits, UpstreamPool
 from providers.upstream_policy import UpstreamPolicy
 from quota import QuotaEngine
+from quota.fairq import FairQueue
 from quota.sources import make_loader
 from usage.lag import LedgerIncomplete, settle_ledger
 from usage.sidecar import ProducerSidecar
@@ -53,11 +55,16 @@ class Runtime:
             self.redis,
             reservation_ttl=settings.reservation_ttl_seconds,
             min_output_tokens=settings.min_clamp_tokens,
+            limit_lease=settings.limit_lease_seconds,
             loader=make_loader(self.db, self._drain_own_events),
         )
-        self.accounting = Accounting(self.quota, self._emit, self._chargebacks, self._flush_events)
-        self._tasks: list[asyncio.Task[None]] = []
         self._replica = ledger_watch.replica_id()
+        # Self-hosted models' slots: one fair queue client per process, woken over one pub/sub connection.
+        self.fair_queue = FairQueue(self.redis, self._replica, settings.limit_lease_seconds)
+        self.slots: SlotGate | None = SlotGate(self.fair_queue)
+        self.accounting = Accounting(self.quota, self._emit, self._chargebacks, self._flush_events,
+                                     lease=settings.limit_lease_seconds, fair_queue=self.fair_queue)  # fmt: skip
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _emit(self, o: Outcome, event_id: str | None) -> None:
         if self.producer is None:
@@ -139,6 +146,7 @@ class Runtime:
             asyncio.create_task(self._watch_ledger(), name="ledger-watch"),
             asyncio.create_task(self.quota.listen_invalidations(), name="quota-invalidations"),
             asyncio.create_task(self._listen_catalog(), name="catalog-invalidations"),
+            asyncio.create_task(self.fair_queue.listen(), name="fair-queue-wakeups"),
         ]
 
     async def _listen_catalog(self) -> None:

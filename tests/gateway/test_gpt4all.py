@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psycopg2
@@ -23,9 +24,11 @@ def slow(
         yield s
 
 
-def gpt4all_request(host: str, port: int, key: str, messages: list[dict[str, str]]) -> bytes:
+def gpt4all_request(
+    host: str, port: int, key: str, messages: list[dict[str, str]], model: str = "demo-chat"
+) -> bytes:
     """QJsonDocument(Compact) sorts keys; Qt's QNetworkAccessManager adds its own headers."""
-    root = {"messages": [{"content": m["content"], "role": m["role"]} for m in messages], "model": "demo-chat",
+    root = {"messages": [{"content": m["content"], "role": m["role"]} for m in messages], "model": model,
             "stream": True, "temperature": 0.7, "top_p": 0.4}  # fmt: skip
     body = json.dumps(root, separators=(",", ":"), sort_keys=True).encode()
     head = (
@@ -122,3 +125,58 @@ def _ledger_rows(stack: Stack, expected: int, timeout: float = 30) -> list[dict[
             assert len(rows) == expected, rows
             return rows
         time.sleep(0.3)
+
+
+def _limited(doc: dict[str, Any]) -> None:
+    """Each CS101 member may send one request a minute; the vision model's contract is (nearly) used up."""
+    cs101 = doc["units"][0]["children"][0]["children"][0]["children"][0]["children"][0]["children"][0]
+    cs101["member_limits"] = {"requests_per_minute": 1}
+    doc["providers"][0]["models"][1]["contract"] = {"cost": 0.000001, "period": "month"}
+
+
+@pytest.fixture(scope="module")
+def limited(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path_factory.mktemp("g4l"),
+                       mutate=_limited) as s:  # fmt: skip
+        yield s
+
+
+async def _replay(base: str, key: str, model: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """GPT4All's request; on an error it shows `error.message` of the JSON body."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(gpt4all_request(host, int(port), key, [{"role": "user", "content": "Hello"}], model))
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers["content-length"])) if status != 200 else b"{}"
+    writer.close()
+    return status, headers, json.loads(body)
+
+
+def test_rate_limit_refusal_reads_as_a_sentence(limited: Stack) -> None:
+    key = limited.key("alice")
+    status, _, _ = asyncio.run(_replay(limited.base_url, key, "demo-chat"))
+    assert status == 200
+    status, headers, body = asyncio.run(_replay(limited.base_url, key, "demo-chat"))
+    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+    message = body["error"]["message"]
+    assert message.startswith("Rate limit reached: your personal limit in CS101 Introduction to Programming is "
+                              "1 request per minute."), message  # fmt: skip
+    assert "try again in" in message and int(headers["retry-after"]) >= 1
+
+    status, headers, body = asyncio.run(_replay(limited.base_url, limited.key("rita"), "demo-vision"))
+    assert (
+        status == 429
+        and body["error"]["code"] == "insufficient_quota"
+        and headers["x-should-retry"] == "false"
+    )
+    assert body["error"]["message"].startswith(
+        "Demo University's contract with demo (demo-vision) is fully committed for this month: USD 0.000001 left"
+    ), body["error"]["message"]
+    assert body["error"]["message"].endswith("Ask your administrator.")
