@@ -136,6 +136,32 @@ async def test_expired_reservation_is_billed_at_its_hold_and_a_late_settle_adds_
         await engine.close()
 
 
+async def test_an_expired_hold_of_the_previous_release_is_released_not_billed(
+    redis_url: str, inst: str
+) -> None:
+    """During a rolling upgrade a gateway of the previous release (whose records have no usage-event line)
+    settles its own late holds and that release's script charges what was used: billing the hold at expiry
+    as well charged one request twice, and wrote a ledger row with no user or unit (attack review)."""
+    future = time.time() + 10 * 365 * 86400
+    lease = [future]
+    engine = QuotaEngine.from_url(redis_url, reservation_ttl=60, lease_clock=lambda: lease[0])
+    try:
+        await engine.compile(tree(inst, course_cost=100))
+        r = await engine.reserve(inst, "course", "ann", input_tokens=30, max_output_tokens=0, price_in=MICRO,
+                                 price_out=0, now=future, min_output_tokens=0)  # fmt: skip
+        assert isinstance(r, Reservation)
+        record = await engine.redis.hget(keys.records(inst), r.id)
+        assert record is not None and record.count("\n") == 2
+        await engine.redis.hset(keys.records(inst), r.id, "\n".join(record.split("\n")[:2]))  # as it wrote
+        lease[0] = future + 61
+        assert await engine.sweep(inst) == 1
+        e = await engine.explain(inst, "course", "ann", now=future + 61)
+        assert (e.nodes[1].metrics["cost"].reserved, e.nodes[1].metrics["cost"].used) == (0, 0)
+        assert await engine.redis.llen(keys.unsettled(inst)) == 0
+    finally:
+        await engine.close()
+
+
 async def test_edit_applies_to_the_next_request_on_another_replica(
     engine: QuotaEngine, redis_url: str, inst: str
 ) -> None:
