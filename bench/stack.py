@@ -2,7 +2,8 @@
 
 `Stack.start()` brings up PostgreSQL, Redis and the Kafka-protocol broker (from the EDUAIQ_* settings,
 or embedded ones), the mock upstream (bench/mock_upstream.py), the schema and an institution whose one
-student key the load generator (bench/load.py) uses. Each benchmark then starts the gateway it measures.
+student key the load generator (bench/load.py) uses (`KEY`), and a twin with generous limits and contract
+ceilings on every node of that key's path (`KEY_LIMITED`). Each benchmark then starts the gateway it measures.
 """
 
 from __future__ import annotations
@@ -26,9 +27,27 @@ from cli.services.process import Child, die_with_parent, free_port, port_open, w
 from cli.services.redis import start_redis  # noqa: E402
 
 KEY = "sk-eduaiq-bench-" + uuid.uuid4().hex
+KEY_LIMITED = "sk-eduaiq-bench-lim-" + uuid.uuid4().hex  # a student of the institution with limits
+# Limits on every kind of node (unit subtree, each member, provider, model) and contracts, none of which
+# a benchmark comes near: what checking them costs, never a refusal.
+GENEROUS = {"requests_per_minute": 100_000_000, "tokens_per_minute": 10**12, "concurrent": 100_000}
 
 
-def bench_org(institution: str, upstream: str) -> dict[str, Any]:
+def bench_org_limited(institution: str, upstream: str) -> dict[str, Any]:
+    """The bench institution with limits and contract ceilings on the whole path of its one key."""
+    doc = bench_org(institution, upstream, KEY_LIMITED)
+    provider = doc["providers"][0]
+    provider["limits"] = GENEROUS
+    provider["contract"] = {"cost": 1_000_000_000, "period": "year"}
+    provider["models"][0]["limits"] = GENEROUS
+    provider["models"][0]["contract"] = {"cost": 100_000_000, "period": "month"}
+    root = doc["units"][0]
+    root["limits"] = GENEROUS
+    root["children"][0]["member_limits"] = GENEROUS
+    return doc
+
+
+def bench_org(institution: str, upstream: str, key: str = KEY) -> dict[str, Any]:
     return {
         "institution": {"id": institution, "name": "Bench University", "currency": "USD", "timezone": "UTC"},
         "providers": [{"id": "mock", "type": "openai-compatible", "base_url": upstream,
@@ -39,7 +58,7 @@ def bench_org(institution: str, upstream: str) -> dict[str, Any]:
                                  "member_cap": {"cost": {"fixed": 100_000}},
                                  "members": [{"user": "student", "role": "student"}]}]}],
         "users": [{"id": "student"}],
-        "keys": [{"user": "student", "unit": "course", "key": KEY}],
+        "keys": [{"user": "student", "unit": "course", "key": key}],
     }  # fmt: skip
 
 
@@ -63,6 +82,11 @@ class Stack:
         org = self.tmp / "bench.yaml"
         org.write_text(yaml.safe_dump(bench_org("bench" + uuid.uuid4().hex[:8], self.upstream)))
         self.cli("org", "import", str(org))
+        limited = self.tmp / "bench-lim.yaml"
+        limited.write_text(
+            yaml.safe_dump(bench_org_limited("benchlim" + uuid.uuid4().hex[:8], self.upstream))
+        )
+        self.cli("org", "import", str(limited))
         return self.upstream
 
     def services(self) -> None:

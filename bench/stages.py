@@ -13,6 +13,9 @@ gateways on the same code, side by side:
   +budget     core, plus the budget engine (reserve before, settle after: Redis).
   +metering   core, plus the usage events (the sidecar process and the Kafka broker).
   gateway     everything, as `eduaiq gateway` runs it.
+  +limits     gateway, for a key whose path has rate, token and concurrency limits on every node and
+              two contract ceilings (bench/stack.py `KEY_LIMITED`, never binding): `+limits` minus
+              `gateway` is what checking limits costs.
 
 "Left out" is done here, in this benchmark's own process, by replacing the stage's function
 (`gateway.budget.reserve` answers every request with the first reservation it made,
@@ -39,9 +42,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stack import KEY, Stack, load
+from stack import KEY, KEY_LIMITED, Stack, load
 
-VARIANTS = ("proxy", "core", "+budget", "+metering", "gateway")
+VARIANTS = ("proxy", "core", "+budget", "+metering", "gateway", "+limits")
 
 
 # -- the variants' processes ---------------------------------------------------------------------
@@ -178,7 +181,7 @@ def main() -> None:
             }
             time.sleep(1)
             for url, _ in gateways.values():  # warm: connections, caches, the first reservation
-                load(url, KEY, "-n", "1000", "-c", "64")
+                load(url, KEY_LIMITED if url == gateways["+limits"][0] else KEY, "-n", "1000", "-c", "64")
             n = opts.requests
             runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
             for r in range(opts.rounds):
@@ -187,7 +190,9 @@ def main() -> None:
                     procs = {"gateway": [proc, *proc.children(recursive=True)],
                              **{k: [p] for k, p in others.items() if p is not None}}  # fmt: skip
                     before = {k: _cpu(p) for k, p in procs.items()}
-                    through = load(url, KEY, "-n", str(n), "-c", "64")
+                    through = load(
+                        url, KEY_LIMITED if variant == "+limits" else KEY, "-n", str(n), "-c", "64"
+                    )
                     after = {k: _cpu(p) for k, p in procs.items()}
                     errors = sum(v for k, v in (through.get("status_counts") or {}).items() if k != "200")
                     run = {
