@@ -69,7 +69,7 @@ def test_redis_restart_with_aof_loss(
     with fault_stack(pg_server_url, aof_redis.url, kafka_bootstrap, tmp_path) as fs:
 
         async def scenario() -> None:
-            first = asyncio.create_task(fs.drive(60, concurrency=6))
+            first = asyncio.create_task(fs.drive(110, concurrency=6))  # past the caps: later ones refused
             await asyncio.to_thread(fs.wait_ledger, 20)  # counters now hold spend the ledger also has
             await asyncio.to_thread(fs.kill_consumers)  # from here the ledger lags the counters
             await first
