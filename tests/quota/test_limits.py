@@ -7,11 +7,23 @@ simulated one (``QuotaEngine(limit_clock=...)``) where a test moves time. Nothin
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aredis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from quota import (
     ContractSpec,
@@ -19,6 +31,7 @@ from quota import (
     LimitRefusal,
     LimitSpec,
     QuotaEngine,
+    RateInfo,
     Refusal,
     Reservation,
     Rule,
@@ -26,9 +39,10 @@ from quota import (
     keys,
 )
 from quota.engine import _NO_LIMITS, _R
+from quota.limits import Admit, Con, Entry, Limited, LimitModel
 from quota.rebuild import recompute_counters
 from quota.resp import bulk
-from tests.quota.conftest import FAR_TTL
+from tests.quota.conftest import FAR_TTL, new_inst, wipe
 
 NOW = 1_796_000_000.0  # 2026-11-30, a second boundary: windows in whole seconds from here
 MONTH = "m:2026-11"
@@ -280,3 +294,216 @@ async def test_no_limits_is_the_old_op(redis_url: str, inst: str, engine: QuotaE
     finally:
         await rr.aclose()
     assert rec is not None and len(rec.split("\n")) == 3
+
+
+# ---- model-based: ops.lua against quota/limits.py -------------------------------------------------------
+
+SCOPES = ((("a", "m1"),), (("b", "m2"),), (("a", "m1"), ("b", "m2")))
+LEASE_MS = 30_000
+HOLD_TTL = 40.0
+
+
+def limit_st() -> st.SearchStrategy[LimitSpec]:
+    opt = st.one_of  # each limit absent or small enough to bind
+    return st.builds(
+        LimitSpec,
+        rpm=opt(st.none(), st.integers(1, 6)),
+        tpm=opt(st.none(), st.integers(50, 1500)),
+        concurrent=opt(st.none(), st.integers(1, 3)),
+    ).filter(lambda s: any(v is not None for v in (s.rpm, s.tpm, s.concurrent)))
+
+
+class LimitMachine(RuleBasedStateMachine):
+    redis_url = "redis://127.0.0.1:6379/0"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.inst = new_inst()
+        self.clock = Clock()
+        self.e = QuotaEngine.from_url(
+            self.redis_url,
+            reservation_ttl=HOLD_TTL,
+            clock=self.clock,
+            lease_clock=self.clock,
+            limit_clock=self.clock,
+            limit_lease=LEASE_MS / 1000,
+        )
+        self.ref = LimitModel()
+        self.live: dict[str, Reservation] = {}
+        self.deadline: dict[str, int] = {}
+        self.scopes: dict[str, tuple[tuple[str, str], ...]] = {}
+        self.sync = redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.e.close())
+        finally:
+            self.loop.close()
+            self.sync.close()
+            wipe(self.redis_url, self.inst)
+
+    @initialize(data=st.data())
+    def build(self, data: st.DataObject) -> None:
+        nodes = ["m:course", "m:uni", "u:course", "p:a", "pm:b|m2", "pm:a|m1"]
+        chosen = data.draw(st.lists(st.sampled_from(nodes), min_size=1, max_size=4, unique=True))
+        limits = {n: data.draw(limit_st()) for n in chosen}
+        ceil = st.one_of(st.none(), st.integers(200, 3000))
+        contracts = {}
+        for node in ("c:a", "c:b|m2", "c:b"):
+            c = data.draw(ceil)
+            if c is not None:
+                contracts[node] = ContractSpec(c, data.draw(st.sampled_from(["month", "year"])))
+        self.clock.t = NOW + data.draw(st.integers(0, 999)) / 1000
+        self.run(self.e.compile(spec(self.inst, limits, contracts)))
+
+    def _entries(self, user: str, scopes: Any) -> tuple[tuple[Entry, ...], tuple[Con, ...], Any]:
+        snap = self.run(self.e.snapshot(self.inst))
+        seg = snap.limit_segment("course", scopes, self.now_ms())
+        if seg is None:
+            return (), (), None
+        entries = tuple(
+            Entry(keys.limit_member_key(n, user) if m else n, *snap.limits[n])
+            for n, m in zip(seg.nodes, seg.member, strict=True)
+        )
+        cons = tuple(
+            Con(c, w.key, snap.contracts[c][1])
+            for c, w in zip(seg.contracts, seg.contract_windows, strict=True)
+        )
+        return entries, cons, seg
+
+    @rule(data=st.data())
+    def reserve(self, data: st.DataObject) -> None:
+        user = data.draw(st.sampled_from(["alice", "bob"]))
+        scopes = data.draw(st.sampled_from(SCOPES))
+        tin, nout = data.draw(st.integers(0, 300)), data.draw(st.integers(0, 600))
+        nmin = data.draw(st.integers(0, 50))
+        pin, pout = (
+            data.draw(st.sampled_from([0, 1_000_000, 3_000_000])),
+            data.draw(st.sampled_from([0, 2_000_000])),
+        )
+        entries, cons, seg = self._entries(user, scopes)
+        before = {
+            e.suffix: self.ref.windows[e.suffix].totals()[1]
+            for e in entries
+            if e.tpm and e.suffix in self.ref.windows
+        }
+        got = self.run(self.e.reserve(self.inst, "course", user, input_tokens=tin, max_output_tokens=nout,
+                                      price_in=pin, price_out=pout, min_output_tokens=nmin, scopes=scopes))  # fmt: skip
+        rid = got.id if isinstance(got, Reservation) else "refused"
+        want = self.ref.reserve(rid, entries, cons, tin, nout, (pin, pout), nmin, self.now_ms(), LEASE_MS)
+        if isinstance(want, Admit):
+            assert isinstance(got, Reservation), (want, got)
+            assert (got.output_tokens, got.clamped, got.reserved_cost, got.reserved_tokens) == (
+                want.output_tokens, want.clamped, want.cost, want.tokens)  # fmt: skip
+            rate = None if want.rate[0] < 0 and want.rate[3] < 0 else RateInfo(*want.rate)
+            assert got.rate == rate
+            for e in entries:  # an admission never counts tokens past a limit that had room
+                if e.tpm:
+                    assert self.ref.windows[e.suffix].totals()[1] <= max(e.tpm, before.get(e.suffix, 0))
+            self.live[got.id] = got
+            self.deadline[got.id] = self.now_ms() + int(HOLD_TTL * 1000)
+            self.scopes[got.id] = scopes
+        elif isinstance(want, Limited):
+            assert isinstance(got, LimitRefusal), (want, got)
+            assert (got.what, got.node, got.limit, got.needed) == (
+                want.what, seg.nodes[want.index], want.limit, want.needed)  # fmt: skip
+            assert got.retry_after_ms == (None if want.retry_ms < 0 else want.retry_ms)
+            assert got.rate == RateInfo(*want.rate)
+        else:
+            assert isinstance(got, Refusal) and got.kind == "contract", (want, got)
+            assert (got.binding_node, got.needed, got.available) == (
+                cons[want.index].node,
+                want.needed,
+                want.room,
+            )
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def settle(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.live)))
+        r = self.live.pop(rid)
+        tin, tout = data.draw(st.integers(0, 400)), data.draw(st.integers(0, 700))
+        served = data.draw(st.one_of(st.none(), st.sampled_from(self.scopes[rid])))
+        s = self.run(self.e.settle(r, tin, tout, served=served))
+        assert s.status == "settled" and s.charge is not None
+        cost = -(-(tin * r.price_in + tout * r.price_out) // 1_000_000)
+        want = self.ref.settle(
+            rid, cost, tin + tout, "" if served is None else "|".join(served), self.now_ms()
+        )
+        assert list(s.charge.contracts) == want
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.live)))
+        assert self.run(self.e.release(self.live.pop(rid))) == "released"
+        self.ref.release(rid, self.now_ms())
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def renew(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.live)))
+        assert self.run(self.e.renew([self.live[rid]])) == 1
+        self.deadline[rid] = max(self.deadline[rid], self.now_ms() + int(HOLD_TTL * 1000))
+        self.ref.renew(rid, self.now_ms() + LEASE_MS)
+
+    @rule(ms=st.one_of(st.integers(0, 2000), st.integers(0, 70_000)))
+    def advance(self, ms: int) -> None:
+        self.clock.t += ms / 1000
+
+    @rule()
+    def sweep(self) -> None:
+        due = sorted(rid for rid in self.live if self.deadline[rid] <= self.now_ms())
+        assert self.run(self.e.sweep(self.inst)) == len(due)
+        held: list[Any] = []
+        self.run(self.e.drain_unsettled(self.inst, held.append))
+        got = {h.reservation_id: list(h.charge.contracts) for h in held}
+        assert got == {rid: self.ref.expire(rid) for rid in due}
+        for rid in due:
+            del self.live[rid]
+
+    @invariant()
+    def redis_matches_the_reference(self) -> None:
+        now = self.now_ms()
+        sec = now // 1000
+        for suffix, w in self.ref.windows.items():
+            raw = self.sync.hgetall(keys.limit_window(self.inst, suffix))
+            buckets = {int(f): tuple(map(int, v.split())) for f, v in raw.items() if f != "t"}
+            if "t" in raw:
+                req, tok = map(int, raw["t"].split()[:2])
+                assert (req, tok) == (
+                    sum(b[0] for b in buckets.values()),
+                    sum(b[1] for b in buckets.values()),
+                )
+            assert {s: b for s, b in buckets.items() if s > sec - 60} == {
+                s: tuple(b) for s, b in w.buckets.items() if s > sec - 60}  # fmt: skip
+        for suffix, lease in self.ref.leases.items():
+            z = dict(self.sync.zrange(keys.limit_leases(self.inst, suffix), 0, -1, withscores=True))
+            assert {r: int(d) for r, d in z.items() if d > now} == {r: d for r, d in lease.items() if d > now}
+        up, res, _ = self.run(self.e.redis_counters(self.inst))
+        for (pkey, node), (u, h) in self.ref.contracts.items():
+            assert (up.get((pkey, node, "cost"), 0), res.get((pkey, node, "cost"), 0)) == (u, h)
+
+
+def test_redis_agrees_with_the_limits_reference(redis_url: str) -> None:
+    LimitMachine.redis_url = redis_url
+    run_state_machine_as_test(
+        LimitMachine,
+        settings=settings(
+            max_examples=int(os.environ.get("QUOTA_LIMIT_EXAMPLES", "60")),
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[
+                HealthCheck.too_slow,
+                HealthCheck.data_too_large,
+                HealthCheck.filter_too_much,
+            ],
+        ),
+    )
