@@ -20,7 +20,16 @@ from admin_api.errors import forbidden, invalid, not_found
 from admin_api.ids import MODEL_ID, ProviderId
 from core.models import ModelOffer, Provider
 from core.money import from_micro
-from providers.config import ModelConfig, PriceConfig, ProviderConfig, ProviderType, TimeoutConfig
+from providers.config import (
+    ContractConfig,
+    LimitsConfig,
+    ModelConfig,
+    PriceConfig,
+    ProviderConfig,
+    ProviderType,
+    QueueConfig,
+    TimeoutConfig,
+)
 from providers.upstream_policy import redact_headers
 
 router = APIRouter(tags=["catalog"])
@@ -56,6 +65,12 @@ class ProviderIn(BaseModel):
     health_check: bool | None = None
     metrics_url: str | None = Field(default=None, pattern=URL, max_length=2000)
     headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict, max_length=32)
+    limits: LimitsConfig | None = Field(
+        default=None, description="the contract's rate limits, institution-wide"
+    )
+    contract: ContractConfig | None = Field(
+        default=None, description="committed-spend ceiling per month or year"
+    )
 
 
 class ModelIn(BaseModel):
@@ -67,6 +82,10 @@ class ModelIn(BaseModel):
     max_output_tokens: int | None = Field(default=None, gt=0, le=10_000_000)
     priority: int | None = Field(default=None, ge=-1000, le=1000)
     fallbacks: list[Annotated[str, Field(pattern=MODEL_ID)]] = Field(default_factory=list, max_length=16)
+    slots: int | None = Field(default=None, ge=1, le=100_000, description="self-hosted: concurrent requests")
+    queue: QueueConfig | None = Field(default=None, description="how requests wait for a slot (needs slots)")
+    limits: LimitsConfig | None = None
+    contract: ContractConfig | None = None
 
 
 class OfferOut(BaseModel):
@@ -79,6 +98,10 @@ class OfferOut(BaseModel):
     output_per_mtok: int
     cached_input_per_mtok: int | None
     price_source: str  # contract (set by the institution) | default (list price)
+    slots: int | None = None
+    queue: QueueConfig | None = None
+    limits: LimitsConfig | None = None
+    contract: ContractConfig | None = None
 
 
 class ProviderOut(BaseModel):
@@ -94,7 +117,8 @@ def _offer(o: ModelOffer) -> OfferOut:
     return OfferOut(id=o.id, provider_id=o.provider_id, upstream=o.upstream, vision=o.vision,
                     max_output_tokens=o.max_output_tokens, input_per_mtok=o.input_price,
                     output_per_mtok=o.output_price, cached_input_per_mtok=o.cached_input_price,
-                    price_source=o.price_source)  # fmt: skip
+                    price_source=o.price_source, slots=o.options.get("slots"), queue=o.options.get("queue"),
+                    limits=o.options.get("limits"), contract=o.options.get("contract"))  # fmt: skip
 
 
 async def _offers(ctx: Ctx) -> list[ModelOffer]:
@@ -138,7 +162,8 @@ def _model_config(model_id: str, body: ModelIn) -> ModelConfig:
                             cached_input_per_mtok=from_micro(cached) if cached is not None else None)  # fmt: skip
     return ModelConfig(id=model_id, upstream=body.upstream, vision=body.vision, price=price,
                        max_output_tokens=body.max_output_tokens, priority=body.priority,
-                       fallbacks=body.fallbacks)  # fmt: skip
+                       fallbacks=body.fallbacks, slots=body.slots, queue=body.queue, limits=body.limits,
+                       contract=body.contract)  # fmt: skip
 
 
 def _checked(build: Callable[[], T]) -> T:

@@ -96,6 +96,10 @@ BUDGET = {
     "member_cap": {"cost": {"mode": "fixed", "amount": 10_000_000}},
 }
 PRICE = {"input_per_mtok": 10_000, "output_per_mtok": 20_000}
+LIMITS = {
+    "limits": {"requests_per_minute": 1000},
+    "member_limits": {"requests_per_minute": 20, "concurrent": 2},
+}
 
 
 def fresh_under(parent: str, suffix: str = "", json: Any = None) -> Make:
@@ -278,6 +282,26 @@ MATRIX: dict[tuple[str, str], Route] = {
     ("POST", f"{V1}/units/{{unit_id}}/budget/preview"): Route("org:read", [
         Scenario("own department's cap", fixed(f"{V1}/units/cs/budget/preview", BUDGET), ABOVE_CS),
         Scenario("a course's cap", fixed(f"{V1}/units/cs101/budget/preview", BUDGET), CS1XX_ADMINS),
+    ]),
+    ("GET", f"{V1}/units/{{unit_id}}/limits"): Route("org:read", [
+        Scenario("a course", fixed(f"{V1}/units/cs101/limits"), CS101_READERS),
+        Scenario("a sibling college", fixed(f"{V1}/units/hum/limits"), {"uadmin", "hadmin"}),
+    ]),
+    ("PUT", f"{V1}/units/{{unit_id}}/limits"): Route("org:write", [
+        Scenario("a course's limits", fixed(f"{V1}/units/cs101/limits", LIMITS), CS1XX_ADMINS),
+        Scenario("own department's limits", fixed(f"{V1}/units/cs/limits", LIMITS), ABOVE_CS),
+        Scenario("the root's limits", fixed(f"{V1}/units/stateu/limits", LIMITS), {"uadmin"}),
+    ]),
+    ("GET", f"{V1}/fair-share"): Route("org:read", [
+        Scenario("weights", fixed(f"{V1}/fair-share"), SCOPE_HOLDERS),
+    ]),
+    ("PUT", f"{V1}/fair-share"): Route("org:write", [
+        Scenario("weights", fixed(f"{V1}/fair-share", {"weights": {"course": 3, "research": 1}}), {"uadmin"}),
+    ]),
+    ("GET", f"{V1}/limits/live"): Route("org:read", [
+        Scenario("a course", fixed(f"{V1}/limits/live?unit=cs101"), CS101_READERS),
+        Scenario("a member in a course", fixed(f"{V1}/limits/live?unit=cs101&user=s1"), CS101_USAGE_READERS),
+        Scenario("the catalog", fixed(f"{V1}/limits/live"), SCOPE_HOLDERS),
     ]),
     ("GET", f"{V1}/units/{{unit_id}}/extras"): Route("org:read", [
         Scenario("research unit", fixed(f"{V1}/units/ada-research/extras"),
