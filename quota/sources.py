@@ -181,6 +181,7 @@ def charge_from_json(doc: dict[str, Any]) -> Charge:
         period_keys=tuple(doc["period_keys"]),
         allocation={k: int(v) for k, v in doc["allocation"].items()},
         extras={k: tuple((str(x[0]), int(x[1]), int(x[2])) for x in v) for k, v in doc["extras"].items()},
+        contracts=tuple((str(n), str(k), int(a)) for n, k, a in doc.get("contracts", [])),
     )
 
 
