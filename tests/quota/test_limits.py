@@ -44,8 +44,10 @@ from quota.rebuild import recompute_counters
 from quota.resp import bulk
 from tests.quota.conftest import FAR_TTL, new_inst, wipe
 
-NOW = 1_796_000_000.0  # 2026-11-30, a second boundary: windows in whole seconds from here
-MONTH = "m:2026-11"
+# 2033-05-18, a second boundary. In the future: holds here expire on this simulated clock only, never by a
+# sweeper of another process sharing the Redis (it sweeps every institution on Redis's clock).
+NOW = 2_000_000_000.0
+MONTH = "m:2033-05"
 
 
 def spec(
@@ -205,7 +207,7 @@ async def test_contract_ceiling_holds_charges_the_server_only_and_is_rebuilt(
     full = await reserve(sim, inst, scopes=chain, **one)
     assert isinstance(full, Refusal) and full.kind == "contract" and full.binding_node == "c:a"
     assert (full.needed, full.available, full.metric) == (300, 100, "cost")
-    assert full.resets_at is not None and full.resets_at.isoformat() == "2026-12-01T00:00:00+00:00"
+    assert full.resets_at is not None and full.resets_at.isoformat() == "2033-06-01T00:00:00+00:00"
     assert isinstance(await reserve(sim, inst, scopes=(("b", "m2"),), **one), Reservation)  # not a's
     r0, r1, r2 = held
     assert isinstance(r0, Reservation) and isinstance(r1, Reservation) and isinstance(r2, Reservation)
