@@ -12,10 +12,12 @@ import type {
   BudgetOut,
   ExplainOut,
   ExtraView,
+  FairShare,
   ForecastOut,
   ImportOut,
   KeyCreated,
   KeyOut,
+  LiveOut,
   MeOut,
   MemberOut,
   OfferOut,
@@ -23,6 +25,8 @@ import type {
   ProviderOut,
   ScopeOut,
   TreeOut,
+  UnitLimits,
+  UnitLimitsOut,
   UnitOut,
   UsageReportOut,
   UserUsageOut,
@@ -30,6 +34,7 @@ import type {
 
 export const LIVE_MS = 5_000; // spend and usage move with every request: poll them
 export const TREE_MS = 10_000;
+export const LIMITS_LIVE_MS = 3_000; // limit windows are a minute long: poll them more often than spend
 
 const enc = encodeURIComponent;
 
@@ -48,6 +53,9 @@ export const keys = {
   explain: (unit: string, user?: string) => ["explain", unit, user ?? ""] as const,
   audit: (filters: object) => ["audit", filters] as const,
   openapi: ["openapi"] as const,
+  limits: (id: string) => ["limits", id] as const,
+  live: (unit: string, user: string) => ["limits", "live", unit, user] as const,
+  fairShare: ["fair-share"] as const,
 };
 
 function noRetryOnClientError(count: number, error: unknown): boolean {
@@ -261,7 +269,7 @@ export function useSaveModelPrice() {
   return useChange(
     (v: { provider: string; model: string; body: Record<string, unknown> }) =>
       api.put<OfferOut>(`${API}/providers/${enc(v.provider)}/models/${v.model.split("/").map(enc).join("/")}`, v.body),
-    () => [keys.providers, ["audit"]],
+    () => [keys.providers, ["limits", "live"], ["audit"]],
   );
 }
 
@@ -338,4 +346,47 @@ export function useMyUsage(enabled = true) {
 
 export function exportPath(unitId: string): string {
   return `${API}/units/${enc(unitId)}/export`;
+}
+
+export function useUnitLimits(id: string) {
+  return useQuery({ queryKey: keys.limits(id), queryFn: () => api.get<UnitLimitsOut>(`${API}/units/${enc(id)}/limits`) });
+}
+
+export function useSaveUnitLimits(unitId: string) {
+  return useChange((b: UnitLimits) => api.put<UnitLimitsOut>(`${API}/units/${enc(unitId)}/limits`, b), () => [
+    keys.limits(unitId),
+    ["limits", "live"],
+    ["audit"],
+  ]);
+}
+
+/**
+ * Live use against limits: a unit's path (and one member's, given `user`), or with no unit the
+ * catalog's provider and model limits. Polled only while the page is visible (TanStack pauses
+ * interval refetches in a background tab).
+ */
+export function useLiveLimits(unit: string, user = "", enabled = true) {
+  return useQuery({
+    queryKey: keys.live(unit, user),
+    queryFn: () => api.get<LiveOut>(`${API}/limits/live`, { unit, user }),
+    refetchInterval: LIMITS_LIVE_MS,
+    refetchIntervalInBackground: false,
+    enabled,
+    placeholderData: (prev) => prev,
+  });
+}
+
+export function useFairShare(enabled = true) {
+  return useQuery({ queryKey: keys.fairShare, queryFn: () => api.get<FairShare>(`${API}/fair-share`), enabled });
+}
+
+export function useSaveFairShare() {
+  return useChange((b: FairShare) => api.put<FairShare>(`${API}/fair-share`, b), () => [keys.fairShare, ["audit"]]);
+}
+
+export function useSaveProvider() {
+  return useChange(
+    (v: { provider: string; body: Record<string, unknown> }) => api.put<ProviderOut>(`${API}/providers/${enc(v.provider)}`, v.body),
+    () => [keys.providers, ["limits", "live"], ["audit"]],
+  );
 }

@@ -179,6 +179,10 @@ export interface OfferOut {
   output_per_mtok: number;
   cached_input_per_mtok: number | null;
   price_source: string;
+  slots?: number | null;
+  queue?: QueueConfig | null;
+  limits?: Limits | null;
+  contract?: Contract | null;
 }
 
 export interface ProviderOut {
@@ -346,4 +350,61 @@ export interface ExportJson {
   scope_unit: string | null;
   lines: ExportLine[];
   totals: { requests: number; input_tokens: number; output_tokens: number; cost: string };
+}
+
+/** Rate limits of one node: per minute over a sliding 60 x 1 s window, and requests in progress. */
+export interface Limits {
+  requests_per_minute?: number | null;
+  tokens_per_minute?: number | null;
+  concurrent?: number | null;
+}
+
+export const LIMIT_FIELDS = ["requests_per_minute", "tokens_per_minute", "concurrent"] as const;
+export type LimitField = (typeof LIMIT_FIELDS)[number];
+
+/** A committed-spend ceiling in currency units (not micro-units), per calendar month or year. */
+export interface Contract {
+  cost: number | string;
+  period: "month" | "year";
+}
+
+export interface QueueConfig {
+  max_wait_seconds: number;
+  max_waiting: number;
+  retry_after_seconds: number;
+}
+
+export interface UnitLimits {
+  limits: Limits | null;
+  member_limits: Limits | null;
+}
+
+export interface UnitLimitsOut extends UnitLimits {
+  unit_id: string;
+}
+
+export interface LiveNode {
+  node: string;
+  what: "unit" | "member" | "provider" | "model";
+  subject: string;
+  limits: Limits;
+  used: { requests: number; tokens: number; concurrent: number };
+}
+
+export interface LiveOut {
+  at_ms: number;
+  nodes: LiveNode[];
+}
+
+export interface FairShareWindow {
+  name: string;
+  from: string;
+  to: string;
+  weights: Record<string, number | string>;
+}
+
+export interface FairShare {
+  weights: Record<string, number | string>;
+  default_weight: number | string;
+  windows: FairShareWindow[];
 }

@@ -3,6 +3,7 @@ import { useEffect, useMemo, useState } from "react";
 import { previewBudget, useSaveBudget } from "../api/hooks";
 import { PERIODS, type BudgetEffect, type BudgetIn, type Metric, type UnitOut } from "../api/types";
 import { errorText, ErrorBox, Loading } from "../components/Status";
+import { NumberField } from "../components/NumberField";
 import { useToast } from "../components/Toasts";
 import { amount, microToInput, parseMoney, periodLabel } from "../lib/format";
 import { useSession } from "../session";
@@ -269,46 +270,6 @@ function MetricFields({
         )}
       </div>
     </fieldset>
-  );
-}
-
-function NumberField({
-  label,
-  name,
-  value,
-  error,
-  suffix,
-  onChange,
-}: {
-  label: string;
-  name: string;
-  value: string;
-  error?: string;
-  suffix?: string;
-  onChange: (v: string) => void;
-}) {
-  const id = `f-${name}`;
-  return (
-    <div className="field">
-      <label htmlFor={id}>{label}</label>
-      <div className="input-suffix">
-        <input
-          id={id}
-          name={name}
-          inputMode="decimal"
-          value={value}
-          aria-invalid={!!error}
-          aria-describedby={error ? `${id}-err` : undefined}
-          onChange={(e) => onChange(e.target.value)}
-        />
-        {suffix && <span aria-hidden="true">{suffix}</span>}
-      </div>
-      {error && (
-        <span id={`${id}-err`} className="field-error">
-          {error}
-        </span>
-      )}
-    </div>
   );
 }
 

@@ -11,6 +11,7 @@ import { indexTree, label, pathTo } from "../lib/tree";
 import { useSession, type Session } from "../session";
 import { BudgetEditor } from "./BudgetEditor";
 import { ExtrasPanel } from "./ExtrasPanel";
+import { LimitsCard } from "./LimitsCard";
 import { PeoplePanel } from "./PeoplePanel";
 import { PolicyPanel } from "./PolicyPanel";
 
@@ -81,6 +82,7 @@ function UnitView({ unit, tab }: { unit: UnitOut; tab: string }) {
           <div className="stack-lg">
             <BudgetEditor unit={unit} canEdit={canEditRules} />
             <ExtrasPanel unit={unit} canEdit={canEditRules} />
+            <LimitsCard unit={unit} canEdit={canEditRules} />
           </div>
         )}
         {current === "people" && <PeoplePanel unit={unit} path={path} />}
