@@ -49,7 +49,8 @@ export function limitsText(l: Limits | null | undefined): string {
 /**
  * The API's validation problems ({path, message}) for one object in the body, by field: a path such as
  * "body.member_limits.concurrent" lands on `concurrent` of `member_limits`; "body.member_limits" (the
- * object itself, e.g. "give at least one of …") on the key "" of that object.
+ * object itself, e.g. "give at least one of …") on the key "" of that object. An empty prefix gives
+ * every problem by its whole path.
  */
 export function problemsAt(details: unknown, prefix: string): Record<string, string> {
   const out: Record<string, string> = {};
@@ -57,7 +58,7 @@ export function problemsAt(details: unknown, prefix: string): Record<string, str
   if (!Array.isArray(list)) return out;
   for (const p of list) {
     const path = (p.path ?? "").replace(/^body\.?/, "");
-    if (path === prefix) out[""] = p.message ?? "";
+    if (!prefix || path === prefix) out[prefix ? "" : path] = p.message ?? "";
     else if (path.startsWith(`${prefix}.`)) out[path.slice(prefix.length + 1)] = p.message ?? "";
   }
   return out;

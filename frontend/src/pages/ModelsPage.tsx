@@ -1,18 +1,23 @@
 import { Server } from "lucide-react";
-import { useState } from "react";
-import { useProviders, useSaveModelPrice, useTree } from "../api/hooks";
-import type { OfferOut } from "../api/types";
+import { Fragment, useState } from "react";
+import { useLiveLimits, useProviders, useSaveModelPrice, useTree } from "../api/hooks";
+import type { LiveOut, OfferOut, ProviderOut } from "../api/types";
 import { errorText, QueryState } from "../components/Status";
 import { useToast } from "../components/Toasts";
 import { microToInput, money, parseMoney } from "../lib/format";
+import { modelBody } from "../lib/catalog";
+import { limitsText } from "../lib/limits";
 import { indexTree, label } from "../lib/tree";
 import { useSession } from "../session";
+import { contractText, ModelLimitsEditor, ProviderLimitsEditor, ProviderLive } from "./CatalogLimits";
+import { FairShareCard } from "./FairShareCard";
 import { PolicyPanel } from "./PolicyPanel";
 
 /** The model catalog (providers, models, prices per 1M tokens) and each unit's model policy. */
 export function ModelsPage() {
   const s = useSession();
   const providers = useProviders();
+  const live = useLiveLimits("", "", !!providers.data);
   const tree = useTree();
   const [unitId, setUnitId] = useState("");
   const index = tree.data ? indexTree(tree.data.roots) : null;
@@ -57,52 +62,85 @@ export function ModelsPage() {
           {(list) => (
             <div className="stack-lg">
               {list.map((p) => (
-                <section key={p.id} className="card" aria-labelledby={`prov-${p.id}`}>
-                  <div className="card-head">
-                    <h2 id={`prov-${p.id}`} className="with-icon">
-                      <Server size={18} aria-hidden="true" /> {p.id}
-                    </h2>
-                    <span className="badge">{p.type}</span>
-                  </div>
-                  <p className="muted small">
-                    <code>{p.base_url}</code>
-                    {p.api_key_env && <> · key from <code>{p.api_key_env}</code></>}
-                  </p>
-                  <div className="table-wrap">
-                    <table className="table">
-                      <thead>
-                        <tr>
-                          <th scope="col">Model</th>
-                          <th scope="col">Input / 1M tok</th>
-                          <th scope="col">Output / 1M tok</th>
-                          <th scope="col" className="hide-sm">
-                            Max output
-                          </th>
-                          <th scope="col" className="hide-sm">
-                            Price
-                          </th>
-                          {s.isInstitutionAdmin && <th scope="col"><span className="sr-only">Actions</span></th>}
-                        </tr>
-                      </thead>
-                      <tbody>
-                        {p.models.map((m) => (
-                          <ModelRow key={m.id} offer={m} editable={s.isInstitutionAdmin} currency={s.me.currency} />
-                        ))}
-                      </tbody>
-                    </table>
-                  </div>
-                </section>
+                <ProviderCard key={p.id} provider={p} live={live.data} />
               ))}
             </div>
           )}
         </QueryState>
+        <FairShareCard />
       </div>
     </section>
   );
 }
 
-function ModelRow({ offer, editable, currency }: { offer: OfferOut; editable: boolean; currency: string }) {
+function ProviderCard({ provider: p, live }: { provider: ProviderOut; live: LiveOut | undefined }) {
+  const s = useSession();
   const [editing, setEditing] = useState(false);
+  const currency = s.me.currency;
+  return (
+    <section className="card" aria-labelledby={`prov-${p.id}`}>
+      <div className="card-head">
+        <h2 id={`prov-${p.id}`} className="with-icon">
+          <Server size={18} aria-hidden="true" /> {p.id}
+        </h2>
+        <span className="badge">{p.type}</span>
+      </div>
+      <p className="muted small">
+        <code>{p.base_url}</code>
+        {p.api_key_env && <> · key from <code>{p.api_key_env}</code></>}
+      </p>
+      <dl className="facts">
+        <dt>Rate limits</dt>
+        <dd>{limitsText(p.options.limits as OfferOut["limits"])}</dd>
+        <dt>Contract ceiling</dt>
+        <dd>{contractText(p.options.contract as OfferOut["contract"], currency)}</dd>
+      </dl>
+      {s.isInstitutionAdmin &&
+        (editing ? (
+          <ProviderLimitsEditor provider={p} currency={currency} onDone={() => setEditing(false)} />
+        ) : (
+          <div className="form-actions">
+            <button type="button" className="btn btn-small" onClick={() => setEditing(true)} aria-label={`Edit limits of provider ${p.id}`}>
+              Edit provider limits
+            </button>
+          </div>
+        ))}
+      {live && <ProviderLive provider={p} nodes={live.nodes} atMs={live.at_ms} timeZone={s.me.timezone} />}
+      <div className="table-wrap">
+        <table className="table">
+          <thead>
+            <tr>
+              <th scope="col">Model</th>
+              <th scope="col">Input / 1M tok</th>
+              <th scope="col">Output / 1M tok</th>
+              <th scope="col" className="hide-sm">
+                Max output
+              </th>
+              <th scope="col" className="hide-sm">
+                Price
+              </th>
+              <th scope="col">Limits</th>
+              {s.isInstitutionAdmin && (
+                <th scope="col">
+                  <span className="sr-only">Actions</span>
+                </th>
+              )}
+            </tr>
+          </thead>
+          <tbody>
+            {p.models.map((m) => (
+              <ModelRow key={m.id} offer={m} providerType={p.type} editable={s.isInstitutionAdmin} currency={currency} />
+            ))}
+          </tbody>
+        </table>
+      </div>
+    </section>
+  );
+}
+
+function ModelRow({ offer, providerType, editable, currency }: { offer: OfferOut; providerType: string; editable: boolean; currency: string }) {
+  const [editing, setEditing] = useState(false);
+  const [editingLimits, setEditingLimits] = useState(false);
   const [inp, setInp] = useState(microToInput(offer.input_per_mtok));
   const [out, setOut] = useState(microToInput(offer.output_per_mtok));
   const save = useSaveModelPrice();
@@ -110,6 +148,7 @@ function ModelRow({ offer, editable, currency }: { offer: OfferOut; editable: bo
   const i = parseMoney(inp);
   const o = parseMoney(out);
   return (
+    <Fragment>
     <tr>
       <th scope="row">
         <code>{offer.id}</code>
@@ -135,6 +174,11 @@ function ModelRow({ offer, editable, currency }: { offer: OfferOut; editable: bo
       <td className="hide-sm">
         <span className={`badge ${offer.price_source === "contract" ? "badge-ok" : ""}`}>{offer.price_source}</span>
       </td>
+      <td className="small">
+        {limitsText(offer.limits)}
+        {offer.contract && <div className="muted">contract {contractText(offer.contract, currency)}</div>}
+        {offer.slots != null && <div className="muted">{offer.slots} slots, queue up to {offer.queue?.max_wait_seconds ?? 30} s</div>}
+      </td>
       {editable && (
         <td className="actions">
           {editing ? (
@@ -148,12 +192,7 @@ function ModelRow({ offer, editable, currency }: { offer: OfferOut; editable: bo
                     await save.mutateAsync({
                       provider: offer.provider_id,
                       model: offer.id,
-                      body: {
-                        upstream: offer.upstream,
-                        vision: offer.vision,
-                        max_output_tokens: offer.max_output_tokens,
-                        price: { input_per_mtok: i, output_per_mtok: o, cached_input_per_mtok: offer.cached_input_per_mtok },
-                      },
+                      body: modelBody(offer, { price: { input_per_mtok: i!, output_per_mtok: o!, cached_input_per_mtok: offer.cached_input_per_mtok } }),
                     });
                     toast("ok", `Price of ${offer.id} saved`);
                     setEditing(false);
@@ -169,12 +208,25 @@ function ModelRow({ offer, editable, currency }: { offer: OfferOut; editable: bo
               </button>
             </>
           ) : (
-            <button type="button" className="btn btn-small" onClick={() => setEditing(true)} aria-label={`Edit price of ${offer.id}`}>
-              Edit price
-            </button>
+            <>
+              <button type="button" className="btn btn-small" onClick={() => setEditing(true)} aria-label={`Edit price of ${offer.id}`}>
+                Edit price
+              </button>
+              <button type="button" className="btn btn-small" onClick={() => setEditingLimits(true)} aria-label={`Edit limits of ${offer.id}`} aria-expanded={editingLimits}>
+                Limits
+              </button>
+            </>
           )}
         </td>
       )}
     </tr>
+    {editingLimits && (
+      <tr>
+        <td colSpan={7}>
+          <ModelLimitsEditor offer={offer} providerType={providerType} currency={currency} onDone={() => setEditingLimits(false)} />
+        </td>
+      </tr>
+    )}
+    </Fragment>
   );
 }
