@@ -114,6 +114,45 @@ const scenarios = {
     }
   },
 
+  /** cs-admin: a member limit on cs101 from the Limits card; the API returns it, live use shows alice's request. */
+  async "department-admin-member-limit"() {
+    const b = await browser();
+    try {
+      const { page, errors } = await signIn(b, "cs-admin");
+      await page.waitForURL(`${BASE}/units`);
+      const original = await apiInPage(page, "GET", "/api/v1/units/cs101/limits");
+      check(original.status === 200, `GET limits answered ${original.status}: ${JSON.stringify(original.body)}`);
+      await page.goto(`${BASE}/units/cs101/allocation`);
+      const each = page.getByRole("group", { name: "Each member" });
+      await each.waitFor();
+      const rpm = each.getByRole("textbox", { name: "Requests / min" });
+      await rpm.fill("0");
+      await each.getByText(/a whole number of at least 1/).waitFor();
+      await rpm.fill("7");
+      await each.getByRole("textbox", { name: "Concurrent" }).fill("3");
+      await page.getByRole("button", { name: "Save limits" }).click();
+      await page.getByText(/Limits of .* saved/).waitFor();
+      const saved = await apiInPage(page, "GET", "/api/v1/units/cs101/limits");
+      const used = await chat("sk-eduaiq-demo-alice-cs101", "under a member limit");
+      check(used.status === 200, `alice's request under the limit answered ${used.status}: ${JSON.stringify(used.body)}`);
+      await page.getByRole("textbox", { name: /Member/ }).fill("alice");
+      const meter = page.getByRole("meter", { name: "Requests per minute of cs101:alice" });
+      await meter.waitFor();
+      let now = Number(await meter.getAttribute("aria-valuenow"));
+      for (let i = 0; i < 10 && now < 1; i++) {
+        await page.waitForTimeout(1000); // the card polls every 3 s
+        now = Number(await meter.getAttribute("aria-valuenow"));
+      }
+      const file = await shot(page, "09-cs-admin-member-limit");
+      const restored = await apiInPage(page, "PUT", "/api/v1/units/cs101/limits", { limits: original.body.limits, member_limits: original.body.member_limits });
+      check(restored.status === 200, `could not restore cs101's limits: ${JSON.stringify(restored.body)}`);
+      check(errors.length === 0, `page errors: ${errors.join("; ")}`);
+      return { saved: saved.body, live_requests: now, live_max: Number(await meter.getAttribute("aria-valuemax")), screenshot: file };
+    } finally {
+      await b.close();
+    }
+  },
+
   /** alice: create a key, use it with the openai SDK, see the usage appear without a reload. */
   async "student-key-and-usage"() {
     const b = await browser();

@@ -53,3 +53,12 @@ def test_first_screen_of_a_2000_unit_institution(dashboard_stack: Stack) -> None
     (dashboard_stack.out_dir / "first-screen.json").write_text(json.dumps(out, indent=2))
     assert "2,000 units" in str(out["placeholder"])
     assert all(r["tree_rendered_ms"] for r in out["runs"])
+
+
+def test_department_admin_sets_a_member_limit_and_the_api_returns_it(dashboard_stack: Stack) -> None:
+    out = dashboard_stack.run("department-admin-member-limit")
+    member = {"requests_per_minute": 7, "tokens_per_minute": None, "concurrent": 3}
+    assert out["saved"]["member_limits"] == member
+    assert out["saved"]["unit_id"] == "cs101"
+    assert out["live_max"] == 7
+    assert out["live_requests"] >= 1  # alice's request, counted in the member window the card reads
