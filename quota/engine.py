@@ -448,7 +448,8 @@ class QuotaEngine:
                 )
             if status == "REFUSED":
                 refusal = self._refusal(snap, prep.nodes(user), prep, reply, unit, user, request_id)
-                return dataclasses.replace(refusal, rate=_rate(reply, 5, quiet=True))
+                rate = _rate(reply, 5, quiet=True) if seg is not None else None
+                return refusal if rate is None else dataclasses.replace(refusal, rate=rate)
             if status == "LIMITED" and seg is not None:
                 return _limit_refusal(institution, unit, user, request_id, seg, reply)
             if status == "CONTRACT" and seg is not None:

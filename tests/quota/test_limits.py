@@ -269,6 +269,17 @@ async def test_expiry_keeps_the_window_frees_the_lease_and_bills_the_contract(
         await e.close()
 
 
+async def test_a_budget_refusal_on_a_limited_path_carries_the_rate_headers(
+    inst: str, sim: QuotaEngine
+) -> None:
+    base = spec(inst, {keys.limit_member("course"): LimitSpec(rpm=5)})
+    course = UnitSpec(id="course", parent="uni", rules={"cost": Rule.fixed(50)})
+    await sim.compile(InstitutionSpec(id=inst, units=(base.units[0], course), limits=base.limits))
+    r = await reserve(sim, inst, price_in=1_000_000)  # 100 micro-units, the course has 50
+    assert isinstance(r, Refusal) and r.kind == "budget" and r.binding_node == "course"
+    assert r.rate == RateInfo(5, 5, 0, -1, -1, -1)  # nothing counted: the budget refused first
+
+
 async def test_no_limits_is_the_old_op(redis_url: str, inst: str, engine: QuotaEngine) -> None:
     """Without limits the R op is the old one plus the constant NL=0 NC=0, and its record and reply are
     the old ones: nothing else is computed, sent or stored."""
