@@ -161,8 +161,16 @@ def contract_error(refusal: Refusal, view: InstitutionView) -> ApiError:
 
 
 def refusal_error(refusal: Refusal, view: InstitutionView) -> ApiError:
-    if refusal.kind == "contract":
-        return contract_error(refusal, view)
+    """429 `insufficient_quota` for a full budget or contract; on a path with rate limits it carries their
+    x-ratelimit-* headers too, as every answer after the reserve step does."""
+    error = _budget_error(refusal, view) if refusal.kind != "contract" else contract_error(refusal, view)
+    if refusal.rate is not None:
+        for name, value in rate_headers(refusal.rate):
+            error.headers.setdefault(name.decode(), value.decode())
+    return error
+
+
+def _budget_error(refusal: Refusal, view: InstitutionView) -> ApiError:
     what = "AI budget" if refusal.metric == "cost" else "token allowance"
     if refusal.is_member_cap:
         unit = view.units.get(refusal.binding_unit)
