@@ -118,7 +118,8 @@ const scenarios = {
   async "department-admin-member-limit"() {
     const b = await browser();
     try {
-      const { page, errors } = await signIn(b, "cs-admin");
+      // Named: once another institution is imported (the first-screen test), the dev login needs it.
+      const { page, errors } = await signIn(b, "cs-admin", "demo-u");
       await page.waitForURL(`${BASE}/units`);
       const original = await apiInPage(page, "GET", "/api/v1/units/cs101/limits");
       check(original.status === 200, `GET limits answered ${original.status}: ${JSON.stringify(original.body)}`);
