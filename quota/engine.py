@@ -910,7 +910,7 @@ def _rate(reply: list[Any], at: int, *, quiet: bool = False) -> RateInfo | None:
     when neither a requests nor a tokens limit is on the path, so there is nothing to report)."""
     if len(reply) < at + 6:
         return None
-    info = RateInfo(*(int(v) for v in reply[at : at + 6]))
+    info = RateInfo._make(map(int, reply[at : at + 6]))
     if quiet and info.limit_requests < 0 and info.limit_tokens < 0:
         return None
     return info

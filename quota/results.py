@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from quota.model import Metric
 
@@ -40,12 +41,12 @@ class Remaining:
     room: int
 
 
-@dataclass(frozen=True, slots=True)
-class RateInfo:
+class RateInfo(NamedTuple):
     """The tightest limits on the path after this request (OpenAI's x-ratelimit-* trios); -1: no such limit.
 
     Requests and tokens are reported for the node with the least left (ties: the nearest node); a reset is
-    the milliseconds until the oldest counted second leaves that node's window.
+    the milliseconds until the oldest counted second leaves that node's window. A named tuple: built for
+    every limited request, where a frozen dataclass cost 5 µs.
     """
 
     limit_requests: int

@@ -96,6 +96,7 @@ class LimitSegment:
     valid_from_ms: int
     valid_until_ms: int
     _merged: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    _plan: list[tuple[bytes, str | None, bytes, bool, bool]] = field(default_factory=list)
 
     def pkeys_with(self, path_pkeys: tuple[str, ...]) -> tuple[str, ...]:
         """The path's period keys and the contracts', each once (cached per path)."""
@@ -109,21 +110,32 @@ class LimitSegment:
         n = len(self.nodes)
         if n == 0:
             return 1 + self.contract_nargs, bulk(0) + self.contract_packed, ()
+        plan = self._plan or self._build_plan()
         out = [bulk(n), now, lease_ms]
         lkeys = list(self.static_lkeys)
-        for node, is_member, part, has_w, has_l in zip(
-            self.nodes, self.member, self.parts, self.windows_of, self.leases_of, strict=True
-        ):
-            suffix = keys.limit_member_key(node, user) if is_member else node
+        for packed, member, part, has_w, has_l in plan:
+            if member is None:
+                out.append(packed)
+                continue
+            suffix = member + user
             out.append(bulk(suffix))
             out.append(part)
-            if is_member:
-                if has_w:
-                    lkeys.append(keys.limit_window(self.institution, suffix))
-                if has_l:
-                    lkeys.append(keys.limit_leases(self.institution, suffix))
+            if has_w:
+                lkeys.append(keys.limit_window(self.institution, suffix))
+            if has_l:
+                lkeys.append(keys.limit_leases(self.institution, suffix))
         out.append(self.contract_packed)
         return 3 + 4 * n + self.contract_nargs, b"".join(out), tuple(lkeys)
+
+    def _build_plan(self) -> list[tuple[bytes, str | None, bytes, bool, bool]]:
+        """Per node: its key and limits packed (non-member nodes), or the member key prefix and limits."""
+        self._plan = [
+            (bulk(node) + part, keys.limit_member_key(node, "") if m else None, part, w, le)
+            for node, m, part, w, le in zip(
+                self.nodes, self.member, self.parts, self.windows_of, self.leases_of, strict=True
+            )
+        ]
+        return self._plan
 
 
 @dataclass
