@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlmodel import col, select
 
 from admin_api.catalog_edit import current_configs, save_configs
@@ -30,6 +30,7 @@ from providers.config import (
     QueueConfig,
     TimeoutConfig,
 )
+from providers.images import RULES as IMAGE_RULES
 from providers.upstream_policy import redact_headers
 
 router = APIRouter(tags=["catalog"])
@@ -82,10 +83,18 @@ class ModelIn(BaseModel):
     max_output_tokens: int | None = Field(default=None, gt=0, le=10_000_000)
     priority: int | None = Field(default=None, ge=-1000, le=1000)
     fallbacks: list[Annotated[str, Field(pattern=MODEL_ID)]] = Field(default_factory=list, max_length=16)
+    image_tokens: str | None = Field(default=None, max_length=64, description="how an image counts (vision)")
     slots: int | None = Field(default=None, ge=1, le=100_000, description="self-hosted: concurrent requests")
     queue: QueueConfig | None = Field(default=None, description="how requests wait for a slot (needs slots)")
     limits: LimitsConfig | None = None
     contract: ContractConfig | None = None
+
+    @field_validator("image_tokens")
+    @classmethod
+    def _known_image_rule(cls, value: str | None) -> str | None:
+        if value is not None and value not in IMAGE_RULES:
+            raise ValueError(f"unknown image rule '{value}' (one of {', '.join(sorted(IMAGE_RULES))})")
+        return value
 
 
 class OfferOut(BaseModel):
@@ -98,6 +107,10 @@ class OfferOut(BaseModel):
     output_per_mtok: int
     cached_input_per_mtok: int | None
     price_source: str  # contract (set by the institution) | default (list price)
+    # Every other setting a model PUT takes, so a client that edits one part can send the rest back as it was
+    priority: int | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    image_tokens: str | None = None
     slots: int | None = None
     queue: QueueConfig | None = None
     limits: LimitsConfig | None = None
@@ -117,7 +130,9 @@ def _offer(o: ModelOffer) -> OfferOut:
     return OfferOut(id=o.id, provider_id=o.provider_id, upstream=o.upstream, vision=o.vision,
                     max_output_tokens=o.max_output_tokens, input_per_mtok=o.input_price,
                     output_per_mtok=o.output_price, cached_input_per_mtok=o.cached_input_price,
-                    price_source=o.price_source, slots=o.options.get("slots"), queue=o.options.get("queue"),
+                    price_source=o.price_source, priority=o.options.get("priority"),
+                    fallbacks=o.options.get("fallbacks") or [], image_tokens=o.options.get("image_tokens"),
+                    slots=o.options.get("slots"), queue=o.options.get("queue"),
                     limits=o.options.get("limits"), contract=o.options.get("contract"))  # fmt: skip
 
 
@@ -162,7 +177,8 @@ def _model_config(model_id: str, body: ModelIn) -> ModelConfig:
                             cached_input_per_mtok=from_micro(cached) if cached is not None else None)  # fmt: skip
     return ModelConfig(id=model_id, upstream=body.upstream, vision=body.vision, price=price,
                        max_output_tokens=body.max_output_tokens, priority=body.priority,
-                       fallbacks=body.fallbacks, slots=body.slots, queue=body.queue, limits=body.limits,
+                       fallbacks=body.fallbacks, image_tokens=body.image_tokens, slots=body.slots, queue=body.queue,
+                       limits=body.limits,
                        contract=body.contract)  # fmt: skip
 
 

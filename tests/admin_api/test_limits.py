@@ -129,3 +129,30 @@ async def test_provider_and_model_limits_contracts_and_slots_through_the_catalog
     cloud = {"price": {"input_per_mtok": 1, "output_per_mtok": 1}, "slots": 2}
     refused = await admin.put("/api/v1/providers/openai/models/gpt-4o-mini", json=cloud)
     assert refused.status_code == 422 and "only self-hosted providers" in refused.text
+
+
+async def test_a_model_read_back_and_saved_again_keeps_every_setting(env: Env) -> None:
+    """The dashboard edits one part of a model (its price, its limits) and sends the rest back as the catalog
+    answered it: priority, fallbacks and the image rule were missing from the answer, so any save from the
+    dashboard dropped them."""
+    admin = await env.login("uadmin")
+    model = {"upstream": "meta-llama/Llama-3.1-8B-Instruct", "vision": True, "price": {"input_per_mtok": 50_000,
+             "output_per_mtok": 80_000}, "priority": 7, "fallbacks": ["gpt-4o-mini"], "image_tokens": "qwen2-vl"}  # fmt: skip
+    put = await admin.put("/api/v1/providers/campus-vllm/models/llama-3.1-8b", json=model)
+    assert put.status_code == 200, put.text
+    (read,) = [m for m in (await admin.get("/api/v1/models")).json() if m["id"] == "llama-3.1-8b"]
+    assert (read["priority"], read["fallbacks"], read["image_tokens"]) == (7, ["gpt-4o-mini"], "qwen2-vl")
+    again = {
+        k: read[k]
+        for k in ("upstream", "vision", "max_output_tokens", "priority", "fallbacks", "image_tokens")
+    }
+    again["price"] = {"input_per_mtok": 60_000, "output_per_mtok": 80_000}
+    saved = await admin.put("/api/v1/providers/campus-vllm/models/llama-3.1-8b", json=again)
+    assert saved.status_code == 200, saved.text
+    assert (saved.json()["priority"], saved.json()["fallbacks"], saved.json()["image_tokens"]) == (
+        7, ["gpt-4o-mini"], "qwen2-vl"
+    )  # fmt: skip
+    wrong = await admin.put(
+        "/api/v1/providers/campus-vllm/models/llama-3.1-8b", json={**again, "image_tokens": "nope"}
+    )
+    assert wrong.status_code == 422, wrong.text

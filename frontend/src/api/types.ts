@@ -179,6 +179,9 @@ export interface OfferOut {
   output_per_mtok: number;
   cached_input_per_mtok: number | null;
   price_source: string;
+  priority?: number | null;
+  fallbacks?: string[];
+  image_tokens?: string | null;
   slots?: number | null;
   queue?: QueueConfig | null;
   limits?: Limits | null;

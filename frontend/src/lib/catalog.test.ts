@@ -23,6 +23,11 @@ describe("catalog bodies", () => {
     expect(body).toMatchObject({ slots: 16, limits: { tokens_per_minute: 800_000 }, contract: { cost: 4000, period: "month" }, price: { input_per_mtok: 1 } });
   });
 
+  it("a price edit keeps the model's priority, fallbacks and image rule", () => {
+    const body = modelBody({ ...offer, priority: 5, fallbacks: ["gpt-4o-mini"], image_tokens: "qwen2-vl" }, { limits: null });
+    expect(body).toMatchObject({ priority: 5, fallbacks: ["gpt-4o-mini"], image_tokens: "qwen2-vl" });
+  });
+
   it("a limits edit keeps a list price a list price", () => {
     expect(modelBody({ ...offer, price_source: "default" }, { limits: null }).price).toBeNull();
   });
