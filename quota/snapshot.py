@@ -22,6 +22,7 @@ from quota.periods import Calendar, Window, local_midnight, window
 from quota.resp import bulk, bulks
 
 _FAR = 2**62
+_USERS_KEPT = 4096  # per limit segment: the users whose packed limit arguments are kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class LimitSegment:
     valid_until_ms: int
     _merged: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
     _plan: list[tuple[bytes, str | None, bytes, bool, bool]] = field(default_factory=list)
+    _users: dict[str, tuple[bytes, tuple[str, ...]]] = field(default_factory=dict)
 
     def pkeys_with(self, path_pkeys: tuple[str, ...]) -> tuple[str, ...]:
         """The path's period keys and the contracts', each once (cached per path)."""
@@ -110,8 +112,16 @@ class LimitSegment:
         n = len(self.nodes)
         if n == 0:
             return 1 + self.contract_nargs, bulk(0) + self.contract_packed, ()
+        body = self._users.get(user)
+        if body is None:
+            body = self._pack_user(user)
+        return 3 + 4 * n + self.contract_nargs, b"".join((bulk(n), now, lease_ms, body[0])), body[1]
+
+    def _pack_user(self, user: str) -> tuple[bytes, tuple[str, ...]]:
+        """The nodes and contracts packed for one user, and the limit keys; kept for the next request of the
+        same user (a bounded cache: cleared when it holds _USERS_KEPT users)."""
         plan = self._plan or self._build_plan()
-        out = [bulk(n), now, lease_ms]
+        out: list[bytes] = []
         lkeys = list(self.static_lkeys)
         for packed, member, part, has_w, has_l in plan:
             if member is None:
@@ -125,7 +135,10 @@ class LimitSegment:
             if has_l:
                 lkeys.append(keys.limit_leases(self.institution, suffix))
         out.append(self.contract_packed)
-        return 3 + 4 * n + self.contract_nargs, b"".join(out), tuple(lkeys)
+        if len(self._users) >= _USERS_KEPT:
+            self._users.clear()
+        body = self._users[user] = (b"".join(out), tuple(lkeys))
+        return body
 
     def _build_plan(self) -> list[tuple[bytes, str | None, bytes, bool, bool]]:
         """Per node: its key and limits packed (non-member nodes), or the member key prefix and limits."""
