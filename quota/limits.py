@@ -279,6 +279,5 @@ class LimitModel:
         if h is None:
             return
         for e in h.entries:
-            lease = self.leases.get(e.suffix, {})
-            if e.cc and rid in lease:
-                lease[rid] = lease_at
+            if e.cc:  # a lapsed (even pruned) lease of a live hold comes back: its request still runs
+                self.leases.setdefault(e.suffix, {})[rid] = lease_at

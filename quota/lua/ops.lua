@@ -974,16 +974,27 @@ local function expire(op)
   return {'SKIP'}
 end
 
+-- Renewing a live hold's concurrency leases: ZADD without XX, so a lease that lapsed (a late renewal) or
+-- whose key vanished comes back while its request runs; and the key's expiry (which collects a dead
+-- member's key, set when a lease is added) moves to 2 x lease again: a request longer than that, while
+-- every other one is refused and so adds nothing, would otherwise lose its key and free its slot. The
+-- expiry runs on Redis's clock, so it moves only when the lease time is relative to it ('+<ms>'); a
+-- test's simulated clock leaves it as the reserve set it.
 local function renew(op)
   if REC[op.rid] and SCORE[op.rid] then
     if op.deadline > SCORE[op.rid] then set_dl(op.rid, op.deadline) end
     local lim = decode_lim(REC[op.rid])
     if lim then
-      local at = false
+      local at, ttl = false, false
       for _, e in ipairs(lim.wins) do
         if e[3] then
-          at = at or at_ms(op.lease_at)
-          redis.call('ZADD', LPFX .. 'cc:' .. e[1], 'XX', at, op.rid)
+          if not at then
+            at = at_ms(op.lease_at)
+            if string.sub(op.lease_at, 1, 1) == '+' then ttl = 2 * tonumber(string.sub(op.lease_at, 2)) end
+          end
+          local key = LPFX .. 'cc:' .. e[1]
+          if redis.call('ZADD', key, at, op.rid) == 1 and LEASE[e[1]] then LEASE[e[1]].n = LEASE[e[1]].n + 1 end
+          if ttl then redis.call('PEXPIRE', key, ttl) end
         end
       end
     end

@@ -193,6 +193,31 @@ async def test_concurrency_leases_are_released_on_settle_and_expire(
     assert isinstance(c, Reservation)
 
 
+async def test_renewal_keeps_a_long_requests_lease_key_and_brings_back_a_lost_one(
+    redis_url: str, inst: str
+) -> None:
+    """The leases ZSET expires 2 x lease after a lease was last ADDED (it collects a dead member's key).
+    A request running longer than that while every other one is refused (so nothing adds a lease) must
+    keep its place: renewal pushes the key's expiry out again, and re-adds a lease whose key vanished."""
+    e = QuotaEngine.from_url(redis_url, reservation_ttl=FAR_TTL, limit_lease=30)
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        await e.compile(spec(inst, {keys.limit_member("course"): LimitSpec(concurrent=1)}))
+        a = await reserve(e, inst)
+        assert isinstance(a, Reservation)
+        key = keys.limit_leases(inst, "m:course:alice")
+        await r.pexpire(key, 50)  # as 2 x lease after the add: the key is about to go
+        assert await e.renew([a]) == 1
+        assert await r.pttl(key) > 30_000, "renewal left the key to expire under the running request"
+        await r.delete(key)  # gone anyway (expired before a renewal, or lost)
+        assert await e.renew([a]) == 1
+        assert isinstance(await reserve(e, inst), LimitRefusal)  # the running request still counts
+        assert 30_000 < await r.pttl(key) <= 60_000
+    finally:
+        await r.aclose()
+        await e.close()
+
+
 async def test_contract_ceiling_holds_charges_the_server_only_and_is_rebuilt(
     redis_url: str, inst: str, sim: QuotaEngine, clock: Clock
 ) -> None:
