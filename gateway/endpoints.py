@@ -199,7 +199,7 @@ async def _serve(request: Request, kind: str) -> Response:
                                                   price=price, scopes=view.limit_scopes(model, allowed))  # fmt: skip
         queue = view.router.model(model).queue
         if queue is not None and rt.slots is not None:  # a self-hosted model with slots: wait for one
-            slot = await rt.slots.acquire(view, outcome, queue)
+            slot = await rt.slots.acquire(view, outcome, queue, request.receive)
             rt.accounting.hold_slot(reservation, slot)
             queued = [(b"x-eduaiq-queue-time-ms", str(slot.waited_ms).encode())]
         upstream = await view.router.open(
@@ -220,7 +220,7 @@ async def _serve(request: Request, kind: str) -> Response:
             await rt.accounting.release(reservation)
         METRICS.count(kind, error.status, error.code)
         if outcome is not None:
-            if outcome.status != "refused":
+            if outcome.status not in ("refused", "client_abort"):
                 outcome.status = "upstream_error" if error.status >= 500 else "bad_request"
             rt.accounting.record(outcome)
         return error.response()

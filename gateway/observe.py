@@ -47,7 +47,7 @@ class _Metrics:
     usage_spool_bytes: Gauge
     usage_sidecar_restarts: Gauge
     # Limits and fair queues: refusals by what refused (requests, tokens, concurrent, contract, queue_timeout,
-    # queue_full), and the time requests waited for a slot of a queued model (outcome granted|timeout|full).
+    # queue_full), and the time requests waited for a slot of a queued model (outcome granted|timeout|full|gone).
     limit_refusals: Counter
     queue_wait: Histogram
     queue_waiting: Gauge

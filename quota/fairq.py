@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,9 +47,10 @@ class Slot:
 
 @dataclass(frozen=True)
 class QueueRefused:
-    """No slot: the queue was full (`full`) or the wait reached `max_wait_seconds` (`timeout`)."""
+    """No slot: the queue was full (`full`), the wait reached `max_wait_seconds` (`timeout`), or the client
+    hung up while it waited (`gone`)."""
 
-    reason: Literal["full", "timeout"]
+    reason: Literal["full", "timeout", "gone"]
     waited_ms: int
 
 
@@ -88,10 +89,20 @@ class FairQueue:
         return [_text(v) for v in reply]
 
     async def acquire(
-        self, inst: str, queue: str, rid: str, flow: str, weight: float, slots: int, q: QueueConfig
+        self,
+        inst: str,
+        queue: str,
+        rid: str,
+        flow: str,
+        weight: float,
+        slots: int,
+        q: QueueConfig,
+        until_gone: Callable[[], Awaitable[object]] | None = None,
     ) -> Slot | QueueRefused:
         """Wait for a slot at most `q.max_wait_seconds`. If the caller is cancelled, any slot it was
-        granted meanwhile is freed and it leaves the queue."""
+        granted meanwhile is freed and it leaves the queue. `until_gone()` (started only if the request
+        has to wait) returns when the client hangs up: then the request leaves the queue the same way and
+        the answer is `QueueRefused("gone")`, so nobody runs (or pays for) a request nobody will read."""
         started = time.monotonic()
 
         def waited() -> int:
@@ -100,6 +111,7 @@ class FairQueue:
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = woken  # before the script runs: a grant may be published at once after it
         member: str | None = None
+        gone: asyncio.Future[Any] | None = None
         try:
             reply = await self._run(inst, queue, "A", slots, rid, self.gateway_id, flow, weight,
                                     round(q.max_wait_seconds * 1000), q.max_waiting)  # fmt: skip
@@ -108,13 +120,18 @@ class FairQueue:
             if reply[0] == "FULL":
                 return QueueRefused("full", waited())
             member = reply[1]
+            if until_gone is not None:
+                gone = asyncio.ensure_future(until_gone())
             deadline = started + q.max_wait_seconds
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(woken), min(self.poll, left))
+                watched: list[asyncio.Future[Any]] = [woken] if gone is None else [woken, gone]
+                await asyncio.wait(watched, timeout=min(self.poll, left), return_when=asyncio.FIRST_COMPLETED)
+                if gone is not None and gone.done():  # hung up: free a slot granted meanwhile, too
+                    await self._run(inst, queue, "C", slots, rid, member, 0)
+                    return QueueRefused("gone", waited())
                 if woken.done() or (await self._run(inst, queue, "P", slots, rid))[0] == "GRANTED":
                     return Slot(inst, queue, rid, waited(), slots)
             gave_up = await self._run(inst, queue, "C", slots, rid, member, 1)
@@ -128,6 +145,8 @@ class FairQueue:
             raise
         finally:
             self._waiting.pop(rid, None)
+            if gone is not None:
+                gone.cancel()
 
     async def release(self, slot: Slot) -> None:
         """Free the slot; the script grants it to the next waiter at once."""

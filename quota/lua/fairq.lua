@@ -3,8 +3,10 @@
 -- gateway's slots come back by themselves; waiters carry their give-up time, so a dead gateway's waiters
 -- are skipped. Time comes from Redis (TIME) unless a test passes it.
 --
--- KEYS: 1 busy ZSET (rid -> lease deadline ms), 2 q ZSET ("<gw>|<rid>|<give-up ms>" -> start tag),
---       3 s HASH (vt = virtual time: the start tag last granted; f:<flow> = the flow's last finish tag)
+-- KEYS: 1 busy ZSET (rid -> lease deadline ms),
+--       2 q ZSET ("<gw>|<rid>|<give-up ms>|<stride>|<flow>" -> start tag),
+--       3 s HASH (vt = virtual time: the start tag last granted; f:<flow> = the flow's last finish tag;
+--                 n:<flow> = the flow's places in q)
 -- ARGV: op, slots, lease_ms, now ('-' = Redis TIME), then per op:
 --   A rid gw flow weight max_wait_ms max_waiting   -> {'GRANTED'} | {'FULL'} | {'QUEUED', member}
 --   P rid                                          -> {'GRANTED'} | {'WAITING'}
@@ -25,6 +27,26 @@ else
 end
 local STRIDE = 1000000 -- a flow of weight w advances its tags by STRIDE / w per request
 
+-- A member's parts; a member queued by the previous release ("<gw>|<rid>|<give-up ms>") has no flow.
+local function parse(member)
+  local gw, rid, giveup, stride, flow = string.match(member, '^([^|]*)|([^|]*)|(%d+)|(%d+)|(.*)$')
+  if gw then return gw, rid, tonumber(giveup), tonumber(stride), flow end
+  gw, rid, giveup = string.match(member, '^(.*)|([^|]*)|([^|]*)$')
+  return gw, rid, tonumber(giveup), 0, false
+end
+
+-- A waiter of `flow` left q: its place is free again. One that was not served (gave up, hung up, or its
+-- gateway died) also gives its stride back, so abandoned requests do not push the rest of its unit
+-- back; the flow's later waiters keep their tags.
+local function left(flow, stride, served)
+  if not flow then return end
+  redis.call('HINCRBY', S, 'n:' .. flow, -1)
+  if not served then
+    local f = tonumber(redis.call('HGET', S, 'f:' .. flow) or '0')
+    redis.call('HSET', S, 'f:' .. flow, string.format('%d', math.max(0, f - stride)))
+  end
+end
+
 local function prune()
   redis.call('ZREMRANGEBYSCORE', BUSY, '-inf', NOW)
 end
@@ -37,12 +59,14 @@ local function grant_free()
       redis.call('DEL', S) -- nobody waits: tags restart at 0, no flow keeps credit or debt
       break
     end
-    local gw, rid, giveup = string.match(top[1], '^(.*)|([^|]*)|([^|]*)$')
-    if gw and tonumber(giveup) > NOW then
+    local gw, rid, giveup, stride, flow = parse(top[1])
+    local served = gw and giveup and giveup > NOW
+    if served then
       redis.call('ZADD', BUSY, NOW + LEASE, rid)
       redis.call('HSET', S, 'vt', top[2])
       redis.call('PUBLISH', 'eq:fq:gw:' .. gw, BUSY .. ' ' .. rid)
     end -- else the waiter gave up or its gateway died: skip it
+    left(flow, stride, served)
   end
 end
 
@@ -56,11 +80,16 @@ if FQ_OP == 'A' then
     return {'GRANTED'}
   end
   if redis.call('ZCARD', Q) >= max_waiting then return {'FULL'} end
+  -- one flow holds at most max_waiting - floor(max_waiting / 10) places: the rest stay for other units
+  local mine = tonumber(redis.call('HGET', S, 'n:' .. flow) or '0')
+  if mine > 0 and mine >= max_waiting - math.floor(max_waiting / 10) then return {'FULL'} end
   local vt = tonumber(redis.call('HGET', S, 'vt') or '0')
   local fin = tonumber(redis.call('HGET', S, 'f:' .. flow) or '0')
   local start = math.max(vt, fin)
-  redis.call('HSET', S, 'f:' .. flow, string.format('%d', start + math.floor(STRIDE / weight)))
-  local member = gw .. '|' .. rid .. '|' .. string.format('%d', NOW + max_wait)
+  local stride = math.floor(STRIDE / weight)
+  redis.call('HSET', S, 'f:' .. flow, string.format('%d', start + stride))
+  redis.call('HINCRBY', S, 'n:' .. flow, 1)
+  local member = gw .. '|' .. rid .. '|' .. string.format('%d|%d|', NOW + max_wait, stride) .. flow
   redis.call('ZADD', Q, start, member)
   return {'QUEUED', member}
 elseif FQ_OP == 'P' then
@@ -70,7 +99,10 @@ elseif FQ_OP == 'P' then
   return {'WAITING'}
 elseif FQ_OP == 'C' then
   local rid, member, keep = ARGV[5], ARGV[6], ARGV[7]
-  redis.call('ZREM', Q, member)
+  if redis.call('ZREM', Q, member) == 1 then
+    local _, _, _, stride, flow = parse(member)
+    left(flow, stride, false)
+  end
   local out = {'GONE'}
   if keep == '1' then
     if redis.call('ZSCORE', BUSY, rid) then out = {'GRANTED'} end

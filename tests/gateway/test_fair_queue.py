@@ -97,3 +97,52 @@ def test_an_idle_unit_leaves_every_slot_to_the_other(queued: Stack) -> None:
         sampler.join()
     assert [r.status_code for _, _, r in done] == [200] * 100
     assert peak[0] == SLOTS, peak  # all of them, and never more
+
+
+def _one_slot(doc: dict[str, Any]) -> None:
+    doc["providers"][0]["models"][0].update(slots=1, queue={"max_wait_seconds": 60, "max_waiting": 3})
+    doc["fair_share"] = {"weights": {"teaching": 3, "research": 1}}
+
+
+def _chat(stack: Stack, who: str, timeout: float = 120) -> httpx.Response:
+    return httpx.post(stack.base_url + "/v1/chat/completions", timeout=timeout,
+                      headers={"Authorization": f"Bearer {stack.key(who)}"},
+                      json={"model": "demo-chat", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+
+
+def _gone(stack: Stack) -> float:
+    return sum(v for (name, labels), v in metric_samples(stack.base_url).items()
+               if name == "eduaiq_queue_wait_seconds_count" and ("outcome", "gone") in labels)  # fmt: skip
+
+
+def test_a_waiter_that_hangs_up_leaves_the_queue_and_is_neither_run_nor_charged(
+    pg_server_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Any
+) -> None:
+    """One slot, three places. Alice queues three requests and hangs up on each: they must leave the queue
+    at once (so Bob still finds a place), never reach the model, and cost Alice nothing."""
+    with gateway_stack(pg_server_url, redis_url, kafka_bootstrap, tmp_path, mutate=_one_slot,
+                       upstream_args=("--latency-ms", "4000")) as s:  # fmt: skip
+        stats = s.upstream_url.removesuffix("/v1") + "/demo/stats"
+        before = sum(httpx.get(stats).json()["counts"].values())
+        holder = threading.Thread(target=_chat, args=(s, "rita"))
+        holder.start()
+        while httpx.get(stats).json()["inflight"] < 1:  # rita holds the only slot
+            time.sleep(0.05)
+        for _ in range(3):  # each waits in the queue, then the client gives up and closes the connection
+            with pytest.raises(httpx.ReadTimeout):
+                _chat(s, "alice", timeout=1)
+        for _ in range(600):  # until the gateway saw each hang-up (bounded: before, it never did)
+            if _gone(s) >= 3:
+                break
+            time.sleep(0.05)
+        bob = _chat(s, "bob")
+        holder.join()
+        assert bob.status_code == 200, bob.text  # before: 429, the queue still full of alice's ghosts
+        assert _gone(s) == 3
+        assert sum(httpx.get(stats).json()["counts"].values()) - before == 2  # rita's and bob's only
+        me = httpx.get(s.base_url + "/v1/me", headers={"Authorization": f"Bearer {s.key('alice')}"}).json()
+        mine = me["budget"]["nodes"][0]
+        assert mine["kind"] == "member" and (
+            mine["metrics"]["cost"]["used"],
+            mine["metrics"]["cost"]["reserved"],
+        ) == (0, 0)

@@ -230,3 +230,55 @@ async def test_waiters_of_many_requests_share_one_subscription(redis: Redis, ins
         assert done == 20
     finally:
         listener.cancel()
+
+
+async def test_a_waiter_whose_client_hangs_up_leaves_at_once_and_frees_a_slot_granted_meanwhile(
+    redis: Redis, inst: str
+) -> None:
+    """The client hangs up while its request waits (`until_gone` returns): the request leaves the queue,
+    and a slot granted to it meanwhile goes straight to the next waiter, not to a request nobody reads."""
+    fq = FairQueue(redis, "gw1", lease=600, poll=300)  # no listener, no polling: only the hang-up wakes it
+    holders = await _filled(fq, inst, 1)
+    hung_up = [asyncio.Event() for _ in range(2)]
+    first = asyncio.create_task(fq.acquire(inst, Q, "w-1", "a", 1, 1, LONG, hung_up[0].wait))
+    await _until_queued(redis, inst, 1)
+    second = asyncio.create_task(fq.acquire(inst, Q, "w-2", "a", 1, 1, LONG, hung_up[1].wait))
+    await _until_queued(redis, inst, 2)
+    hung_up[1].set()  # w-2 hangs up while it waits
+    got = await second
+    assert isinstance(got, QueueRefused) and got.reason == "gone"
+    assert await redis.zcard(f"eq:{{{inst}}}:fq:{Q}:q") == 1
+    await fq.release(Slot(inst, Q, holders[0], 0, 1))  # granted to w-1, which has not seen it yet
+    hung_up[0].set()
+    got = await first
+    assert isinstance(got, QueueRefused) and got.reason == "gone"
+    assert await redis.zcard(f"eq:{{{inst}}}:fq:{Q}:busy") == 0  # its slot was freed
+    assert await redis.zcard(f"eq:{{{inst}}}:fq:{Q}:q") == 0
+
+
+async def test_one_unit_cannot_fill_the_whole_waiting_room(redis: Redis, inst: str) -> None:
+    """A flow holds at most max_waiting - floor(max_waiting / 10) places; the rest stay for other units."""
+    fq = FairQueue(redis, "gw1", lease=600, clock=Clock())
+    await _filled(fq, inst, 1)
+    replies = [
+        (await fq._run(inst, Q, "A", 1, f"res-{i}", "gw1", "research", 1, 300_000, 10))[0] for i in range(10)
+    ]
+    assert replies == ["QUEUED"] * 9 + ["FULL"]
+    teach = await fq._run(inst, Q, "A", 1, "teach-0", "gw1", "teaching", 3, 300_000, 10)
+    assert teach[0] == "QUEUED", teach  # before: FULL, research held every place
+    assert (await fq._run(inst, Q, "A", 1, "teach-1", "gw1", "teaching", 3, 300_000, 10))[0] == "FULL"
+
+
+async def test_waiters_that_give_up_do_not_push_their_unit_back(redis: Redis, inst: str) -> None:
+    """300 teaching requests queue and give up (a script's hang-ups): teaching's tag must not stay 300
+    strides ahead, or the lecture behind them would get nothing until research caught up."""
+    fq = FairQueue(redis, "gw1", lease=600, clock=Clock())
+    holders = await _filled(fq, inst, 1)
+    junk = [await _queued(fq, inst, f"junk-{i}", "teaching", 3, 1) for i in range(300)]
+    for i, member in enumerate(junk):
+        assert (await fq._run(inst, Q, "C", 1, f"junk-{i}", member, 0))[0] == "GONE"
+    for i in range(100):
+        await _queued(fq, inst, f"teach-{i}", "teaching", 3, 1)
+        await _queued(fq, inst, f"res-{i}", "research", 1, 1)
+    order = await _grant_order(fq, inst, holders, 1, 100)
+    assert order.count("teach") == 75, order  # before: 0 (research got all 100)
