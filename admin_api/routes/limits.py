@@ -8,6 +8,7 @@ dashboard shows what the next request will be judged against.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -20,7 +21,7 @@ from admin_api.errors import ApiError, forbidden, invalid
 from admin_api.ids import SLUG, UnitId
 from admin_api.orgfile.checks import fair_share_checks
 from admin_api.orgfile.schema import FairShare
-from core.models import Institution, ModelOffer, Provider
+from core.models import Institution, Membership, ModelOffer, Provider
 from providers.config import LimitsConfig
 from quota.keys import (
     limit_leases,
@@ -31,6 +32,8 @@ from quota.keys import (
     limit_unit,
     limit_window,
 )
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["limits"])
 
@@ -178,14 +181,21 @@ async def live_limits(
     if unit is not None:
         ctx.access.unit(unit)
         ctx.access.require(ctx.access.can_read_unit(unit), "you have no role in this unit", unit)
+        tree = ctx.access.tree
         if user is not None:
             ctx.access.require(ctx.access.can_read_usage(unit), "you may not read members' use here", unit)
-        tree = ctx.access.tree
+            # A member window under unit A counts the member's use anywhere below A: only someone of this
+            # unit's subtree, and only the windows of units whose use the caller may read.
+            member = (await ctx.session.execute(select(Membership.unit_id).where(
+                Membership.institution_id == ctx.institution_id, Membership.user_id == user,
+                col(Membership.unit_id).in_(tree.subtree(unit))).limit(1))).first()  # fmt: skip
+            if member is None:
+                raise forbidden(f"{user!r} is not a member of this unit or a unit below it", unit=unit)
         for uid in reversed(tree.path(unit)):
             stored = tree.units[uid].limits or {}
             if stored.get("limits"):
                 nodes.append((limit_unit(uid), limit_unit(uid), "unit", uid, stored["limits"]))
-            if stored.get("member_limits") and user is not None:
+            if stored.get("member_limits") and user is not None and ctx.access.can_read_usage(uid):
                 node = limit_member(uid)
                 nodes.append(
                     (node, limit_member_key(node, user), "member", f"{uid}:{user}", stored["member_limits"])
@@ -212,7 +222,9 @@ async def live_limits(
                      used=await _use(ctx, suffix, now_ms))
             for node, suffix, what, subject, lim in nodes
         ]  # fmt: skip
-    except (RedisError, OSError) as exc:
-        raise ApiError(503, "redis_unavailable", "live use cannot be read while Redis is unreachable",
-                       {"reason": str(exc)}) from None  # fmt: skip
+    except (RedisError, OSError):  # the cause (host, port) is for the log, not the caller
+        log.warning("live limits: Redis unreachable", exc_info=True)
+        raise ApiError(
+            503, "redis_unavailable", "live use cannot be read while Redis is unreachable"
+        ) from None
     return LiveOut(at_ms=now_ms, nodes=out)

@@ -301,6 +301,7 @@ MATRIX: dict[tuple[str, str], Route] = {
     ("GET", f"{V1}/limits/live"): Route("org:read", [
         Scenario("a course", fixed(f"{V1}/limits/live?unit=cs101"), CS101_READERS),
         Scenario("a member in a course", fixed(f"{V1}/limits/live?unit=cs101&user=s1"), CS101_USAGE_READERS),
+        Scenario("someone outside the course", fixed(f"{V1}/limits/live?unit=cs102&user=r1"), set()),
         Scenario("the catalog", fixed(f"{V1}/limits/live"), SCOPE_HOLDERS),
     ]),
     ("GET", f"{V1}/units/{{unit_id}}/extras"): Route("org:read", [

@@ -156,3 +156,46 @@ async def test_a_model_read_back_and_saved_again_keeps_every_setting(env: Env) -
         "/api/v1/providers/campus-vllm/models/llama-3.1-8b", json={**again, "image_tokens": "nope"}
     )
     assert wrong.status_code == 422, wrong.text
+
+
+async def test_live_use_of_a_member_shows_only_what_the_caller_may_read(env: Env) -> None:
+    """A member's window under a unit counts their use anywhere below it. An instructor of cs102 may read
+    s2's use in cs102, not s2's use across the institution, and nobody's who is not in cs102 at all."""
+    admin = await env.login("uadmin")
+    for unit in ("stateu", "cs102"):
+        put = await admin.put(
+            f"/api/v1/units/{unit}/limits", json={"member_limits": {"requests_per_minute": 600}}
+        )
+        assert put.status_code == 200, put.text
+    secs, _ = await env.state.redis.time()
+    for who in ("r1", "s2"):  # each made 37 requests in the last minute somewhere in the institution
+        await env.state.redis.hset(
+            limit_window(env.inst, f"m:stateu:{who}"), mapping={str(int(secs) - 1): "37 9000"}
+        )
+    inst1 = await env.login("inst1")  # instructor of cs102, no admin role
+    stranger = await inst1.get("/api/v1/limits/live", params={"unit": "cs102", "user": "r1"})
+    assert stranger.status_code == 403, stranger.text  # before: 200 with r1's institution-wide 37
+    assert set(stranger.json()["error"]) == {"code", "message", "details"}
+    student = await inst1.get("/api/v1/limits/live", params={"unit": "cs102", "user": "s2"})
+    assert student.status_code == 200, student.text
+    assert {n["node"] for n in student.json()["nodes"] if n["what"] == "member"} == {"m:cs102"}
+    whole = await admin.get("/api/v1/limits/live", params={"unit": "cs102", "user": "s2"})
+    used = {n["node"]: n["used"]["requests"] for n in whole.json()["nodes"] if n["what"] == "member"}
+    assert used == {"m:cs102": 0, "m:stateu": 37}  # an institution admin reads the whole path
+
+
+async def test_live_use_without_redis_is_a_503_that_names_no_host(env: Env) -> None:
+    from redis.asyncio import Redis
+
+    from tests.conftest import free_port
+
+    admin = await env.login("uadmin")
+    live_redis, port = env.state.redis, free_port()
+    env.state.redis = Redis.from_url(f"redis://127.0.0.1:{port}/0")  # nothing listens there
+    try:
+        r = await admin.get("/api/v1/limits/live", params={"unit": "cs101"})
+    finally:
+        await env.state.redis.aclose()
+        env.state.redis = live_redis
+    assert r.status_code == 503 and r.json()["error"]["code"] == "redis_unavailable", r.text
+    assert str(port) not in r.text and r.json()["error"]["details"] == {}  # before: the connection error
