@@ -54,18 +54,37 @@ def go_duration(ms: int) -> str:
     return f"{minutes}m{rest / 1000:g}s"
 
 
+_REQUESTS = (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests")
+_TOKENS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens")
+
+
+def _go_bytes(ms: int) -> bytes:
+    """go_duration's text as bytes, for the headers of every limited answer (no str round trip)."""
+    if ms < 1000:
+        return b"%dms" % (ms if ms > 0 else 0)
+    if ms < 60_000:
+        return b"%gs" % (ms / 1000)
+    minutes, rest = divmod(ms, 60_000)
+    return b"%dm%gs" % (minutes, rest / 1000)
+
+
 def rate_headers(rate: RateInfo) -> list[tuple[bytes, bytes]]:
     """OpenAI's six rate-limit headers for the tightest limit of the path (a trio without a limit on the
-    path is left out)."""
+    path is left out). Built on every limited answer: names are constants, numbers go straight to bytes."""
+    limit_r, left_r, reset_r, limit_t, left_t, reset_t = rate
     out: list[tuple[bytes, bytes]] = []
-    for unit, limit, left, reset in (
-        ("requests", rate.limit_requests, rate.remaining_requests, rate.reset_requests_ms),
-        ("tokens", rate.limit_tokens, rate.remaining_tokens, rate.reset_tokens_ms),
-    ):
-        if limit >= 0:
-            out.append((f"x-ratelimit-limit-{unit}".encode(), str(limit).encode()))
-            out.append((f"x-ratelimit-remaining-{unit}".encode(), str(max(0, left)).encode()))
-            out.append((f"x-ratelimit-reset-{unit}".encode(), go_duration(reset).encode()))
+    if limit_r >= 0:
+        out += (
+            (_REQUESTS[0], b"%d" % limit_r),
+            (_REQUESTS[1], b"%d" % (left_r if left_r > 0 else 0)),
+            (_REQUESTS[2], _go_bytes(int(reset_r))),
+        )
+    if limit_t >= 0:
+        out += (
+            (_TOKENS[0], b"%d" % limit_t),
+            (_TOKENS[1], b"%d" % (left_t if left_t > 0 else 0)),
+            (_TOKENS[2], _go_bytes(int(reset_t))),
+        )
     return out
 
 

@@ -83,6 +83,7 @@ _WRITE_HIGH_WATER = 256 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
 _NO_BODY_STATUS = frozenset({204, 304})
+_OURS = frozenset({b"content-length", b"connection", b"transfer-encoding"})  # the server writes these itself
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _AFTER_CUT = 10.0  # seconds the requests cut at shutdown get to settle and meter what they produced
@@ -267,19 +268,27 @@ class _Exchange:
         status = self.status
         parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, self.conn.shared.date()]
         has_length = False
+        lines: list[bytes] = []
         for name, value in self.headers:
-            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
-                raise RuntimeError("a response header holds a line break")
             lower = name.lower()
-            if lower == b"content-length":
-                has_length = True
-            elif lower == b"connection":
-                if value.lower() == b"close":
-                    self.keep_alive = False
-                continue  # ours to say, below
-            elif lower == b"transfer-encoding":
-                continue  # ours to decide, below
-            parts.append(b"%s: %s\r\n" % (name, value))
+            if lower in _OURS:
+                if b"\n" in value or b"\r" in value:
+                    raise RuntimeError("a response header holds a line break")
+                if lower == b"content-length":
+                    has_length = True
+                else:
+                    if lower == b"connection" and value.lower() == b"close":
+                        self.keep_alive = False
+                    continue  # ours to say or decide, below
+            lines += (name, b": ", value, b"\r\n")
+        # One scan of the app's header lines for a line break in a name or value (each line ends in exactly
+        # one CR LF of ours) instead of four per header: the head of an answer with a dozen headers was a
+        # tenth of a request's CPU.
+        block = b"".join(lines)
+        n = len(lines) >> 2
+        if block.count(b"\n") != n or block.count(b"\r") != n:
+            raise RuntimeError("a response header holds a line break")
+        parts.append(block)
         if not has_length and status not in _NO_BODY_STATUS and status >= 200:
             if not more:
                 parts.append(b"content-length: %d\r\n" % length)

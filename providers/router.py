@@ -407,7 +407,7 @@ class Router:
             )
             for m, deps in by_model.items()
         }
-        self._pairs: dict[tuple[str, frozenset[str] | None], tuple[tuple[str, str], ...]] = {}
+        self._pairs: dict[tuple[str, Collection[str] | None], tuple[tuple[str, str], ...]] = {}
         self._rr = 0
 
     def _extend_chain(
@@ -490,7 +490,10 @@ class Router:
         """Every (provider, model) the request may be served by, after the same filter as `price_ceiling`:
         a request holds the limits and contracts of each of them, since routing happens after the hold.
         Worked out once per (model, allowed models) for the life of the router."""
-        key = (model_id, frozenset(allowed_models) if allowed_models is not None else None)
+        # A unit's allowed list comes as the same tuple on every request: it is the key as it is (a frozenset
+        # of it was built per request); any other collection is keyed by its members.
+        allowed = allowed_models
+        key = (model_id, allowed if allowed is None or type(allowed) is tuple else frozenset(allowed))
         known = self._pairs.get(key)
         if known is not None:
             return known
