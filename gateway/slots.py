@@ -44,12 +44,15 @@ def client_gone() -> ApiError:
 def queue_error(info: QueueInfo, full: bool, waited_ms: int) -> ApiError:
     """429 `rate_limit_exceeded`, retried by the SDKs after the queue's `retry_after_seconds`."""
     retry = info.config.retry_after_seconds
-    slots = f"All {info.slots} GPU slot{'s' if info.slots != 1 else ''} of {info.model_id}"
+    if info.slots == 1:
+        slots, are, them, one = f"The only GPU slot of {info.model_id}", "is", "it", "it"
+    else:
+        slots, are, them, one = f"All {info.slots} GPU slots of {info.model_id}", "are", "them", "one"
     if full:
-        why = f"{slots} are busy and the queue for them is full."
+        why = f"{slots} {are} busy and the queue for {them} is full."
     else:
         waited = max(1, math.floor(waited_ms / 1000))
-        why = f"{slots} are busy and your request waited {waited} seconds without getting one."
+        why = f"{slots} {are} busy and your request waited {waited} seconds without getting {one}."
     return ApiError(429, f"{why} Please try again in {retry} seconds.", code="rate_limit_exceeded",
                     type_="requests", headers={"retry-after": str(retry), "retry-after-ms": str(retry * 1000),
                                                "x-should-retry": "true"})  # fmt: skip

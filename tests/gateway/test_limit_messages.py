@@ -145,3 +145,30 @@ def test_a_full_contract_is_insufficient_quota_and_never_retried() -> None:
                            "USD 3.20 left, and this request needs at least USD 4.10. It resets on Friday 01 "
                            "January 2027 at 00:00 (America/Chicago). Ask your administrator.")  # fmt: skip
     assert err.headers["x-should-retry"] == "false" and "retry-after" not in err.headers
+
+
+@pytest.mark.parametrize(
+    ("slots", "full", "start"),
+    [
+        (1, True, "The only GPU slot of llama is busy and the queue for it is full."),
+        (
+            1,
+            False,
+            "The only GPU slot of llama is busy and your request waited 30 seconds without getting it.",
+        ),
+        (16, True, "All 16 GPU slots of llama are busy and the queue for them is full."),
+        (
+            16,
+            False,
+            "All 16 GPU slots of llama are busy and your request waited 30 seconds without getting one.",
+        ),
+    ],
+)
+def test_a_queue_refusal_is_a_sentence_for_one_slot_or_many(slots: int, full: bool, start: str) -> None:
+    from gateway.slots import queue_error
+    from providers.config import QueueConfig
+    from providers.router import QueueInfo
+
+    err = queue_error(QueueInfo("campus", "llama", slots, QueueConfig()), full, 30_000)
+    assert err.message == start + " Please try again in 5 seconds.", err.message
+    assert (err.status, err.code, err.headers["retry-after"]) == (429, "rate_limit_exceeded", "5")

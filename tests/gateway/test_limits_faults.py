@@ -129,7 +129,7 @@ def test_sigkilled_gateways_concurrency_lease_and_slot_return_within_one_lease(
         # Bob has no request in progress, but the model's one slot is taken.
         no_slot = _chat(gw_b, stack.key("bob"))
         assert no_slot.status_code == 429 and no_slot.json()["error"]["code"] == "rate_limit_exceeded"
-        assert no_slot.json()["error"]["message"].startswith("All 1 GPU slot of demo-chat are busy"), (
+        assert no_slot.json()["error"]["message"].startswith("The only GPU slot of demo-chat is busy"), (
             no_slot.text
         )
 
