@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -466,21 +466,21 @@ class Router:
             raise ModelNotFound(model_id)
         return info
 
-    def price_ceiling(self, model_id: str, allowed_models: Collection[str] | None = None) -> Price:
-        """The dearest price anywhere in the chain: what a reservation must assume before routing."""
+    def _reachable(self, model_id: str, allowed_models: Collection[str] | None) -> Iterator[_Deployment]:
+        """The deployments a request for `model_id` may end up on: its own tiers, and the fallback tiers
+        whose model the unit allows."""
         chain = self._chains.get(model_id)
         if chain is None:
             raise ModelNotFound(model_id)
-        price: Price | None = None
         for tier in chain:
-            if (
-                allowed_models is not None
-                and tier.model_id != model_id
-                and tier.model_id not in allowed_models
-            ):
-                continue
-            for d in tier.deployments:
-                price = d.cfg.price if price is None else price.max_with(d.cfg.price)
+            if allowed_models is None or tier.model_id == model_id or tier.model_id in allowed_models:
+                yield from tier.deployments
+
+    def price_ceiling(self, model_id: str, allowed_models: Collection[str] | None = None) -> Price:
+        """The dearest price anywhere in the chain: what a reservation must assume before routing."""
+        price: Price | None = None
+        for d in self._reachable(model_id, allowed_models):
+            price = d.cfg.price if price is None else price.max_with(d.cfg.price)
         assert price is not None
         return price
 
@@ -497,19 +497,7 @@ class Router:
         known = self._pairs.get(key)
         if known is not None:
             return known
-        chain = self._chains.get(model_id)
-        if chain is None:
-            raise ModelNotFound(model_id)
-        pairs: dict[tuple[str, str], None] = {}
-        for tier in chain:
-            if (
-                allowed_models is not None
-                and tier.model_id != model_id
-                and tier.model_id not in allowed_models
-            ):
-                continue
-            for d in tier.deployments:
-                pairs[(d.cfg.provider_id, d.cfg.model_id)] = None
+        pairs = {(d.cfg.provider_id, d.cfg.model_id): None for d in self._reachable(model_id, allowed_models)}
         known = self._pairs[key] = tuple(pairs)
         return known
 
