@@ -19,6 +19,7 @@ from providers import http as upstream_http
 from providers.build import build_router
 from providers.errors import UpstreamStreamError, UpstreamUnavailable
 from providers.http import UpstreamPool
+from providers.router import UpstreamAnswerLost
 from tests.gateway.harness import Stack, gateway_stack
 from tests.providers.test_http_pool import raw_server, read_request
 
@@ -93,7 +94,9 @@ async def test_a_non_stream_answer_over_the_cap_is_refused() -> None:
         pool = UpstreamPool(limits=upstream_http.PoolLimits(max_response_bytes=1024 * 1024))
         router = build_router(_provider(url), session=pool)
         try:
-            with pytest.raises(UpstreamUnavailable) as caught:
+            # The model ran and its provider bills it: never retried elsewhere, charged at the bound by the
+            # gateway (tests/gateway/test_lost_answers.py), answered 502.
+            with pytest.raises(UpstreamAnswerLost) as caught:
                 await router.open("m", BODY, stream=False)
             assert caught.value.status == 502
             assert "larger than 1048576 bytes" in str(caught.value)
@@ -170,7 +173,7 @@ def test_the_gateway_applies_the_settings(stack: Stack) -> None:
     body = {"model": "demo-chat", "messages": [{"role": "user", "content": "write a lot"}]}
     whole = httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, headers=headers, timeout=60)
     assert whole.status_code == 502, whole.text
-    assert whole.json()["error"]["code"] == "upstream_unavailable"
+    assert whole.json()["error"]["code"] == "upstream_answer_lost"  # billed at its bound, not retried
     with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", json={**body, "stream": True},
                       headers=headers, timeout=60) as streamed:  # fmt: skip
         assert streamed.status_code == 200
