@@ -54,6 +54,11 @@ async def ledger_fence(redis: Redis, topic: str, me: str) -> None:
         raise LookupError(f"replicas {', '.join(others)} hold usage events not yet in Kafka")
 
 
+async def unmark(redis: Redis, topic: str, me: str) -> None:
+    """This replica's events for ``topic`` are all in Kafka."""
+    await redis.zrem(behind_key(topic), me)
+
+
 async def run(
     redis: Redis,
     quota: QuotaEngine,
@@ -68,7 +73,7 @@ async def run(
     while True:
         try:
             if events_flowing():
-                await redis.zrem(key, me)
+                await unmark(redis, topic, me)
             else:
                 await redis.zadd(key, {me: int(time.time() * 1000) + _EXPIRE_MS})
             await redis.zremrangebyscore(key, "-inf", int(time.time() * 1000) - 60_000)

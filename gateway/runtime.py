@@ -175,6 +175,12 @@ class Runtime:
             await bounded(self.catalog.close(), _STEP_SECONDS, "closing the catalog")
         if self.producer is not None:
             await bounded(self.producer.close(), _PRODUCER_SECONDS, "handing the usage events over")
+            if self.producer.all_in_kafka():
+                # The watch's last round may have marked us behind (a slow send, start-up); the mark would
+                # refuse an operator's offline rebuild for seconds after a clean stop.
+                topic = self.settings.kafka_topic
+                await bounded(ledger_watch.unmark(self.redis, topic, self._replica), _STEP_SECONDS,
+                              "saying every usage event is in Kafka")  # fmt: skip
         if self.http is not None:
             await bounded(self.http.close(), _STEP_SECONDS, "closing the upstream connections")
         await bounded(self.quota.close(), _STEP_SECONDS, "closing the budget engine")

@@ -192,6 +192,13 @@ class ProducerSidecar:
         except TimeoutError:
             return False
 
+    def all_in_kafka(self) -> bool:
+        """After `close`: the sidecar exited on its own having sent every event to Kafka (nothing spooled,
+        nothing lost), so this process holds no usage a rebuild of the counters could miss."""
+        r = self.stats()
+        ended = self._watch is not None and self._watch.done() and not self._watch.cancelled()
+        return self._closed and ended and r.direct and r.pending == 0
+
     async def close(self, within: float = 30.0) -> None:
         """Hand everything over, close the pipe and let the sidecar send or spool it all before it exits."""
         if self._closed:
