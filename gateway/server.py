@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import http
 import logging
 import math
@@ -66,7 +67,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.utils import formatdate
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import httptools
@@ -790,8 +791,12 @@ def _on_signal_in_process(
     first_signal, was_cut = not first, cut.is_set()
     _on_stop_signal(loop, stop, cut, first)
     if first_signal or (cut.is_set() and not was_cut):
+        deadline = math.ceil(exit_deadline(0.0 if cut.is_set() else grace))
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(math.ceil(exit_deadline(0.0 if cut.is_set() else grace)))
+        signal.alarm(deadline)
+        # Two seconds before: every thread's stack into the log (stderr), from faulthandler's own thread,
+        # so that a process the kernel has to end says where it was stuck.
+        faulthandler.dump_traceback_later(max(1, deadline - 2), exit=False)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -804,10 +809,28 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(app_factory: Callable[[], ASGIApp], sock: socket.socket, options: dict[str, Any]) -> None:
+def _worker(app_factory: Callable[[], ASGIApp], sock: socket.socket, options: dict[str, Any]) -> NoReturn:
+    """Serve until stopped, then end the process at once.
+
+    Not `uvloop.run`: after its coroutine it cancels every task left and waits for each to end, then joins
+    the default executor's threads, and the interpreter's exit joins every other worker thread, all without
+    a bound. A shutdown step `bounded` gave up on (one that swallows its cancellation, a thread waiting on
+    a process) then held the process until SIGALRM ended it with a failure code (seen in CI: a worker
+    alive minutes after its supervisor was killed). When `serve` returns, the usage events are handed
+    over; nothing left is worth waiting for."""
     import uvloop
 
-    uvloop.run(serve(app_factory(), sock, **options))
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    code = 0
+    try:
+        loop.run_until_complete(serve(app_factory(), sock, **options))
+    except BaseException:
+        log.exception("gateway worker failed")
+        code = 1
+    finally:
+        logging.shutdown()  # what was logged reaches its handlers; os._exit skips the interpreter's exit
+        os._exit(code)
 
 
 def run(
@@ -834,7 +857,6 @@ def run(
     options = {"limits": limits, "keep_alive": keep_alive, "grace": grace}
     if workers <= 1:
         _worker(app_factory, sock, options)
-        return
     _supervise(app_factory, sock, options, workers, grace)
     sock.close()
 
