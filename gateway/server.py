@@ -929,6 +929,8 @@ def _supervise(
         if pid not in children:
             continue  # not a worker (only possible were this process a child subreaper)
         children.discard(pid)
+        if stopping and (code := os.waitstatus_to_exitcode(status)) != 0 and not killed:
+            log.error("gateway worker %d ended its shutdown with %d (a signal when negative)", pid, code)
         if not stopping:
             log.error(
                 "gateway worker %d exited (%s); starting another", pid, os.waitstatus_to_exitcode(status)
