@@ -125,8 +125,17 @@ def partial_fields(
     return to_set, to_del
 
 
+async def server_run_id(redis: Redis) -> str:
+    """The Redis server's ``run_id``: new after every restart, another server's after a failover."""
+    return str((await redis.info("server"))["run_id"])
+
+
 async def install(redis: Redis, spec: InstitutionSpec, changed: Iterable[str] | None = None) -> str:
-    """Write compiled caps to Redis atomically, then publish the invalidation. Returns the token."""
+    """Write compiled caps to Redis atomically, then publish the invalidation. Returns the token.
+
+    The cfg records the server's ``run_id`` (``rid``) with the caps: a Redis that later comes back with
+    this data under another run_id (an older file, a lagging replica) is noticed by the epoch check
+    (QuotaEngine.check_epoch) even if no check had run since this compile."""
     compiled = compile_spec(spec)
     token = new_token()
     to_del: list[str] = []
@@ -137,6 +146,7 @@ async def install(redis: Redis, spec: InstitutionSpec, changed: Iterable[str] | 
         raw = await redis.hget(keys.cfg(spec.id), "snap")
         previous = json.loads(raw) if raw else None
         to_set, to_del = partial_fields(spec, compiled, changed, previous)
+    to_set = {**to_set, "rid": await server_run_id(redis)}
     args: list[Any] = [token, compiled.snapshot, mode, len(to_set)]
     for name, value in to_set.items():
         args += [name, value]

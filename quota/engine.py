@@ -50,10 +50,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
 from quota import keys, scripts
 from quota.batching import OpBatcher
-from quota.compile import compile_spec, install, new_token
+from quota.compile import compile_spec, install, new_token, server_run_id
 from quota.explain import Explanation, build, cap_fields
 from quota.model import METRICS, InstitutionSpec, Metric
 from quota.periods import window_for_key
@@ -164,6 +165,12 @@ class QuotaEngine:
         self._snaps: dict[str, Snapshot] = {}
         self._recovering: dict[str, asyncio.Future[None]] = {}
         self._loading: dict[str, asyncio.Future[Snapshot]] = {}
+        # Every new connection of this client's pool checks Redis's epoch before its first command
+        # (:meth:`_epoch_handshake`); set before any connection exists, so every one of them does.
+        self._run_id: str | None = None
+        pool_kwargs = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", None)
+        if isinstance(pool_kwargs, dict):
+            pool_kwargs.setdefault("redis_connect_func", self._epoch_handshake)
 
     @classmethod
     def from_url(cls, url: str, *, redis_options: dict[str, Any] | None = None, **kwargs: Any) -> QuotaEngine:
@@ -309,7 +316,7 @@ class QuotaEngine:
         cannot be told apart, and a fenced rebuild is only a moment of 503s. Returns the institutions
         reset. Run every second by each gateway (gateway/ledger_watch.py); replicas racing are harmless:
         the first one resets, the others see the new ``run_id`` recorded."""
-        run_id = str((await self.redis.info("server"))["run_id"])
+        run_id = await server_run_id(self.redis)
         insts = list(institutions) if institutions is not None else await self.institutions()
         reset = []
         for inst in insts:
@@ -319,6 +326,35 @@ class QuotaEngine:
         if reset:
             log.warning("Redis restarted or failed over: rebuilding %s from the ledger", ", ".join(reset))
         return reset
+
+    async def _epoch_handshake(self, conn: Connection) -> None:
+        """redis-py's connect hook (``redis_connect_func``): the usual handshake, then, if the server's
+        ``run_id`` is not the one this process last saw, :meth:`check_epoch` for every institution, on
+        this connection, before it carries anything else.
+
+        Why here and not only in the once-a-second watch: a Redis that restarts or fails over drops every
+        connection, so the first request after it always opens a new one; judged by the watch alone, the
+        requests of that second were admitted against counters older than the ledger (a fault run funded
+        5,424 µ$ on a 3,000 µ$ cap). An error here fails the command (the request answers 503), never
+        lets it through unchecked."""
+        await conn.on_connect()
+        await conn.send_command("INFO", "server")
+        info = _text(await conn.read_response())
+        run_id = next(
+            (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("run_id:")), ""
+        )
+        if not run_id or run_id == self._run_id:
+            return
+        await conn.send_command("SMEMBERS", keys.INSTITUTIONS)
+        reset = []
+        for inst in sorted(_text(x) for x in await conn.read_response()):
+            await conn.send_command("EVAL", _EPOCH_LUA, 1, keys.cfg(inst), run_id)
+            if int(await conn.read_response()):
+                self.invalidate(inst)
+                reset.append(inst)
+        self._run_id = run_id
+        if reset:
+            log.warning("Redis restarted or failed over: rebuilding %s from the ledger", ", ".join(reset))
 
     async def _recover(self, institution: str) -> None:
         self.invalidate(institution)
@@ -790,8 +826,9 @@ class QuotaEngine:
             registered = {_text(k) for k in await self.redis.smembers(keys.registry(spec.id))}
             names = sorted(registered | set(per_key))
             token = new_token()
-            args: list[Any] = ["1" if force else "0", token, compiled.snapshot, len(compiled.fields)]
-            for field_name, value in compiled.fields.items():
+            fields = {**compiled.fields, "rid": await server_run_id(self.redis)}  # as install() records it
+            args: list[Any] = ["1" if force else "0", token, compiled.snapshot, len(fields)]
+            for field_name, value in fields.items():
                 args += [field_name, value]
             for name in names:
                 triples = per_key.get(name, {})

@@ -83,12 +83,6 @@ def test_redis_restart_with_aof_loss(
         fs.assert_invariants()
 
 
-@pytest.mark.xfail(
-    reason="known hole: the gateways check Redis's epoch once a second (gateway/ledger_watch.py), so requests in "
-    "the second after Redis comes back with older data are judged against the older counters (a full run funded "
-    "5,424 µ$ on a 3,000 µ$ cap); passes when the first request after the restart comes after the check",
-    strict=False,
-)
 def test_redis_comes_back_with_an_older_aof(
     pg_server_url: str, aof_redis: Restartable, kafka_bootstrap: str, tmp_path: Path
 ) -> None:

@@ -4,14 +4,18 @@ other replicas, Redis losing its data, ledger rebuild and drift, explain, prunin
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 import redis
 
+from cli.services.process import free_port
+from cli.services.redis import start_redis
 from quota import (
     Charge,
     ExtraSpec,
@@ -275,6 +279,49 @@ async def test_flushed_redis_is_rebuilt_from_the_ledger(private_redis_url: str) 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_redis_back_with_older_data_is_rebuilt_before_its_first_request(tmp_path: Path) -> None:
+    """Redis restarts from an older append-only file (a lost tail, a lagging replica promoted): the compile
+    token survived, so the first request was judged against counters that miss the last spend (a
+    Reservation at 40 of a spent 100). Every new connection now checks the server's run_id before its
+    first command, and the institution is rebuilt from the ledger first. Real Redis restarted."""
+    port, data = free_port(), tmp_path / "redis"
+    server = start_redis(data, port, persist=True)
+    inst, ledger = new_inst(), list[Charge]()
+    spec = tree(inst, course_cost=100)
+
+    async def loader(name: str) -> tuple[InstitutionSpec, Iterable[Charge]]:
+        return spec, list(ledger)
+
+    async def spend() -> None:
+        s = await engine.settle(await reserve(engine, inst, input_tokens=20), 20, 0)  # type: ignore[arg-type]
+        assert s.charge is not None
+        ledger.append(s.charge)
+
+    engine = QuotaEngine.from_url(f"redis://127.0.0.1:{port}/0", loader=loader, reservation_ttl=FAR_TTL)
+    try:
+        await engine.compile(spec)
+        await spend()
+        await spend()
+        await asyncio.sleep(2.5)  # the append-only file is written every second
+        shutil.copytree(data, tmp_path / "older", ignore=shutil.ignore_patterns("redis.log"))
+        for _ in range(3):
+            await spend()
+        assert isinstance(await reserve(engine, inst, input_tokens=20), Refusal)  # 100 of 100 spent
+        server.stop()
+        shutil.rmtree(data)
+        shutil.copytree(tmp_path / "older", data)
+        server = start_redis(data, port, persist=True)
+        after = await reserve(engine, inst, input_tokens=20)
+        assert isinstance(after, Refusal), (
+            after
+        )  # before the fix: a Reservation (40 of 100 in the older file)
+        e = await engine.explain(inst, "course", "ann", now=NOW)
+        assert e.nodes[-1].metrics["cost"].used == 100  # rebuilt from the ledger
+    finally:
+        await engine.close()
+        server.stop()
 
 
 async def test_drift_is_reported_and_force_rebuild_keeps_holds(
