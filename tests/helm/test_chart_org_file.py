@@ -114,6 +114,16 @@ def test_text_content_is_kept_byte_for_byte(data: st.DataObject) -> None:
     assert imported_org_text(rendered) == text
 
 
+@pytest.mark.parametrize("name", ["\x85", "a\u2028b\u2029c", "tab\there"])
+def test_characters_yaml_readers_take_for_line_breaks_are_kept(name: str) -> None:
+    """NEL (U+0085) is a line break to YAML readers (PyYAML, and the YAML 1.1 reader Kubernetes uses) and
+    toJson leaves it raw: a name holding one arrived folded (found by the property test above in CI)."""
+    text = f"institution:\n  id: c\n  name: '{name}'\n"
+    rendered = render_chart({"org": {"content": text}})
+    assert org_text(rendered) == text
+    assert imported_org_text(rendered) == text
+
+
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_registering_models_changes_nothing_else_in_the_file(data: st.DataObject) -> None:
