@@ -102,7 +102,10 @@ def redis_url(services_dir: Path) -> Iterator[str]:
         yield explicit
         return
     if port_open("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379/0"
+        # One database per pytest-xdist worker: a gateway sweeps every institution of its database, and a
+        # test's holds must not be billed by another test's gateway running at the same time.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        yield f"redis://127.0.0.1:6379/{int(worker[2:]) + 1 if worker.startswith('gw') else 0}"
         return
     port = free_port()
     child = start_redis(services_dir / "redis", port, persist=False)
