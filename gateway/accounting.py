@@ -137,6 +137,18 @@ class Accounting:
         self._fair_queue = fair_queue
         self._live: dict[str, Reservation] = {}  # the holds this process must keep alive (leases)
         self._slots: dict[str, Slot] = {}  # reservation id -> the model slot its request holds
+        self._settling = 0  # settles in progress (each followed by its usage event)
+        self._none_settling = asyncio.Event()
+        self._none_settling.set()
+        self._stopped = False  # shutdown past the usage hand-over: no more settles
+
+    async def stop_settling(self) -> None:
+        """At shutdown, before the usage pipeline closes: from now on a request that ends leaves its hold
+        (after its deadline the sweeper bills it and writes the event); then wait for the settles in
+        progress to have written theirs. A settle after the pipeline closed charged the counters and
+        dropped its event: a served request missing from the ledger. The caller bounds the wait."""
+        self._stopped = True
+        await self._none_settling.wait()
 
     @property
     def live(self) -> int:
@@ -194,6 +206,29 @@ class Accounting:
         """Charge what the provider served and record it, exactly once; never raises. ``served``: the
         (provider, model) that answered, whose contract and limits keep the charge."""
         await self._free_slot(r)  # the model is done with it: the next request in its queue may start
+        if self._stopped:
+            self._live.pop(r.id, None)
+            log.error("%s ended after the usage hand-over at shutdown; its hold will be billed when it expires",
+                      o.request_id)  # fmt: skip
+            return
+        self._settling += 1
+        self._none_settling.clear()
+        try:
+            await self._settle_and_record(view, r, o, usage, price, served)
+        finally:
+            self._settling -= 1
+            if not self._settling:
+                self._none_settling.set()
+
+    async def _settle_and_record(
+        self,
+        view: InstitutionView,
+        r: Reservation,
+        o: Outcome,
+        usage: NormalisedUsage,
+        price: Price,
+        served: tuple[str, str] | None,
+    ) -> None:
         try:
             o.image_tokens = max(o.image_tokens, usage.image)
             o.cached_tokens = usage.cached_input

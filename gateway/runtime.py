@@ -173,6 +173,9 @@ class Runtime:
         await bounded_all(self._tasks, _STEP_SECONDS, "stopping the background tasks")
         if self.catalog is not None:
             await bounded(self.catalog.close(), _STEP_SECONDS, "closing the catalog")
+        # Requests still running past the cut leave their holds to the sweeper rather than settle once the
+        # pipeline that records them is gone.
+        await bounded(self.accounting.stop_settling(), _STEP_SECONDS, "waiting for the settles in progress")
         if self.producer is not None:
             await bounded(self.producer.close(), _PRODUCER_SECONDS, "handing the usage events over")
             if self.producer.all_in_kafka():

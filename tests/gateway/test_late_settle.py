@@ -66,3 +66,42 @@ async def test_usage_above_an_expired_hold_is_recorded_as_overage(private_redis_
         assert len(emitted) == 1
     finally:
         await engine.close()
+
+
+async def test_a_request_ending_after_the_usage_hand_over_leaves_its_hold_for_the_sweeper(
+    private_redis_url: str, inst: str
+) -> None:
+    """At shutdown the usage pipeline closes (gateway/runtime.py) while a request the cut did not stop (a
+    non-stream answer still coming) may yet end. Before: it settled, charging the counters, and its event
+    was dropped by the closed producer, a served request missing from the ledger (attack review). Now it
+    leaves its hold, which the sweeper bills at its bound and writes to the ledger."""
+    engine = QuotaEngine.from_url(private_redis_url, reservation_ttl=0.3)
+    emitted: list[Outcome] = []
+    closed = False
+
+    def emit(o: Outcome, event_id: str | None) -> None:
+        if closed:
+            raise RuntimeError("usage producer is closed")  # as usage/sidecar.py's
+        emitted.append(o)
+
+    accounting = Accounting(engine, emit, lambda i: {})
+    view: Any = SimpleNamespace(id=inst, chargebacks={})
+    try:
+        await engine.compile(spec(inst))
+        r = await engine.reserve(inst, "lab", "ann", input_tokens=10, max_output_tokens=20, price_in=1_000_000,
+                                 price_out=1_000_000, min_output_tokens=0, request_id="req_straggler")  # fmt: skip
+        assert isinstance(r, Reservation)
+        await accounting.stop_settling()
+        closed = True
+        o = Outcome(request_id="req_straggler", institution_id=inst, user_id="ann", unit_id="lab")
+        await accounting.finish(view, r, o, NormalisedUsage(input=10, output=5), PRICE)
+        assert await reserved_and_used(engine, inst) == (30, 0)  # before: (0, 15) and no event anywhere
+        await asyncio.sleep(0.4)
+        assert await engine.sweep(inst) == 1
+        assert await reserved_and_used(engine, inst) == (
+            0,
+            30,
+        )  # billed at its bound; its event is the sweeper's
+        assert emitted == []
+    finally:
+        await engine.close()
