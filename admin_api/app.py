@@ -34,9 +34,9 @@ from admin_api.state import AdminState
 from core.db import make_async_engine, session_factory
 from core.models import Institution
 from core.settings import Settings
+from gateway.ledger_watch import ledger_complete
 from quota import Loader, QuotaEngine
 from quota.sources import make_loader
-from usage.lag import settle_ledger
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,10 @@ def create_app(
         redis_options=settings.redis_options(),
         reservation_ttl=settings.reservation_ttl_seconds,
         min_output_tokens=settings.min_clamp_tokens,
-        loader=quota_loader or make_loader(engine, lambda: settle_ledger(settings)),
+        # A rebuild from here (an edit or an explain finding Redis without the institution) is fenced as a
+        # gateway's is: refused while a gateway holds usage events Kafka has not seen (attack review).
+        loader=quota_loader
+        or make_loader(engine, lambda: ledger_complete(quota.redis, settings, "admin-api")),
     )
     state = AdminState(settings, engine, session_factory(engine), redis, quota)
     sso_router = make_sso_router(

@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from quota import QuotaEngine
+from usage.lag import LedgerIncomplete, settle_ledger
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,17 @@ async def ledger_fence(redis: Redis, topic: str, me: str) -> None:
     others = [r for r in await replicas_behind(redis, topic) if r != me]
     if others:
         raise LookupError(f"replicas {', '.join(others)} hold usage events not yet in Kafka")
+
+
+async def ledger_complete(redis: Redis, settings: Settings, me: str) -> None:
+    """Raise LedgerIncomplete unless the ledger holds every usage event: no replica but ``me`` holds events
+    Kafka has not seen, and the consumers have written what Kafka has. What any rebuild of counters from the
+    ledger waits for first, on a gateway or the admin API alike."""
+    try:
+        await ledger_fence(redis, settings.kafka_topic, me)
+    except LookupError as exc:
+        raise LedgerIncomplete(str(exc)) from exc
+    await settle_ledger(settings)
 
 
 async def unmark(redis: Redis, topic: str, me: str) -> None:

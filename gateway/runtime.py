@@ -29,7 +29,7 @@ from providers.upstream_policy import UpstreamPolicy
 from quota import QuotaEngine
 from quota.fairq import FairQueue
 from quota.sources import make_loader
-from usage.lag import LedgerIncomplete, settle_ledger
+from usage.lag import LedgerIncomplete
 from usage.sidecar import ProducerSidecar
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,8 @@ class Runtime:
                 await asyncio.sleep(0.2)
             if not flushed or not self.producer.stats().direct:
                 raise LedgerIncomplete("this gateway's usage events are not all in Kafka (broker away?)")
-        try:  # and no other replica holds events Kafka has not seen (gateway/ledger_watch.py)
-            await ledger_watch.ledger_fence(self.redis, self.settings.kafka_topic, self._replica)
-        except LookupError as exc:
-            raise LedgerIncomplete(str(exc)) from exc
-        await settle_ledger(self.settings)
+        # and no other replica holds events Kafka has not seen, and the consumers caught up
+        await ledger_watch.ledger_complete(self.redis, self.settings, self._replica)
 
     async def start(self) -> None:
         # The operator's policy (declared secret variables, allowed non-public upstreams) and the pool's
