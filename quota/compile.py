@@ -126,8 +126,9 @@ def partial_fields(
 
 
 async def server_run_id(redis: Redis) -> str:
-    """The Redis server's ``run_id``: new after every restart, another server's after a failover."""
-    return str((await redis.info("server"))["run_id"])
+    """The Redis server's ``run_id``: new after every restart, another server's after a failover; empty
+    from a server or proxy that does not report one (the epoch checks then cannot tell restarts apart)."""
+    return str((await redis.info("server")).get("run_id", ""))
 
 
 async def install(redis: Redis, spec: InstitutionSpec, changed: Iterable[str] | None = None) -> str:

@@ -168,6 +168,7 @@ class QuotaEngine:
         # Every new connection of this client's pool checks Redis's epoch before its first command
         # (:meth:`_epoch_handshake`); set before any connection exists, so every one of them does.
         self._run_id: str | None = None
+        self._epoch_checking: tuple[str, asyncio.Future[None]] | None = None
         pool_kwargs = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", None)
         if isinstance(pool_kwargs, dict):
             pool_kwargs.setdefault("redis_connect_func", self._epoch_handshake)
@@ -345,6 +346,28 @@ class QuotaEngine:
         )
         if not run_id or run_id == self._run_id:
             return
+        # The connections opened together after a restart: one checks, the others wait for it (each
+        # checking would be one script per institution per connection).
+        checking = self._epoch_checking
+        if checking is not None and checking[0] == run_id:
+            await asyncio.shield(checking[1])
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._epoch_checking = (run_id, done)
+        try:
+            await self._epoch_check_on(conn, run_id)
+            self._run_id = run_id
+            done.set_result(None)
+        except BaseException as exc:
+            done.set_exception(
+                exc if isinstance(exc, Exception) else ConnectionError("epoch check cancelled")
+            )
+            done.exception()  # retrieved: a failure here fails the connection that ran it
+            raise
+        finally:
+            self._epoch_checking = None
+
+    async def _epoch_check_on(self, conn: Connection, run_id: str) -> None:
         await conn.send_command("SMEMBERS", keys.INSTITUTIONS)
         reset = []
         for inst in sorted(_text(x) for x in await conn.read_response()):
@@ -352,7 +375,6 @@ class QuotaEngine:
             if int(await conn.read_response()):
                 self.invalidate(inst)
                 reset.append(inst)
-        self._run_id = run_id
         if reset:
             log.warning("Redis restarted or failed over: rebuilding %s from the ledger", ", ".join(reset))
 

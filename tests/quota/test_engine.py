@@ -500,3 +500,23 @@ async def test_a_renewed_hold_outlives_its_first_deadline_and_a_settled_one_is_n
         assert (e.nodes[1].metrics["cost"].reserved, e.nodes[1].metrics["cost"].used) == (0, 10)
     finally:
         await engine.close()
+
+
+async def test_connections_opened_together_check_the_epoch_once(private_redis_url: str) -> None:
+    """Every new connection checks Redis's epoch, one script per institution; the connections a burst opens
+    at once (after a restart, at start-up) share one check. Before, each ran its own: 20 connections and
+    50 institutions were 1,000 scripts (an attack review's 300 institutions and 64 connections: 19,200)."""
+    admin = redis.Redis.from_url(private_redis_url)
+    for i in range(50):
+        admin.hset(keys.cfg(f"epoch-{i}"), mapping={"ver": "v", "rid": "an-earlier-server"})
+        admin.sadd(keys.INSTITUTIONS, f"epoch-{i}")
+    admin.config_resetstat()
+    engine = QuotaEngine.from_url(private_redis_url)
+    try:
+        await asyncio.gather(*[engine.redis.execute_command("BLPOP", "nothing", 0.2) for _ in range(20)])
+        scripts_run = int(admin.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+        assert scripts_run == 50, scripts_run
+        assert admin.hget(keys.cfg("epoch-7"), "ver") is None  # written under another server: rebuilt first
+    finally:
+        await engine.close()
+        admin.close()
