@@ -18,6 +18,7 @@ forget what was already spent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 from redis.exceptions import RedisError
@@ -26,6 +27,7 @@ from sqlalchemy import text
 from admin_api.errors import ApiError
 from admin_api.state import AdminState
 from core.channels import CATALOG_CHANNEL
+from quota import InstitutionNotLoaded
 from quota.sources import load_spec
 
 
@@ -39,10 +41,11 @@ async def compile_institution(state: AdminState, institution_id: str) -> None:
         await session.execute(text("select pg_advisory_xact_lock(:k)"), {"k": _lock_key(institution_id)})
         spec = await load_spec(session, institution_id)
         if await state.quota.is_compiled(institution_id):
-            await state.quota.compile(spec)
-        else:
-            state.quota.invalidate(institution_id)
-            await state.quota.snapshot(institution_id)  # the loader rebuilds from PostgreSQL and the ledger
+            with contextlib.suppress(InstitutionNotLoaded):  # lost since (a restart): rebuilt below
+                await state.quota.compile(spec, existing=True)
+                return
+        state.quota.invalidate(institution_id)
+        await state.quota.snapshot(institution_id)  # the loader rebuilds from PostgreSQL and the ledger
 
 
 async def publish_changes(state: AdminState, institution_id: str) -> None:

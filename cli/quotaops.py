@@ -37,7 +37,7 @@ from core.channels import CATALOG_CHANNEL
 from core.db import make_async_engine
 from core.settings import Settings
 from gateway.ledger_watch import replicas_behind
-from quota import QuotaEngine, keys
+from quota import InstitutionNotLoaded, QuotaEngine, keys
 from quota.rebuild import recompute_counters
 from quota.sources import ledger_scope, load_charges, load_spec
 from usage.lag import LedgerIncomplete, settle_ledger
@@ -152,8 +152,12 @@ async def apply_budgets(
         elif not compiled and await quota.rebuild(spec, recompute_counters(charges), force=False):
             action = "rebuilt"
         else:  # compiled (now, perhaps by a gateway that rebuilt first): caps only, counters kept
-            await quota.compile(spec)
-            action = "compiled"
+            try:
+                await quota.compile(spec, existing=True)
+                action = "compiled"
+            except InstitutionNotLoaded:  # lost since it was looked at (a restart): from the ledger
+                await quota.rebuild(spec, recompute_counters(charges), force=False)
+                action = "rebuilt"
         await quota.redis.publish(CATALOG_CHANNEL, institution)
         return Applied(institution, action, [])
     finally:

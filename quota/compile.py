@@ -131,12 +131,18 @@ async def server_run_id(redis: Redis) -> str:
     return str((await redis.info("server")).get("run_id", ""))
 
 
-async def install(redis: Redis, spec: InstitutionSpec, changed: Iterable[str] | None = None) -> str:
+async def install(
+    redis: Redis, spec: InstitutionSpec, changed: Iterable[str] | None = None, *, existing: bool = False
+) -> str | None:
     """Write compiled caps to Redis atomically, then publish the invalidation. Returns the token.
 
     The cfg records the server's ``run_id`` (``rid``) with the caps: a Redis that later comes back with
     this data under another run_id (an older file, a lagging replica) is noticed by the epoch check
-    (QuotaEngine.check_epoch) even if no check had run since this compile."""
+    (QuotaEngine.check_epoch) even if no check had run since this compile. ``existing``: only over a
+    compiled institution (None, nothing written, if it is not): an edit must not put caps back over
+    counters the epoch check just disowned, which only a rebuild from the ledger may replace.
+    The institution joins the set of institutions first, so that no file cut between the two writes
+    leaves budgets the epoch check does not know of."""
     compiled = compile_spec(spec)
     token = new_token()
     to_del: list[str] = []
@@ -148,11 +154,12 @@ async def install(redis: Redis, spec: InstitutionSpec, changed: Iterable[str] | 
         previous = json.loads(raw) if raw else None
         to_set, to_del = partial_fields(spec, compiled, changed, previous)
     to_set = {**to_set, "rid": await server_run_id(redis)}
-    args: list[Any] = [token, compiled.snapshot, mode, len(to_set)]
+    args: list[Any] = [token, compiled.snapshot, f"{mode}-existing" if existing else mode, len(to_set)]
     for name, value in to_set.items():
         args += [name, value]
     args += [len(to_del), *to_del]
-    await scripts.run(redis, "compile", [keys.cfg(spec.id)], args)
     await redis.sadd(keys.INSTITUTIONS, spec.id)
+    if str(await scripts.run(redis, "compile", [keys.cfg(spec.id)], args)) == "NOINST":
+        return None
     await redis.publish(keys.INVALIDATION_CHANNEL, f"{spec.id} {token}")
     return token

@@ -802,10 +802,16 @@ class QuotaEngine:
 
     # --- control plane -----------------------------------------------------------------
 
-    async def compile(self, spec: InstitutionSpec, changed: Iterable[str] | None = None) -> str:
-        """Apply a budget edit: recompile (all, or the subtrees of ``changed`` units) and publish."""
-        token = await install(self.redis, spec, changed)
+    async def compile(
+        self, spec: InstitutionSpec, changed: Iterable[str] | None = None, *, existing: bool = False
+    ) -> str:
+        """Apply a budget edit: recompile (all, or the subtrees of ``changed`` units) and publish. With
+        ``existing``, raise InstitutionNotLoaded if Redis does not hold the institution compiled (lost,
+        or disowned by the epoch check since the caller looked): the caller rebuilds from the ledger."""
+        token = await install(self.redis, spec, changed, existing=existing)
         self.invalidate(spec.id)
+        if token is None:
+            raise InstitutionNotLoaded(spec.id)
         return token
 
     async def listen_invalidations(self, ready: asyncio.Event | None = None) -> None:
@@ -844,6 +850,7 @@ class QuotaEngine:
         per_extra: dict[str, list[int]] = {}
         for (x, m), v in extras.items():
             per_extra.setdefault(x, [0, 0])[METRICS.index(m)] = v
+        await self.redis.sadd(keys.INSTITUTIONS, spec.id)  # first: see install()
         for _ in range(5):
             registered = {_text(k) for k in await self.redis.smembers(keys.registry(spec.id))}
             names = sorted(registered | set(per_key))
@@ -866,7 +873,6 @@ class QuotaEngine:
                 continue
             self.invalidate(spec.id)
             if result == "OK":
-                await self.redis.sadd(keys.INSTITUTIONS, spec.id)
                 await self.redis.publish(keys.INVALIDATION_CHANNEL, f"{spec.id} {token}")
             return result == "OK"
         raise RuntimeError(f"rebuild of {spec.id}: counter hashes kept appearing")

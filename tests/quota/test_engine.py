@@ -520,3 +520,21 @@ async def test_connections_opened_together_check_the_epoch_once(private_redis_ur
     finally:
         await engine.close()
         admin.close()
+
+
+async def test_an_edit_does_not_put_caps_back_over_counters_the_epoch_check_disowned(
+    engine: QuotaEngine, redis_url: str, inst: str
+) -> None:
+    """An edit checks that the institution is compiled, then recompiles; between the two, Redis may come back
+    with older data and the epoch check drop the compile token. A full recompile then wrote a new token
+    (and the current run id) over the older counters, which no check would disown again (attack review).
+    An edit over an institution that must exist now writes nothing and says so; the caller rebuilds."""
+    await engine.compile(tree(inst))
+    assert await engine.is_compiled(inst)
+    redis.Redis.from_url(redis_url).hdel(keys.cfg(inst), "ver")  # what the epoch check does
+    with pytest.raises(InstitutionNotLoaded):
+        await engine.compile(tree(inst, course_cost=2_000), existing=True)
+    assert not await engine.is_compiled(inst)  # before: compiled again over the older counters
+    with pytest.raises(InstitutionNotLoaded):
+        await engine.compile(tree(inst, course_cost=2_000), ["course"], existing=True)
+    assert not await engine.is_compiled(inst)
