@@ -27,8 +27,7 @@ from admin_api.state import AdminState
 from core.settings import Settings
 from quota.sources import load_spec
 
-STATEU = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "stateu.yaml"
-STATEU_COPY = Path(__file__).resolve().parents[1] / "orgfile" / "stateu.yaml"
+STATEU = Path(__file__).resolve().parents[1] / "orgfile" / "stateu.yaml"  # the repository's own copy
 BASE_URL = "http://admin.test"
 
 # Every role of the issue, by the user who holds it in the test institution.
@@ -49,7 +48,7 @@ ROLES: dict[str, str] = {
 
 
 def stateu_document(inst_id: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((STATEU if STATEU.exists() else STATEU_COPY).read_text())
+    doc: dict[str, Any] = yaml.safe_load(STATEU.read_text())
     doc["institution"]["id"] = inst_id
     root = doc["units"][0]
     eng = root["children"][0]
