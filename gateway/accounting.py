@@ -211,24 +211,10 @@ class Accounting:
             log.error("%s ended after the usage hand-over at shutdown; its hold will be billed when it expires",
                       o.request_id)  # fmt: skip
             return
+        # Counted while its settle is awaited; the event is written right after, in the same step of the
+        # event loop, so stop_settling() cannot return between the two.
         self._settling += 1
         self._none_settling.clear()
-        try:
-            await self._settle_and_record(view, r, o, usage, price, served)
-        finally:
-            self._settling -= 1
-            if not self._settling:
-                self._none_settling.set()
-
-    async def _settle_and_record(
-        self,
-        view: InstitutionView,
-        r: Reservation,
-        o: Outcome,
-        usage: NormalisedUsage,
-        price: Price,
-        served: tuple[str, str] | None,
-    ) -> None:
         try:
             o.image_tokens = max(o.image_tokens, usage.image)
             o.cached_tokens = usage.cached_input
@@ -240,6 +226,9 @@ class Accounting:
             return
         finally:
             self._live.pop(r.id, None)
+            self._settling -= 1
+            if not self._settling:
+                self._none_settling.set()
         if s.status == "late":
             log.warning("%s settled after its hold expired: billed at the hold by the sweeper", o.request_id)
             if s.overage["cost"] or s.overage["tokens"]:
