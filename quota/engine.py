@@ -319,9 +319,20 @@ class QuotaEngine:
         the first one resets, the others see the new ``run_id`` recorded."""
         run_id = await server_run_id(self.redis)
         insts = list(institutions) if institutions is not None else await self.institutions()
+
+        async def epoch_script(inst: str) -> Any:
+            return await self.redis.eval(_EPOCH_LUA, 1, keys.cfg(inst), run_id)
+
+        return await self._disown_older(insts, epoch_script)
+
+    async def _disown_older(
+        self, insts: Iterable[str], epoch_script: Callable[[str], Awaitable[Any]]
+    ) -> list[str]:
+        """Run the epoch script for each institution (through the caller's connection); those it reset
+        lose their cached snapshot. Returns them."""
         reset = []
         for inst in insts:
-            if int(await self.redis.eval(_EPOCH_LUA, 1, keys.cfg(inst), run_id)):
+            if int(await epoch_script(inst)):
                 self.invalidate(inst)
                 reset.append(inst)
         if reset:
@@ -368,15 +379,14 @@ class QuotaEngine:
             self._epoch_checking = None
 
     async def _epoch_check_on(self, conn: Connection, run_id: str) -> None:
+        """:meth:`check_epoch` on a connection being opened (the client's pool cannot be used from its hook)."""
         await conn.send_command("SMEMBERS", keys.INSTITUTIONS)
-        reset = []
-        for inst in sorted(_text(x) for x in await conn.read_response()):
+
+        async def epoch_script(inst: str) -> Any:
             await conn.send_command("EVAL", _EPOCH_LUA, 1, keys.cfg(inst), run_id)
-            if int(await conn.read_response()):
-                self.invalidate(inst)
-                reset.append(inst)
-        if reset:
-            log.warning("Redis restarted or failed over: rebuilding %s from the ledger", ", ".join(reset))
+            return await conn.read_response()
+
+        await self._disown_older(sorted(_text(x) for x in await conn.read_response()), epoch_script)
 
     async def _recover(self, institution: str) -> None:
         self.invalidate(institution)
@@ -851,11 +861,11 @@ class QuotaEngine:
         for (x, m), v in extras.items():
             per_extra.setdefault(x, [0, 0])[METRICS.index(m)] = v
         await self.redis.sadd(keys.INSTITUTIONS, spec.id)  # first: see install()
+        fields = {**compiled.fields, "rid": await server_run_id(self.redis)}  # as install() records it
         for _ in range(5):
             registered = {_text(k) for k in await self.redis.smembers(keys.registry(spec.id))}
             names = sorted(registered | set(per_key))
             token = new_token()
-            fields = {**compiled.fields, "rid": await server_run_id(self.redis)}  # as install() records it
             args: list[Any] = ["1" if force else "0", token, compiled.snapshot, len(fields)]
             for field_name, value in fields.items():
                 args += [field_name, value]
