@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,10 +17,21 @@ from pathlib import Path
 import redis
 
 from gateway.ledger_watch import behind_key
-from tests.gateway.harness import _spawn, gateway_stack
+from tests.gateway.harness import Stack, _spawn, gateway_stack
 from tests.gateway.test_recovery import PER_REQUEST, _burst, _ledger_cost, _priced
 
 CAP = 15 * PER_REQUEST  # 300 µ: fifteen requests
+
+
+def _stop_consume_rebuild_offline(stack: Stack, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The operator's procedure: stop the gateway, start the consumer, `eduaiq quota rebuild --offline`."""
+    gateway = stack.gateway_process()
+    gateway.terminate()
+    assert gateway.wait(60) == 0
+    log = tmp_path / "late-consumer.log"
+    stack.logs.append(log)
+    stack.procs.append(_spawn(["cli", "consume"], stack.env, log))
+    return stack.cli("quota", "rebuild", "-i", stack.institution, "--offline")
 
 
 def test_rebuild_under_traffic_is_refused_and_offline_rebuild_keeps_the_cap(
@@ -40,13 +52,7 @@ def test_rebuild_under_traffic_is_refused_and_offline_rebuild_keeps_the_cap(
         assert again == {429: 30}  # before the fix: fifteen more funded (600 µ on a 300 µ cap)
 
         # The operator's way: stop the gateways, let the consumer catch up, rebuild offline.
-        gateway = stack.gateway_process()
-        gateway.terminate()
-        assert gateway.wait(60) == 0
-        log = tmp_path / "late-consumer.log"
-        stack.logs.append(log)
-        stack.procs.append(_spawn(["cli", "consume"], stack.env, log))
-        done = stack.cli("quota", "rebuild", "-i", stack.institution, "--offline")
+        done = _stop_consume_rebuild_offline(stack, tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
         count, cost, funded = _ledger_cost(stack.db_url, stack.institution)
         assert (count, cost, funded) == (15, CAP, CAP)  # the ledger was complete when it was read
@@ -93,11 +99,6 @@ def test_a_gateway_stopped_cleanly_does_not_hold_back_the_offline_rebuild(
         behind = behind_key(stack.env["EDUAIQ_KAFKA_TOPIC"])
         with redis.Redis.from_url(redis_url) as r:
             r.zadd(behind, {f"{socket.gethostname()}:{gateway.pid}": int(time.time() * 1000) + 600_000})
-        gateway.terminate()
-        assert gateway.wait(60) == 0
-        log = tmp_path / "late-consumer.log"
-        stack.logs.append(log)
-        stack.procs.append(_spawn(["cli", "consume"], stack.env, log))
-        done = stack.cli("quota", "rebuild", "-i", stack.institution, "--offline")
+        done = _stop_consume_rebuild_offline(stack, tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
         assert _ledger_cost(stack.db_url, stack.institution) == (15, CAP, CAP)
