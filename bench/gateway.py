@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Gateway overhead, measured: the same load direct to a mock upstream and through EduAiQ, in one run.
 
-    python bench/gateway.py [--quick] [--out results.json]
+    python bench/gateway.py [--quick] [--limits] [--out results.json]
 
 Starts the mock upstream (bench/mock_upstream.py), a gateway with auth, budgets
 and metering on (PostgreSQL, Redis and the Kafka-protocol broker from the
 EDUAIQ_* settings, or embedded ones), and drives both with bench/load.py.
 Prints, per scenario, direct and gateway latency and the added latency
-(p50/p99) or the throughput ratio. Nothing here asserts a number: it measures.
+(p50/p99) or the throughput ratio. With --limits the gateway runs use the key whose
+path has rate, token and concurrency limits on every node and two contract ceilings
+(bench/stack.py `KEY_LIMITED`, never binding): the same scenarios, with limits checked.
+Nothing here asserts a number: it measures.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stack import KEY, Stack, load
+from stack import KEY, KEY_LIMITED, Stack, load
 
 from cli.services.process import free_port, wait_for_port
 
@@ -37,6 +40,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     ap.add_argument("--out", help="write the JSON summary here too")
     ap.add_argument("--gateway-workers", type=int, default=1)
+    ap.add_argument("--limits", action="store_true", help="through the gateway with the limited key")
     opts = ap.parse_args()
     n1, nc, secs = (300, 1000, 3) if opts.quick else (2000, 6000, 10)
 
@@ -67,13 +71,14 @@ def main() -> None:
             ]
             for name, args in scenarios:
                 direct = load(upstream, "", *args)
-                through = load(gateway, KEY, *args)
+                through = load(gateway, KEY_LIMITED if opts.limits else KEY, *args)
                 results[name] = summarise(name, direct, through)
                 print(json.dumps({name: results[name]}), flush=True)
             summary = {
                 "scenarios": results,
                 "machine": {"cores": os.cpu_count()},
                 "gateway_workers": opts.gateway_workers,
+                "limits": opts.limits,
             }
             if opts.out:
                 Path(opts.out).write_text(json.dumps(summary, indent=2))

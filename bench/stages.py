@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What each stage of the gateway costs at concurrency 64, measured by leaving it out.
 
-    python bench/stages.py [--rounds 3] [--requests 6000] [--out stages.json]
+    python bench/stages.py [--rounds 3] [--requests 6000] [--variants gateway,+limits] [--out stages.json]
 
 Starts the same servers, mock upstream and institution as bench/gateway.py, then five
 gateways on the same code, side by side:
@@ -45,6 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import KEY, KEY_LIMITED, Stack, load
 
 VARIANTS = ("proxy", "core", "+budget", "+metering", "gateway", "+limits")
+
+
+def key_for(variant: str) -> str:
+    """+limits drives the institution whose key has limits on every node of its path; the rest, the plain one."""
+    return KEY_LIMITED if variant == "+limits" else KEY
 
 
 # -- the variants' processes ---------------------------------------------------------------------
@@ -150,6 +155,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=6000, help="requests per run, at concurrency 64")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated subset to run (e.g. gateway,+limits: more rounds of one difference in the same time)",
+    )
     ap.add_argument("--out", help="write the JSON summary here too")
     ap.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -163,12 +173,16 @@ def main() -> None:
 
     from cli.services.process import free_port, wait_for_port
 
+    chosen = [v for v in VARIANTS if v in opts.variants.split(",")]
+    if unknown := set(opts.variants.split(",")) - set(VARIANTS):
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+
     with tempfile.TemporaryDirectory(prefix="eduaiq-stages-") as tmpdir:
         stack = Stack(Path(tmpdir))
         try:
             upstream = stack.start()
             gateways: dict[str, tuple[str, Any]] = {}
-            for variant in VARIANTS:
+            for variant in chosen:
                 port = free_port()
                 proc = stack.spawn([sys.executable, __file__, "--serve", variant, "--port", str(port),
                                     "--upstream", upstream], f"{variant}.log")  # fmt: skip
@@ -180,19 +194,17 @@ def main() -> None:
                 "mock": _listener(_port(upstream)),
             }
             time.sleep(1)
-            for url, _ in gateways.values():  # warm: connections, caches, the first reservation
-                load(url, KEY_LIMITED if url == gateways["+limits"][0] else KEY, "-n", "1000", "-c", "64")
+            for variant, (url, _) in gateways.items():  # warm: connections, caches, the first reservation
+                load(url, key_for(variant), "-n", "1000", "-c", "64")
             n = opts.requests
-            runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+            runs: dict[str, list[dict[str, float]]] = {v: [] for v in chosen}
             for r in range(opts.rounds):
                 for variant, (url, proc) in gateways.items():
                     direct = load(upstream, "", "-n", str(n), "-c", "64", "--warmup", "200")
                     procs = {"gateway": [proc, *proc.children(recursive=True)],
                              **{k: [p] for k, p in others.items() if p is not None}}  # fmt: skip
                     before = {k: _cpu(p) for k, p in procs.items()}
-                    through = load(
-                        url, KEY_LIMITED if variant == "+limits" else KEY, "-n", str(n), "-c", "64"
-                    )
+                    through = load(url, key_for(variant), "-n", str(n), "-c", "64")
                     after = {k: _cpu(p) for k, p in procs.items()}
                     errors = sum(v for k, v in (through.get("status_counts") or {}).items() if k != "200")
                     run = {
