@@ -7,6 +7,7 @@ server may report per served model name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 RUNNING = "vllm:num_requests_running"
@@ -28,28 +29,24 @@ class LoadSample:
         return self.running + 2.0 * self.waiting + kv_penalty
 
 
+# One sample line of a wanted metric: its name, an optional label set, its value. Matched over the whole
+# body by the regex engine: a Python loop over each character let a hostile /metrics body hold the
+# event loop for seconds (the body is also capped where it is read, providers/router.py).
+_SAMPLE = re.compile(
+    r"^(vllm:(?:num_requests_running|num_requests_waiting|kv_cache_usage_perc|gpu_cache_usage_perc))"
+    r"(?:\{[^}\n]*\})?[ \t]+(\S+)",
+    re.MULTILINE,
+)
+
+
 def parse_vllm_metrics(text: str) -> LoadSample | None:
     """The load numbers from a /metrics body, or None when it is not a vLLM server's."""
     running = waiting = 0.0
     kv: dict[str, float] = {}
     seen = False
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        name_end = len(line)
-        for i, ch in enumerate(line):
-            if ch in "{ ":
-                name_end = i
-                break
-        name = line[:name_end]
-        if name not in (RUNNING, WAITING, *KV_NAMES):
-            continue
-        value_part = line.rsplit("}", 1)[1] if "}" in line else line[name_end:]
-        fields = value_part.split()
-        if not fields:
-            continue
+    for name, raw in _SAMPLE.findall(text):
         try:
-            value = float(fields[0])
+            value = float(raw)
         except ValueError:
             continue
         seen = True

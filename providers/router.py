@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 _JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 _SSE_HEADERS: Mapping[str, str] = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _MAX_ERROR_BODY = 64 * 1024
+# A vLLM /metrics page is tens of kilobytes (histograms included); beyond this the probe has failed.
+_MAX_METRICS_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -758,9 +760,10 @@ class Router:
                     # Any answer below 500 means the server is up (a 404 /metrics is still a live vLLM).
                     if r.status >= 500:
                         raise UpstreamConnectionError(f"probe answered HTTP {r.status}")
-                    text = (
-                        (await r.read()).decode(errors="replace") if server.vllm and r.status == 200 else ""
-                    )
+                    # Capped: the body comes from a server an institution admin named (a larger one fails
+                    # the probe, as a hung one does).
+                    body = await r.read_whole(_MAX_METRICS_BYTES) if server.vllm and r.status == 200 else b""
+                    text = body.decode(errors="replace")
                 finally:
                     r.release()  # back to the pool if read whole, else closed
         except (OSError, TimeoutError):
