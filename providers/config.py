@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from core.money import plain_number
 from providers.errors import ConfigError
 from providers.prices import SELF_HOSTED_TYPES, Price, litellm_price, price_to_micros
-from providers.upstream_policy import ENV_REF, UpstreamPolicy, hostname
+from providers.upstream_policy import ENV_REF, UpstreamPolicy, header_problems, hostname
 
 ProviderType = Literal[
     "openai-compatible", "vllm", "openai", "anthropic", "gemini", "together", "groq", "mistral", "deepseek"
@@ -181,6 +181,13 @@ class ProviderConfig(BaseModel):
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("must be an http:// or https:// URL")
         return v.rstrip("/") if v else v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        if problems := header_problems(v):
+            raise ValueError("; ".join(problems))
+        return v
 
     @field_validator("replicas")
     @classmethod

@@ -62,6 +62,36 @@ def secret_header(name: str) -> bool:
     return bool(_SECRET_HEADER.search(name))
 
 
+# A provider's extra headers are written into the upstream request as they are: a name must be an RFC 9110
+# token and a value visible ASCII (or tab), so neither can start another header line or a request
+# (CR/LF smuggling through the shared, pooled connections).
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
+HEADER_VALUE = r"^[\t\x20-\x7e]{0,2000}$"
+_HEADER_NAME, _HEADER_VALUE = re.compile(HEADER_NAME), re.compile(HEADER_VALUE)
+MAX_HEADERS = 32
+# Headers the pool writes itself or that change how a message is framed, routed or kept: set by an admin
+# they would desynchronise a connection other institutions' requests share.
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "trailer", "expect",
+     "keep-alive"}
+)  # fmt: skip
+
+
+def header_problems(headers: Mapping[str, str]) -> list[str]:
+    """What is wrong with a provider's `headers` (empty: they may be sent)."""
+    problems = [f"at most {MAX_HEADERS} headers"] if len(headers) > MAX_HEADERS else []
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            problems.append(f"header name {name[:64]!r} is not an HTTP token")
+        elif name.lower() in _RESERVED_HEADERS or name.lower().startswith("proxy-"):
+            problems.append(f"header {name!r} is set by the gateway itself and cannot be configured")
+        if not isinstance(value, str) or not _HEADER_VALUE.match(value):
+            problems.append(
+                f"header {name[:64]!r}: the value must be printable ASCII without line breaks, at most 2000 characters"
+            )
+    return problems
+
+
 def redact_headers(options: Mapping[str, Any]) -> dict[str, Any]:
     """A provider's stored options with literal credential-carrying header values replaced (env: references
     name a variable, not a secret, and stay)."""

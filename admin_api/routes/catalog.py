@@ -31,7 +31,7 @@ from providers.config import (
     TimeoutConfig,
 )
 from providers.images import RULES as IMAGE_RULES
-from providers.upstream_policy import redact_headers
+from providers.upstream_policy import HEADER_NAME, HEADER_VALUE, MAX_HEADERS, redact_headers
 
 router = APIRouter(tags=["catalog"])
 
@@ -39,8 +39,8 @@ T = TypeVar("T")
 URL = r"^https?://[A-Za-z0-9.\-_\[\]:@]+(/[\x21-\x7e]*)?$"
 
 MAX_PRICE = 10**12  # a million currency units per 1M tokens: far above any real price
-HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")]
-HeaderValue = Annotated[str, Field(pattern=r"^[\x20-\x7e]{0,2000}$")]
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME)]
+HeaderValue = Annotated[str, Field(pattern=HEADER_VALUE)]
 ModelPath = Annotated[str, Path(pattern=MODEL_ID, description="model id (may contain '/')")]
 
 
@@ -65,7 +65,7 @@ class ProviderIn(BaseModel):
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     health_check: bool | None = None
     metrics_url: str | None = Field(default=None, pattern=URL, max_length=2000)
-    headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict, max_length=32)
+    headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict, max_length=MAX_HEADERS)
     limits: LimitsConfig | None = Field(
         default=None, description="the contract's rate limits, institution-wide"
     )

@@ -2,15 +2,24 @@
 
 The attack: an admin (or a broken model server) answers the gateway's health probe with a /metrics body
 of tens of megabytes; the gateway read it whole and parsed it character by character on its event loop,
-stalling every institution it serves for seconds on each probe.
+stalling every institution it serves for seconds on each probe. And a provider's `headers` were written
+into upstream requests as given: a value with CR/LF started new header lines (or a second request on a
+pooled connection other institutions share), and names like Content-Length, Transfer-Encoding or Host
+reframed or rerouted the request.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+
 import pytest
 
+from admin_api.orgfile import OrgFileError, parse_document
 from providers.config import compile_deployments
 from providers.router import Router
+from tests.admin_api.conftest import Env, drop_env, make_env, stateu_document
+from tests.security.test_provider_secrets import strict_settings
 from tests.security.upstream_double import capture_server
 
 SAMPLE = b"vllm:num_requests_running 3\nvllm:num_requests_waiting 1\n"
@@ -43,3 +52,59 @@ async def test_a_huge_metrics_page_fails_the_probe_unread(size: int) -> None:
     event loop, and its first lines taken as the server's load)."""
     load = await _probed_load(SAMPLE + b"vllm:" + b"a" * size)
     assert load is None
+
+
+# -- provider headers: what an admin can make the gateway write into upstream requests ---------------
+
+
+@pytest.fixture
+async def strict_env(pg_url: str, redis_url: str) -> AsyncIterator[Env]:
+    env = await make_env(strict_settings(pg_url, redis_url))
+    try:
+        yield env
+    finally:
+        await drop_env(env)
+
+
+INJECTIONS = [
+    {"X-Note": "a\r\nX-Injected: yes"},  # a second header line (or, after CRLFCRLF, a second request)
+    {"X-Note": "a\nAuthorization: Bearer sk-literal"},  # a literal credential under a harmless name
+    {"Content-Length": "0"},  # framing: the upstream reads the body as the next request
+    {"Transfer-Encoding": "chunked"},
+    {"Host": "internal.example"},
+    {"Connection": "close"},
+    {"Proxy-Authorization": "Basic eDp5"},
+    {"X Bad Name": "v"},
+]
+
+
+@pytest.mark.parametrize("headers", INJECTIONS, ids=lambda h: next(iter(h)).replace(" ", "_"))
+def test_the_institution_file_refuses_headers_that_split_or_reframe_a_request(
+    headers: dict[str, str],
+) -> None:
+    inst = f"su{uuid.uuid4().hex[:10]}"
+    doc = stateu_document(inst)
+    doc["providers"].append({"id": "hdr", "type": "openai-compatible", "base_url": "https://c.example.com/v1",
+                             "headers": headers,
+                             "models": [{"id": "hdr-chat", "price": {"input_per_mtok": 1, "output_per_mtok": 1}}]})  # fmt: skip
+    with pytest.raises(OrgFileError) as caught:
+        parse_document(doc)
+    where = f"providers[{len(doc['providers']) - 1}].headers"
+    assert any(path.startswith(where) for path, _ in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize("headers", INJECTIONS, ids=lambda h: next(iter(h)).replace(" ", "_"))
+async def test_the_admin_api_refuses_them_too(strict_env: Env, headers: dict[str, str]) -> None:
+    client = await strict_env.login("uadmin")
+    response = await client.put("/api/v1/providers/hdr", json={
+        "type": "openai-compatible", "base_url": "https://c.example.com/v1", "headers": headers})  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"], response.text
+
+
+def test_a_plain_extra_header_is_still_sent() -> None:
+    """The control: an ordinary header (an organisation id, a routing hint) reaches the upstream."""
+    deployments = compile_deployments([{"id": "p", "type": "openai-compatible", "base_url": "https://c.example.com/v1",
+                                        "headers": {"X-Org": "stateu", "X-Note": "a b\tc"},
+                                        "models": [{"id": "m", "price": {"input_per_mtok": 1, "output_per_mtok": 1}}]}])  # fmt: skip
+    assert dict(deployments[0].headers) == {"X-Org": "stateu", "X-Note": "a b\tc"}
