@@ -7,9 +7,11 @@ ledger names them); and API keys are only ever added: a key the database already
 has is left exactly as it is, so an import never revokes, un-revokes or extends
 one (revoking is an explicit act in the admin API, and the chart re-imports the
 file on every upgrade), and a key deleted since it was imported is not made
-again. Memberships and admin scopes granted by SSO or through the admin API are
-not the file's to remove.
-Every change is written to the audit log with its before and after.
+again, whichever form (`key:` or `key_sha256:`) the file now writes it in and
+whichever institution's file names it. Memberships and admin scopes granted by
+SSO or through the admin API are not the file's to remove.
+Every change is written to the audit log with its before and after (a provider's
+literal credential headers redacted: auditors read these entries).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlmodel import SQLModel, col
 
 from admin_api.orgfile.rows import comparable, desired_rows
@@ -38,6 +41,7 @@ from core.models import (
     User,
 )
 from core.time import utcnow
+from providers.upstream_policy import redact_headers
 
 ORDER: list[type[SQLModel]] = [
     Institution,
@@ -120,10 +124,41 @@ async def _existing(
 _KEY_ENDED = ("key.delete", "key.revoke")
 
 
+async def _ended_hashes(session: AsyncSession, hashes: list[str]) -> set[str]:
+    """Those of `hashes` whose key an import once created and the audit log then shows deleted or revoked,
+    in any institution. A deleted key's row is gone and its `key.delete` entry names only its id, which
+    depends on the form the file wrote the key in (`imported_key_id`); the import's own `org.create` entry
+    for the key holds its hash, so hash -> (institution, id) -> ended is what survives a change of form and
+    a move to another institution's file."""
+    created_hash = col(AuditEntry.after)["key_hash"].as_string()
+    created = (
+        select(col(AuditEntry.institution_id), col(AuditEntry.target), created_hash.label("key_hash"))
+        .where(
+            col(AuditEntry.action) == "org.create",
+            col(AuditEntry.target).like("api_key:%"),
+            created_hash.in_(hashes),
+        )
+        .subquery()
+    )
+    ended = aliased(AuditEntry)
+    stmt = (
+        select(created.c.key_hash)
+        .join(
+            ended,
+            and_(
+                col(ended.institution_id) == created.c.institution_id, col(ended.target) == created.c.target
+            ),
+        )
+        .where(col(ended.action).in_(_KEY_ENDED))
+        .distinct()
+    )
+    return set((await session.execute(stmt)).scalars())
+
+
 async def _new_keys(session: AsyncSession, inst: str, wanted: list[SQLModel]) -> list[SQLModel]:
     """The file's keys the database has never had. A key it has, found by its hash under whatever id (and
-    in whichever institution: hashes are unique), keeps its revocation and expiry; a key whose id the audit
-    log shows deleted or revoked is not reinstated."""
+    in whichever institution: hashes are unique), keeps its revocation and expiry; a key the audit log shows
+    deleted or revoked, by its id here or by its hash anywhere (`_ended_hashes`), is not reinstated."""
     keys = [row for row in wanted if isinstance(row, ApiKey)]
     if not keys:
         return []
@@ -139,7 +174,18 @@ async def _new_keys(session: AsyncSession, inst: str, wanted: list[SQLModel]) ->
         col(AuditEntry.action).in_(_KEY_ENDED),
     )
     ended = set((await session.execute(ended_stmt)).scalars())
-    return [k for k in fresh if f"api_key:{k.id}" not in ended]
+    dead = await _ended_hashes(session, [k.key_hash for k in fresh])
+    return [k for k in fresh if f"api_key:{k.id}" not in ended and k.key_hash not in dead]
+
+
+def _snapshot(row: SQLModel) -> dict[str, Any]:
+    """A row as the audit log keeps it. A provider's literal credential headers are redacted as the admin
+    API's catalogue edits do (auditors read `org.*` entries and must not learn upstream secrets from them).
+    A key's hash stays: it is what `_ended_hashes` finds a deleted key by."""
+    snap = row.model_dump(mode="json")
+    if isinstance(row, Provider) and isinstance(snap.get("options"), dict):
+        snap["options"] = redact_headers(snap["options"])
+    return snap
 
 
 async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-import") -> ChangeReport:
@@ -164,16 +210,16 @@ async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-impor
             current = existing.get(_pk(row))
             if current is None:
                 session.add(row)
-                record("create", row, None, row.model_dump(mode="json"))
+                record("create", row, None, _snapshot(row))
             else:
                 before, after = comparable(current), comparable(row)
                 if before != after:
-                    snapshot = current.model_dump(mode="json")
+                    snapshot = _snapshot(current)
                     for name, value in after.items():
                         setattr(current, name, value)
                     if hasattr(current, "updated_at"):
                         current.updated_at = utcnow()
-                    record("update", current, snapshot, current.model_dump(mode="json"))
+                    record("update", current, snapshot, _snapshot(current))
         await session.flush()
 
     for table in reversed(ORDER):
@@ -182,11 +228,11 @@ async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-impor
             if key in wanted_keys:
                 continue
             if isinstance(row, Unit) and not row.archived:
-                snapshot = row.model_dump(mode="json")
+                snapshot = _snapshot(row)
                 row.archived = True
-                record("archive", row, snapshot, row.model_dump(mode="json"))
+                record("archive", row, snapshot, _snapshot(row))
             elif REMOVABLE[table](row):
-                record("remove", row, row.model_dump(mode="json"), None)
+                record("remove", row, _snapshot(row), None)
                 await session.delete(row)
         await session.flush()
     session.add_all(audit)

@@ -143,3 +143,80 @@ def test_the_chart_keeps_keys_out_of_its_configmap() -> None:
     rendered = chart.render_chart({"org": {"content": yaml.safe_dump(doc)}})
     stored = "\n".join(str(c["data"]) for c in rendered.of_kind("ConfigMap"))
     assert "key_sha256" in stored and not [s for s in secrets if s in stored]
+
+
+def _as_sha256(doc: dict[str, Any], user: str) -> str:
+    """Rewrite `user`'s key in `doc` as `key_sha256:` (the form the chart wants); returns the secret."""
+    entry = next(k for k in doc["keys"] if k["user"] == user)
+    secret: str = entry.pop("key")
+    entry["key_sha256"] = hashlib.sha256(secret.encode()).hexdigest()
+    return secret
+
+
+def _key_entry(user: str, unit: str, secret: str, form: str) -> dict[str, str]:
+    value = secret if form == "key" else hashlib.sha256(secret.encode()).hexdigest()
+    return {"user": user, "unit": unit, form: value}
+
+
+@pytest.mark.parametrize(("first", "then"), [("key", "key_sha256"), ("key_sha256", "key")])
+async def test_a_deleted_key_stays_dead_when_the_file_switches_between_key_and_key_sha256(
+    env: Env,  # noqa: F811
+    settings: Settings,  # noqa: F811
+    tmp_path: Path,
+    first: str,
+    then: str,
+) -> None:
+    """Whether a key ended is decided by its hash: the row id the import gives a key depends on the form the
+    file writes it in, so an id-only check let a switch of form bring a deleted key back."""
+    doc = stateu_document(env.inst)
+    secret = f"sk-eduaiq-form-switch-{env.inst}"
+    doc["keys"].append(_key_entry("s2", "cs102", secret, first))
+    org_import(settings, doc, tmp_path)
+    assert await works(env, secret)
+    admin = await env.login("uadmin")
+    assert (await admin.delete("/api/v1/units/cs102/members/s2")).status_code == 204  # s2's keys go with it
+    assert not await works(env, secret)
+
+    doc["keys"][-1] = _key_entry("s2", "cs102", secret, then)
+    org_import(settings, doc, tmp_path)
+    assert not await works(env, secret), f"the deleted key works again after a switch from {first} to {then}"
+    assert await get_row(env, Membership, env.inst, "cs102", "s2") is not None  # the rest of the file applied
+
+
+async def test_a_revoked_key_stays_revoked_when_the_file_switches_form(
+    env: Env,  # noqa: F811
+    settings: Settings,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    doc = stateu_document(env.inst)
+    secret = _as_sha256(doc, "s1")
+    admin = await env.login("uadmin")
+    keys = {k["user_id"]: k for k in (await admin.get("/api/v1/units/cs101/keys")).json()}
+    assert (await admin.delete(f"/api/v1/units/cs101/keys/{keys['s1']['id']}")).status_code == 200
+    org_import(settings, doc, tmp_path)
+    assert not await works(env, secret), "the revoked key works again after a switch to key_sha256"
+    assert (await get_row(env, ApiKey, keys["s1"]["id"])).revoked_at is not None
+    assert len([k for k in (await admin.get("/api/v1/units/cs101/keys")).json() if k["user_id"] == "s1"]) == 1
+
+
+@pytest.mark.parametrize("form", ["key", "key_sha256"])
+async def test_a_key_deleted_in_one_institution_is_not_made_again_by_another(
+    env: Env,  # noqa: F811
+    form: str,
+) -> None:
+    """Hashes are unique across institutions, so deletion evidence is too: another institution's file
+    naming a key deleted here must not bring it back there."""
+    from admin_api.orgfile import apply_org, parse_document
+
+    secret = next(k["key"] for k in stateu_document(env.inst)["keys"] if k["user"] == "s1")
+    admin = await env.login("uadmin")
+    assert (await admin.delete("/api/v1/units/cs101/members/s1")).status_code == 204
+    assert not await works(env, secret)
+
+    other = stateu_document(f"{env.inst}x")
+    entry = next(k for k in other["keys"] if k["user"] == "s1")
+    del entry["key"]
+    entry[form] = secret if form == "key" else hashlib.sha256(secret.encode()).hexdigest()
+    async with env.db() as session, session.begin():
+        await apply_org(session, parse_document(other))
+    assert not await works(env, secret), "another institution's file brought the deleted key back"
