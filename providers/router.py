@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.adapters import Adapter, Endpoint, StreamProcessor, adapter_for
+from providers.adapters.base import secret_values
 from providers.breaker import CircuitBreaker, State
 from providers.config import DeploymentConfig, QueueConfig, RoutingConfig
 from providers.errors import (
@@ -666,8 +667,7 @@ class Router:
                 # might echo back (prompts are never stored).
                 log.warning("upstream %s refused a request with HTTP %s: %s", cfg.id, status,
                             raw[:200].decode(errors="replace"))  # fmt: skip
-                key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-                data = public_error(status, dep.adapter.translate_error(status, raw), (key,) if key else ())
+                data = public_error(status, dep.adapter.translate_error(status, raw), secret_values(cfg))
                 return _whole(dep, server, resp, status, data, None, attempts)
             if not stream:
                 try:

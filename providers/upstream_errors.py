@@ -6,11 +6,14 @@ is passed on. But the body is written by whatever server the provider points
 at, and raw bodies carried internal host names and ports, addresses, URLs and
 keys back to students (issue 17 items 1 and 9). So the rule is: only the
 OpenAI-shaped error's `message` (and a short `type`/`code`) goes back, with
-URLs, host:port pairs, IP addresses, bearer tokens, `sk-` style keys and the
-provider's own key value cut out, at most 500 characters; a body that is not
+URLs, host names, host:port pairs, IP addresses, bearer tokens, `sk-` and
+Google style keys and every secret the gateway sends that provider (its key,
+its `env:` headers) cut out, at most 500 characters; a body that is not
 an OpenAI error becomes a plain sentence with the status. The raw body goes to
 the gateway's log, where operators look. 5xx and 429 never reach students at
-all: the router falls back and the gateway answers with its own sentence.
+all: the router falls back and the gateway answers with its own sentence. An
+error event in the middle of a stream (vLLM sends one when a worker fails)
+keeps only its short `type`/`code`: its message is replaced by a sentence.
 """
 
 from __future__ import annotations
@@ -23,11 +26,20 @@ MAX_MESSAGE = 500
 _URL = re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s\"'<>]*", re.IGNORECASE)
 _BEARER = re.compile(r"\b(bearer|basic|token)\s+[^\s\"',]+", re.IGNORECASE)
 _KEYLIKE = re.compile(r"\b(sk|pk|rk|key|hf|gsk|xai|ghp|github_pat)[-_][A-Za-z0-9_\-*.]{6,}", re.IGNORECASE)
+_GOOGLE_KEY = re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}")
 _IPV6 = re.compile(
     r"\[?(?<![\w:])(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?![\w:])\]?(?::\d{1,5})?", re.IGNORECASE
 )
 _IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b")
 _HOST_PORT = re.compile(r"\b[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?(?:\.[a-z0-9\-]+)*:\d{1,5}\b", re.IGNORECASE)
+# A host name without a port: three or more labels ending in a letter label (vllm-0.gpu.svc.cluster.local,
+# api.example.com), or two whose last is an internal suffix (gpu01.internal). Model names and versions
+# (Qwen2.5-7B, v0.6.3) have fewer labels or end in digits.
+_HOST = re.compile(
+    r"\b[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?(?:\.[a-z0-9\-]+)+\.[a-z][a-z0-9\-]*[a-z]\b"
+    r"|\b[a-z0-9][a-z0-9\-]*\.(?:local|internal|lan|corp|intra|intranet|localdomain|cluster|svc|pod|home)\b",
+    re.IGNORECASE,
+)
 _SHORT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -39,9 +51,11 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     text = _URL.sub("[url]", text)
     text = _BEARER.sub(r"\1 [redacted]", text)
     text = _KEYLIKE.sub("[redacted]", text)
+    text = _GOOGLE_KEY.sub("[redacted]", text)
     text = _IPV6.sub("[address]", text)
     text = _IPV4.sub("[address]", text)
     text = _HOST_PORT.sub("[address]", text)
+    text = _HOST.sub("[host]", text)
     return text[:MAX_MESSAGE]
 
 
@@ -75,3 +89,24 @@ def public_error(status: int, body: bytes, secrets: tuple[str, ...] = ()) -> byt
             }
         }
     )
+
+
+STREAM_ERROR_MESSAGE = "the model's server reported an error mid-answer; please retry"
+
+
+def public_stream_error(event: bytes) -> bytes:
+    """An SSE event (without its blank line) with an `error` object replaced by one a student may see;
+    any other event comes back as it was. The original goes to the log (the caller's)."""
+    start = event.find(b"{")
+    if start < 0:
+        return event
+    try:
+        doc = orjson.loads(event[start:])
+    except orjson.JSONDecodeError:
+        return event
+    if not isinstance(doc, dict) or "error" not in doc:
+        return event
+    err = doc["error"] if isinstance(doc["error"], dict) else {}
+    clean = {"message": STREAM_ERROR_MESSAGE, "type": _short(err.get("type")) or "upstream_error",
+             "param": None, "code": _short(err.get("code"))}  # fmt: skip
+    return event[:start] + orjson.dumps({"error": clean})

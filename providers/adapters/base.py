@@ -83,6 +83,13 @@ def api_key(dep: DeploymentConfig) -> str | None:
     return os.environ.get(dep.api_key_env) if dep.api_key_env else None
 
 
+def secret_values(dep: DeploymentConfig) -> tuple[str, ...]:
+    """Every secret the gateway sends this deployment (its key and `env:` headers): cut out of anything
+    the upstream answers before a student sees it (a server may echo what it was sent)."""
+    names = ([dep.api_key_env] if dep.api_key_env else []) + [var for _, var in dep.header_env]
+    return tuple(v for v in (os.environ.get(n) for n in names) if v)
+
+
 def add_env_headers(dep: DeploymentConfig, headers: dict[str, str]) -> None:
     """Headers the provider reads from declared variables (`env:NAME`), at request time like the key."""
     for name, var in dep.header_env:

@@ -8,6 +8,7 @@ might carry usage, so a typical content chunk costs two substring searches.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,13 @@ from providers.config import DeploymentConfig
 from providers.images import check_content_parts
 from providers.prices import SELF_HOSTED_TYPES
 from providers.sse import SSESplitter
+from providers.upstream_errors import public_stream_error
 from providers.usage import NormalisedUsage, from_openai
+
+log = logging.getLogger(__name__)
+# A top-level `"error"` key as bytes: a model's own text writes the quotes escaped (\"error\"), so only a
+# server's error event (or a usage-free chunk naming such a key) takes the slower, event-by-event path.
+_ERROR = b'"error"'
 
 # Mistral's API refuses unknown fields and reports usage on its last chunk anyway.
 _NO_STREAM_OPTIONS = frozenset({"mistral"})
@@ -77,10 +84,21 @@ class PassthroughStream:
         self.usage_estimated = False
 
     def feed(self, data: bytes) -> bytes:
-        if not self._count and not self._split._buf and data.endswith(b"\n\n") and b"\r" not in data:
+        if (
+            not self._count
+            and not self._split._buf
+            and data.endswith(b"\n\n")
+            and b"\r" not in data
+            and _ERROR not in data
+        ):
             return self._pick_usage(data)  # whole events: pass them on, looking only at usage events
         out: list[bytes] = []
         for ev in self._split.feed(data):
+            if _ERROR in ev:  # an error event mid-answer: its text is the server's, not for students
+                clean = public_stream_error(ev)
+                if clean is not ev:
+                    log.warning("upstream error event mid-stream: %s", ev[:300].decode(errors="replace"))
+                    ev = clean
             if self._count:
                 if ev.startswith(b"data: [DONE]") and self.usage is None:
                     out.append(self._counted_usage())

@@ -23,6 +23,7 @@ from tests.gateway.harness import Stack, gateway_stack
 from tests.security.upstream_double import Capture, capture_server
 
 PROVIDER_KEY = "sk-hostile-provider-key-31337"
+HEADER_SECRET = "CampusSecretValue77"  # an `env:` header's value: the server may echo what it was sent
 PRICE = {"input_per_mtok": 1, "output_per_mtok": 1}
 
 
@@ -45,7 +46,8 @@ def stack(
     def add_providers(doc: dict[str, Any]) -> None:
         doc["providers"] += [
             {"id": "hostile", "type": "openai-compatible", "base_url": hostile.url, "health_check": False,
-             "api_key_env": "TEST_HOSTILE_KEY", "models": [{"id": "hostile-chat", "price": PRICE}]},
+             "api_key_env": "TEST_HOSTILE_KEY", "headers": {"X-Campus-Token": "env:TEST_HOSTILE_HEADER"},
+             "models": [{"id": "hostile-chat", "price": PRICE}]},
             {"id": "gone", "type": "openai-compatible", "base_url": f"http://127.0.0.1:{dead_port}/v1",
              "health_check": False, "models": [{"id": "gone-chat", "price": PRICE}]},
         ]  # fmt: skip
@@ -53,7 +55,8 @@ def stack(
 
     with gateway_stack(
         pg_server_url, redis_url, kafka_bootstrap, tmp_path_factory.mktemp("errors"), mutate=add_providers,
-        extra_env={"TEST_HOSTILE_KEY": PROVIDER_KEY, "EDUAIQ_PROVIDER_SECRET_VARS": "TEST_HOSTILE_KEY"},
+        extra_env={"TEST_HOSTILE_KEY": PROVIDER_KEY, "TEST_HOSTILE_HEADER": HEADER_SECRET,
+                   "EDUAIQ_PROVIDER_SECRET_VARS": "TEST_HOSTILE_KEY,TEST_HOSTILE_HEADER"},
     ) as s:  # fmt: skip
         yield s
 
@@ -65,7 +68,8 @@ def _chat(stack: Stack, model: str) -> httpx.Response:
 
 
 LEAKS = ("10.20.30.40", "gpu07.campus.internal:8000", "http://", "sk-hostile", "31337", "tok-abc123xyz",
-         "[fd00::17]", "5432")  # fmt: skip
+         "[fd00::17]", "5432", HEADER_SECRET, "vllm-0.gpu", "cluster.local", "AIzaSy", "gpu01.internal",
+         "Traceback")  # fmt: skip
 
 
 def _assert_clean(response: httpx.Response, stack: Stack, hostile: Capture) -> dict[str, Any]:
@@ -117,3 +121,41 @@ def test_an_unreachable_upstream_is_not_named(stack: Stack, hostile: Capture) ->
     assert response.status_code == 502
     body = _assert_clean(response, stack, hostile)
     assert body["error"]["message"] == "the model is unavailable right now; please retry in a moment"
+
+
+def test_a_4xx_echoing_a_header_secret_host_names_or_a_google_key_is_cut(
+    stack: Stack, hostile: Capture
+) -> None:
+    """Found by the attack review: only the provider's key was cut; the value of an `env:` header, bare
+    internal host names and Google-style keys reached the student."""
+    message = (f"Invalid campus header ({HEADER_SECRET}) for vllm-0.gpu.svc.cluster.local (also gpu01.internal);"
+               " key AIzaSyA1234567890abcdefghijklmnopqrstu; prompt too long for Qwen2.5-7B")  # fmt: skip
+    hostile.answer(400, orjson.dumps({"error": {"message": message, "type": "BadRequestError"}}))
+    response = _chat(stack, "hostile-chat")
+    assert response.status_code == 400
+    body = _assert_clean(response, stack, hostile)
+    assert body["error"]["message"].endswith("prompt too long for Qwen2.5-7B"), body
+
+
+def test_an_error_event_mid_stream_reaches_the_student_as_a_sentence(stack: Stack, hostile: Capture) -> None:
+    """vLLM sends `data: {"error": ...}` when a worker fails mid-answer; it was relayed as the server wrote
+    it (internal host names, addresses, a traceback). The student keeps the answer so far and a sentence."""
+    error = {"error": {"message": "worker http://vllm-0.gpu.svc.cluster.local:8000/v1 at 10.20.30.40:8000 "
+                       f"failed: Traceback File /opt/vllm/engine.py {HEADER_SECRET}", "type": "InternalServerError",
+                       "code": 500}}  # fmt: skip
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}  # fmt: skip
+    hostile.answer(200, b"data: " + orjson.dumps(chunk) + b"\n\ndata: " + orjson.dumps(error) + b"\n\n",
+                   "text/event-stream")  # fmt: skip
+    with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {stack.key('alice')}"},
+                      json={"model": "hostile-chat", "stream": True,
+                            "messages": [{"role": "user", "content": "hi"}]}) as response:  # fmt: skip
+        text = response.read().decode()
+    assert response.status_code == 200
+    assert "Hello" in text, text
+    for leak in (*LEAKS, "/opt/vllm"):
+        assert leak not in text, (leak, text)
+    events = [orjson.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")]
+    errors = [e["error"] for e in events if "error" in e]
+    assert errors and errors[0]["message"] == "the model's server reported an error mid-answer; please retry"
