@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -155,6 +156,15 @@ class ModelConfig(BaseModel):
         return self.upstream or self.id
 
 
+def _check_url(url: str) -> None:
+    """An upstream URL: http(s), and no user:password@ (a credential written there is shown to everyone who
+    reads providers back, and goes to the host unchecked by EDUAIQ_PROVIDER_SECRET_VARS)."""
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in urlsplit(url).netloc:
+        raise ValueError("a URL may not carry user:password@; put the credential in a declared variable")
+
+
 class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -178,8 +188,8 @@ class ProviderConfig(BaseModel):
     @field_validator("base_url", "metrics_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http:// or https:// URL")
+        if v is not None:
+            _check_url(v)
         return v.rstrip("/") if v else v
 
     @field_validator("headers")
@@ -193,8 +203,7 @@ class ProviderConfig(BaseModel):
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
         for u in v:
-            if not re.match(r"^https?://[^\s/]+", u):
-                raise ValueError(f"'{u}' must be an http:// or https:// URL")
+            _check_url(u)
         return [u.rstrip("/") for u in v]
 
     @property

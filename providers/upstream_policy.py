@@ -189,7 +189,10 @@ class UpstreamPolicy:
         """`name` is declared for this institution and may be sent to every one of `hosts`."""
         return self._secret_problem("", name, hosts) is None
 
-    def _secret_problem(self, path: str, name: str, hosts: Iterable[str]) -> str | None:
+    def _secret_problem(
+        self, path: str, name: str, hosts: Iterable[str], plain: Iterable[str] = ()
+    ) -> str | None:
+        """Why `name` may not be sent to `hosts` (None: it may); `plain`: those reached over http://."""
         declared = self._declared(name)
         if not declared:
             scoped = f"{self.institution}:{name}" if self.institution else name
@@ -202,12 +205,20 @@ class UpstreamPolicy:
             return None
         bound = {v.host for v in declared if v.host is not None}
         foreign = sorted(set(hosts) - bound)
-        if not foreign:
-            return None
-        return (
-            f"{path}: '{name}' may be sent only to {', '.join(sorted(bound))} (EDUAIQ_PROVIDER_SECRET_VARS "
-            f"binds it there), not to {', '.join(foreign)}"
-        )
+        if foreign:
+            return (
+                f"{path}: '{name}' may be sent only to {', '.join(sorted(bound))} (EDUAIQ_PROVIDER_SECRET_VARS "
+                f"binds it there), not to {', '.join(foreign)}"
+            )
+        # Bound to a host, it crosses the network encrypted: plain http only to a host the operator named as
+        # an internal upstream (EDUAIQ_UPSTREAM_ALLOWED_HOSTS: a model server's Service in the cluster).
+        cleartext = sorted(h for h in plain if h not in self.allowed_hosts)
+        if cleartext:
+            return (
+                f"{path}: '{name}' is bound to {', '.join(sorted(bound))} and goes there over https only "
+                f"(an http:// URL to {', '.join(cleartext)} would send it in clear text)"
+            )
+        return None
 
     # -- addresses -----------------------------------------------------------------------------------
     def address_allowed(self, host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -244,15 +255,17 @@ class UpstreamPolicy:
         problems: list[str] = []
         # Where the provider's secrets go: its servers (the health probe's too: it goes to the base URL, or
         # to a metrics URL on the same host; one on another host is probed without the key).
-        hosts = {h for u in (p.resolved_base_url, *p.replicas) if u and (h := hostname(u))}
+        servers = [u for u in (p.resolved_base_url, *p.replicas) if u]
+        hosts = {h for u in servers if (h := hostname(u))}
+        plain = {h for u in servers if u.lower().startswith("http://") and (h := hostname(u))}
         if p.api_key_env is not None:
-            problem = self._secret_problem(f"{path}.api_key_env", p.api_key_env, hosts)
+            problem = self._secret_problem(f"{path}.api_key_env", p.api_key_env, hosts, plain)
             if problem:
                 problems.append(problem)
         for name, value in p.headers.items():
             ref = ENV_REF.match(value)
             if ref:
-                problem = self._secret_problem(f"{path}.headers.{name}", ref.group(1), hosts)
+                problem = self._secret_problem(f"{path}.headers.{name}", ref.group(1), hosts, plain)
                 if problem:
                     problems.append(problem)
             elif secret_header(name):

@@ -176,3 +176,27 @@ async def test_health_probe_never_sends_the_key_to_a_metrics_host_other_than_the
     by_auth = sorted(r.headers.get("Authorization", "") for r in capture.requests)
     # The foreign metrics host got no key; the model server's own /metrics (the control) did.
     assert by_auth == ["", f"Bearer {secret}"], by_auth
+
+
+async def test_a_key_bound_to_a_host_goes_there_over_https_only(env_a: Env) -> None:
+    """Found by the attack review: the binding named a host, not a scheme, so `http://api.openai.com`
+    passed and the key would cross the campus network in clear text."""
+    response = await _put(env_a, "cleartext", {"type": "openai", "base_url": "http://api.openai.com/v1",
+                                               "api_key_env": "OPENAI_API_KEY"})  # fmt: skip
+    assert response.status_code == 422, response.text
+    problem = next(p for p in _problems(response) if p["path"].endswith("api_key_env"))
+    assert "https" in problem["message"], problem
+    ok = await _put(env_a, "cleartext", {"type": "openai", "base_url": "https://api.openai.com/v1",
+                                         "api_key_env": "OPENAI_API_KEY"})  # fmt: skip
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("field_name", ["base_url", "metrics_url"])
+async def test_a_url_may_not_carry_a_password(env_a: Env, field_name: str) -> None:
+    """`https://user:secret@host/` was stored and shown to every catalogue reader (and sent unchecked)."""
+    body = {"type": "openai-compatible", "base_url": "https://models.example.com/v1",
+            field_name: "https://svc:hunter2@models.example.com/v1"}  # fmt: skip
+    response = await _put(env_a, "userinfo", body)
+    assert response.status_code == 422, response.text
+    listed = await (await env_a.login("uadmin")).get("/api/v1/providers")
+    assert "hunter2" not in listed.text
