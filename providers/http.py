@@ -67,6 +67,11 @@ class PoolLimits:
     max_response_bytes: int = 64 * 1024 * 1024
     max_event_bytes: int = 8 * 1024 * 1024
     max_stream_bytes: int = 256 * 1024 * 1024
+    # Whole answers (non-stream) held at once by one pool, i.e. one gateway worker: each is capped above,
+    # but twenty 60 MB answers at once took a worker to 3 GB (an upstream an institution admin named, or a
+    # broken model server). Beyond it the answer being read is dropped (lost after its 200: billed at its
+    # bound, as any answer lost after the model ran).
+    max_buffered_bytes: int = 512 * 1024 * 1024
 
 
 class _Connection(asyncio.Protocol):
@@ -243,15 +248,25 @@ class Response:
         return conn.take()
 
     async def read_whole(self, max_bytes: int) -> bytes:
-        """The whole body; UpstreamTooLarge as soon as it passes `max_bytes` (nothing more is held)."""
+        """The whole body; UpstreamTooLarge as soon as it passes `max_bytes`, or as soon as the whole answers
+        this pool is reading pass `max_buffered_bytes` together (nothing more is held)."""
+        pool = self._pool
         parts: list[bytes] = []
         size = 0
-        while chunk := await self.readany():
-            size += len(chunk)
-            if size > max_bytes:
-                raise UpstreamTooLarge(f"upstream answer larger than {max_bytes} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
+        try:
+            while chunk := await self.readany():
+                size += len(chunk)
+                pool.buffered += len(chunk)
+                if size > max_bytes:
+                    raise UpstreamTooLarge(f"upstream answer larger than {max_bytes} bytes")
+                if pool.buffered > pool.limits.max_buffered_bytes:
+                    raise UpstreamTooLarge(
+                        f"the gateway is holding {pool.limits.max_buffered_bytes} bytes of whole answers already"
+                    )
+                parts.append(chunk)
+            return b"".join(parts)
+        finally:
+            pool.buffered -= size
 
     async def read(self, limit: int = -1) -> bytes:
         """The whole body, or its first `limit` bytes (the rest is dropped with the connection)."""
@@ -293,6 +308,7 @@ class UpstreamPool:
         self._keepalive = keepalive
         self._ssl = ssl_context
         self.limits = limits or PoolLimits()
+        self.buffered = 0  # bytes of whole answers being read (read_whole), against limits.max_buffered_bytes
         self._policy = policy
         self._open: dict[tuple[str, str, int], int] = {}
         self._slot_waiters: dict[tuple[str, str, int], deque[asyncio.Future[None]]] = {}

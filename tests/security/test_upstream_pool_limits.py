@@ -180,3 +180,44 @@ def test_the_gateway_applies_the_settings(stack: Stack) -> None:
         text = b"".join(streamed.iter_bytes())
     assert b"upstream_stream_error" in text
     assert len(text) < 8192 + 1024
+
+
+async def test_whole_answers_held_at_once_are_capped_per_worker() -> None:
+    """Found by the attack review: each answer was capped, their sum was not (twenty 60 MB answers at once
+    took a worker to 3 GB). Two answers of 3 MiB against a 4 MiB budget: the one that passes it is lost
+    (after its 200: billed at its bound), the other is answered; the budget is free again afterwards."""
+    size = 3 * 1024 * 1024
+    body = b'{"choices":[],"pad":"' + b"x" * (size - 30) + b'"}'
+
+    async def slow_big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        half = len(body) * 5 // 6
+        writer.write(body[:half])  # 2.5 MiB each, then a pause: both are being held at once
+        await writer.drain()
+        await asyncio.sleep(1.0)
+        writer.write(body[half:])
+        await writer.drain()
+
+    async with raw_server(slow_big) as (url, _):
+        limits = upstream_http.PoolLimits(
+            max_response_bytes=4 * 1024 * 1024, max_buffered_bytes=4 * 1024 * 1024
+        )
+        pool = UpstreamPool(limits=limits)
+        router = build_router(_provider(url), session=pool)
+        try:
+            results = await asyncio.gather(
+                router.open("m", BODY, stream=False),
+                router.open("m", BODY, stream=False),
+                return_exceptions=True,
+            )
+            lost = [r for r in results if isinstance(r, UpstreamAnswerLost)]
+            served = [r for r in results if not isinstance(r, BaseException)]
+            assert len(lost) == 1 and len(served) == 1, results
+            assert "holding 4194304 bytes of whole answers" in str(lost[0])
+            assert pool.buffered == 0
+        finally:
+            await router.close()
+            await pool.close()
