@@ -105,6 +105,9 @@ def test_the_gateway_connects_only_where_it_must(gpu: Rendered) -> None:
         "0.0.0.0/0"
     ]
     assert {"fe80::/10", "fc00::/7", "::1/128"} <= blocks["::/0"]
+    # IPv6 forms carrying an IPv4 address reach the private ranges again (64:ff9b::a9fe:a9fe is the
+    # metadata service through NAT64): found by the attack review
+    assert {"64:ff9b::/96", "2002::/16", "::ffff:0:0/96", "fec0::/10", "2001::/32"} <= blocks["::/0"]
 
 
 def test_operators_can_widen_the_policies() -> None:
