@@ -30,6 +30,7 @@ from admin_api.sso import (
     mount_sso,
     parse_sso_section,
 )
+from admin_api.sso.sso_secrets import declared_from
 from admin_api.state import AdminState
 from core.db import make_async_engine, session_factory
 from core.models import Institution
@@ -54,13 +55,17 @@ per 1M tokens. Errors are `{"error": {"code", "message", "details"}}`.
 
 
 def _registry(state: AdminState) -> SSORegistry:
+    # A row imported before EDUAIQ_SSO_SECRET_VARS existed, or edited by hand, meets the operator's current
+    # declarations here too: one naming a secret it may not read offers no sign-in.
+    declared = declared_from(state.settings)
+
     async def load(institution_id: str) -> InstitutionSSO | None:
         async with state.sessions() as session:
             inst = await session.get(Institution, institution_id)
         if inst is None or not inst.sso:
             return None
         try:
-            return parse_sso_section(institution_id, inst.sso)
+            return parse_sso_section(institution_id, inst.sso, declared)
         except SSOConfigError as exc:  # the importer checks it; a hand-edited row must not break sign-in
             log.error("institution %s: unusable sso settings: %s", institution_id, exc)
             return None

@@ -1,6 +1,7 @@
 """Lists of names and networks the operator declares in settings (`EDUAIQ_PROVIDER_SECRET_VARS`,
-`EDUAIQ_UPSTREAM_ALLOWED_CIDRS`), parsed here so a bad value stops the process at start-up with the
-setting's name (core/settings.py validates with these) and the provider policy reads the same result.
+`EDUAIQ_SSO_SECRET_VARS`, `EDUAIQ_UPSTREAM_ALLOWED_CIDRS`), parsed here so a bad value stops the process at
+start-up with the setting's name (core/settings.py validates with these) and the provider policy and the SSO
+settings (admin_api/sso/sso_secrets.py) read the same result.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# Variables no provider may read, declared or not: the gateway's own settings (session secret, database
+# Variables no provider and no institution's sign-in settings may read, declared or not: the gateway's own settings (session secret, database
 # and Kafka URLs and passwords) and the standard variables of the PostgreSQL, Redis and Kafka clients.
 _NEVER_PREFIXES = ("EDUAIQ_", "PG", "REDIS", "KAFKA", "CELERY", "DATABASE_URL")
 
@@ -37,9 +38,9 @@ def parse_networks(value: str) -> tuple[IPNetwork, ...]:
 
 @dataclass(frozen=True, slots=True)
 class SecretVar:
-    """One `EDUAIQ_PROVIDER_SECRET_VARS` entry: `[institution:]NAME[*][@host]`.
+    """One `EDUAIQ_PROVIDER_SECRET_VARS` (or `EDUAIQ_SSO_SECRET_VARS`) entry: `[institution:]NAME[*][@host]`.
 
-    `institution` None: any institution's providers may read it (meant for a deployment serving one
+    `institution` None: any institution's providers (or sign-in settings) may read it (meant for a deployment serving one
     institution; with several, an unscoped key is readable by every institution's admins). `host` None:
     it may be sent to any upstream the address policy allows; otherwise only to that host (any port).
     """
@@ -61,9 +62,10 @@ _HOST = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.\-]*[a-z0-9])?)$")
 SECRET_VARS_FORM = "[institution:]NAME[*][@host], e.g. stateu:OPENAI_API_KEY@api.openai.com"
 
 
-def parse_secret_vars(value: str) -> tuple[SecretVar, ...]:
+def parse_secret_vars(value: str, holds: str = "provider keys") -> tuple[SecretVar, ...]:
     """The entries of `stateu:OPENAI_API_KEY@api.openai.com, stateu:STATEU_*`; ValueError names an entry
-    that is malformed or names a variable no provider may ever read."""
+    that is malformed or names a variable nobody may ever read. `holds` says what the declared variables
+    are for, in that message (one grammar for provider keys and SSO secrets, so one parser)."""
     out: list[SecretVar] = []
     for part in split_list(value):
         head, at, host = part.partition("@")
@@ -81,8 +83,8 @@ def parse_secret_vars(value: str) -> tuple[SecretVar, ...]:
             )
         if never_declarable(stem) or (prefix and any(p.startswith(stem.upper()) for p in _NEVER_PREFIXES)):
             raise ValueError(
-                f"'{part}' would let providers read the gateway's own settings or database, Redis or Kafka "
-                "credentials; declare only variables that hold provider keys"
+                f"'{part}' would let institutions read the gateway's own settings or database, Redis or Kafka "
+                f"credentials; declare only variables that hold {holds}"
             )
         out.append(SecretVar(scope or None, stem, prefix, host.strip("[]") or None))
     return tuple(out)

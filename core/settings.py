@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     provider_secret_vars: str = ""
     upstream_allowed_cidrs: str = ""
     upstream_allowed_hosts: str = ""
+    # The same for institutions' sign-in settings (admin_api/sso/sso_secrets.py): the variables an `sso:`
+    # section may name for its OIDC client secret or SAML SP key, same grammar, `@host` binding an OIDC
+    # secret to the token endpoint's host (a SAML key to the IdP's hosts). IdPs are reached under the
+    # upstream address policy above; each IdP answer is capped at this many bytes and each exchange with an
+    # IdP (connect, send, read all) at this many seconds, so a slow or huge IdP cannot hold a sign-in open.
+    sso_secret_vars: str = ""
+    sso_idp_max_response_bytes: int = Field(default=1024 * 1024, ge=1024)
+    sso_idp_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
     # The upstream pool's bounds (providers/http.py): open connections per upstream host (callers wait for
     # one), a non-stream answer's bytes, one server-sent event's bytes and a whole stream's bytes.
     upstream_max_connections_per_host: int = Field(default=512, ge=1)
@@ -109,6 +117,12 @@ class Settings(BaseSettings):
     @classmethod
     def _secret_vars(cls, v: str) -> str:
         parse_secret_vars(v)
+        return v
+
+    @field_validator("sso_secret_vars")
+    @classmethod
+    def _sso_secret_vars(cls, v: str) -> str:
+        parse_secret_vars(v, holds="SSO secrets (OIDC client secrets, SAML SP keys)")
         return v
 
     @field_validator("upstream_allowed_cidrs")

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from admin_api.orgfile.checks import Problem, cross_checks
 from admin_api.orgfile.schema import OrgFile
+from admin_api.sso.config import SSOConfigError, parse_sso_section
 from providers.config import compile_deployments
 from providers.errors import ConfigError
 from providers.upstream_policy import UpstreamPolicy
@@ -70,6 +71,10 @@ def parse_document(doc: Any, policy: UpstreamPolicy | None = None) -> OrgFile:
             compile_deployments(model.providers, currency=model.institution.currency, policy=scoped)
         except ConfigError as exc:
             problems += [_split(p) for p in exc.problems]
+        try:  # the sign-in settings, with the secret variables the operator declared for SSO
+            parse_sso_section(model.institution.id, model.sso or None)
+        except SSOConfigError as exc:
+            problems += exc.problems
     if problems or model is None:
         raise OrgFileError(_dedupe(problems))
     return model

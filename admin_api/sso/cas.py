@@ -2,7 +2,8 @@
 
 python-cas builds the URLs and parses the CAS 3 response; the validation
 request itself goes through our async httpx client (python-cas would block a
-worker thread on `requests` with no timeout). The CAS server enforces that a
+worker thread on `requests` with no timeout), under the upstream address policy
+and the IdP limits (idp_http.py). The CAS server enforces that a
 service ticket is valid once, for the exact service URL it was issued to, for
 a short time; the callback additionally refuses a ticket it has already seen
 before asking the server at all.
@@ -19,6 +20,7 @@ from lxml import etree
 
 from admin_api.sso.config import CasServer
 from admin_api.sso.errors import SSOError
+from admin_api.sso.idp_http import IdpLimits, exchange
 
 CAS_NS = "http://www.yale.edu/tp/cas"
 
@@ -51,12 +53,13 @@ def _failure(xml: bytes) -> dict[str, Any]:
 
 
 async def validate(
-    http: httpx.AsyncClient, cfg: CasServer, service_url: str, ticket: str
+    http: httpx.AsyncClient, limits: IdpLimits, cfg: CasServer, service_url: str, ticket: str
 ) -> tuple[str, dict[str, Any]]:
-    """(user, attributes) for a service ticket, or `SSOError` 401 when the server refuses it."""
+    """(user, attributes) for a service ticket, or `SSOError` 401 when the server refuses it. The answer is
+    capped and timed by `limits` (idp_http.py): the server is whatever URL the institution wrote."""
     url = urljoin(cfg.server_url, CASClientV3.url_suffix)
     try:
-        resp = await http.get(url, params={"ticket": ticket, "service": service_url})
+        resp = await exchange(http, limits, "GET", url, params={"ticket": ticket, "service": service_url})
         resp.raise_for_status()
     except httpx.HTTPError as exc:
         raise SSOError(502, "idp_unreachable", "the CAS server could not be reached",

@@ -4,17 +4,23 @@ An institution may offer any of SAML, OIDC and CAS; all three feed the same
 attribute mapping (`Mapping`), so a user lands in the same units whichever way
 they sign in. Secrets (an OIDC client secret, an SP signing key) are never in
 the file: the file names the environment variable that holds them, as it does
-for provider API keys.
+for provider API keys, and only variables the operator declared for the
+institution's sign-in may be named (sso_secrets.py); they are read through
+`sso_secrets.read`, never straight from the environment.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping as MappingABC
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from admin_api.sso.sso_secrets import declared_from, section_problems
+from core.declared import SecretVar
+from core.settings import get_settings
 
 URL = r"^https?://\S+$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
@@ -56,9 +62,6 @@ class SamlIdP(Strict):
     sp_private_key_env: str | None = Field(default=None, pattern=ENV_NAME)
     want_response_signed: bool = False  # the assertion must always be signed; this adds the envelope
 
-    def sp_private_key(self) -> str | None:
-        return os.environ.get(self.sp_private_key_env) if self.sp_private_key_env else None
-
     @model_validator(mode="after")
     def _key_pair(self) -> SamlIdP:
         if bool(self.sp_cert) != bool(self.sp_private_key_env):
@@ -73,9 +76,6 @@ class OidcProvider(Strict):
     client_secret_env: str | None = Field(default=None, pattern=ENV_NAME)
     scopes: list[str] = ["openid", "email", "profile"]
     use_userinfo: bool = True
-
-    def client_secret(self) -> str | None:
-        return os.environ.get(self.client_secret_env) if self.client_secret_env else None
 
     @field_validator("scopes")
     @classmethod
@@ -221,16 +221,27 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_sso_section(institution_id: str, section: MappingABC[str, Any] | None) -> InstitutionSSO:
-    """Check the file's `sso:` mapping; raise `SSOConfigError` listing every problem by its path."""
+def parse_sso_section(
+    institution_id: str, section: MappingABC[str, Any] | None, secret_vars: Sequence[SecretVar] | None = None
+) -> InstitutionSSO:
+    """Check the file's `sso:` mapping; raise `SSOConfigError` listing every problem by its path.
+
+    `secret_vars`: the operator's EDUAIQ_SSO_SECRET_VARS entries, which the secret variables the section
+    names must be declared in for this institution; None reads them from the process's settings, so no
+    caller can skip the check by not having them at hand."""
     data = dict(section or {})
     if "institution_id" in data:
         raise SSOConfigError([("sso.institution_id", "unknown field (the institution is the file's)")])
     try:
-        return InstitutionSSO.model_validate({**data, "institution_id": institution_id})
+        cfg = InstitutionSSO.model_validate({**data, "institution_id": institution_id})
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             msg = "unknown field" if err["type"] == "extra_forbidden" else str(err["msg"])
             problems.append((_path(err["loc"]), msg.removeprefix("Value error, ")))
         raise SSOConfigError(problems) from None
+    declared = declared_from(get_settings()) if secret_vars is None else secret_vars
+    refused = section_problems(cfg, declared)
+    if refused:
+        raise SSOConfigError(refused)
+    return cfg

@@ -2,7 +2,9 @@
 
 authlib builds the protocol messages (grant URI, PKCE challenge, token request)
 and validates the id_token claims; the HTTP goes through our shared async
-httpx client.
+httpx client, each exchange capped and timed (idp_http.py). The client secret
+is read through `sso_secrets.read`, for this institution and the token endpoint's
+host: the discovery document, not the institution file, names that endpoint.
 
 The id_token is checked by us, not trusted because it came over TLS: signature
 against the issuer's JWKS (refetched once on an unknown key id, so key
@@ -16,6 +18,7 @@ userinfo answer must be about the same `sub`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -28,8 +31,12 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
+from admin_api.sso import sso_secrets
 from admin_api.sso.config import OidcProvider
 from admin_api.sso.errors import SSOError
+from admin_api.sso.idp_http import IdpLimits, exchange
+from core.declared import SecretVar
+from providers.upstream_policy import hostname
 
 ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 LEEWAY_SECONDS = 60
@@ -48,17 +55,27 @@ def invalid_token(reason: str, claim: str | None = None) -> SSOError:
 
 
 class ProviderCache:
-    """Discovery documents and key sets per issuer, kept for `ttl_seconds`."""
+    """Discovery documents and key sets per issuer, kept for `ttl_seconds`; also what every exchange with an
+    OIDC provider is held to: `limits`, and `secret_vars` (EDUAIQ_SSO_SECRET_VARS) for client secrets."""
 
-    def __init__(self, http: httpx.AsyncClient, ttl_seconds: float = 3600.0) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        ttl_seconds: float = 3600.0,
+        *,
+        limits: IdpLimits | None = None,
+        secret_vars: Sequence[SecretVar] = (),
+    ) -> None:
         self._http = http
         self._ttl = ttl_seconds
+        self.limits = limits or IdpLimits()
+        self.secret_vars = tuple(secret_vars)
         self._metadata: dict[str, tuple[float, dict[str, Any]]] = {}
         self._jwks: dict[str, tuple[float, dict[str, Any]]] = {}
 
     async def _get_json(self, url: str, what: str) -> dict[str, Any]:
         try:
-            resp = await self._http.get(url, headers={"Accept": "application/json"})
+            resp = await exchange(self._http, self.limits, "GET", url, headers={"Accept": "application/json"})
             resp.raise_for_status()
             data = resp.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -97,14 +114,18 @@ class ProviderCache:
 
     async def post_form(self, url: str, body: str, auth: httpx.BasicAuth | None) -> httpx.Response:
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
-        if auth is None:
-            return await self._http.post(url, content=body, headers=headers)
-        return await self._http.post(url, content=body, headers=headers, auth=auth)
+        return await exchange(self._http, self.limits, "POST", url, headers=headers, content=body, auth=auth)
 
     async def get(self, url: str, token: str) -> httpx.Response:
-        return await self._http.get(
-            url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        )
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        return await exchange(self._http, self.limits, "GET", url, headers=headers)
+
+    def client_secret(self, institution: str, cfg: OidcProvider, token_endpoint: str) -> str | None:
+        """The secret, if the institution may send it to this token endpoint (`SSOError` otherwise)."""
+        if cfg.client_secret_env is None:
+            return None
+        host = hostname(token_endpoint) or token_endpoint
+        return sso_secrets.read(self.secret_vars, institution, cfg.client_secret_env, (host,))
 
 
 async def authorization_url(
@@ -120,10 +141,16 @@ async def authorization_url(
 
 
 async def _exchange(
-    cache: ProviderCache, cfg: OidcProvider, meta: dict[str, Any], redirect_uri: str, code: str, verifier: str
+    cache: ProviderCache,
+    institution: str,
+    cfg: OidcProvider,
+    meta: dict[str, Any],
+    redirect_uri: str,
+    code: str,
+    verifier: str,
 ) -> dict[str, Any]:
     """The token request (client_secret_basic, or client_id in the body for a public client)."""
-    secret = cfg.client_secret()
+    secret = cache.client_secret(institution, cfg, meta["token_endpoint"])
     extra = {} if secret else {"client_id": cfg.client_id}
     body = prepare_token_request("authorization_code", code=code, redirect_uri=redirect_uri,
                                  code_verifier=verifier, **extra)  # fmt: skip
@@ -177,11 +204,17 @@ async def validate_id_token(
 
 
 async def complete(
-    cache: ProviderCache, cfg: OidcProvider, redirect_uri: str, code: str, code_verifier: str, nonce: str
+    cache: ProviderCache,
+    institution: str,
+    cfg: OidcProvider,
+    redirect_uri: str,
+    code: str,
+    code_verifier: str,
+    nonce: str,
 ) -> tuple[dict[str, Any], str]:
     """Exchange the code, validate the id_token, merge userinfo; returns (claims, raw id_token)."""
     meta = await cache.metadata(cfg)
-    token = await _exchange(cache, cfg, meta, redirect_uri, code, code_verifier)
+    token = await _exchange(cache, institution, cfg, meta, redirect_uri, code, code_verifier)
     id_token = token.get("id_token")
     if not isinstance(id_token, str):
         raise invalid_token("the token response carries no id_token")

@@ -16,13 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from admin_api.sso import cas, oidc, saml
 from admin_api.sso.errors import SSOError, error_response, sso_error_handler
+from admin_api.sso.idp_http import IdpLimits
 from admin_api.sso.principal import csrf_protect
 from admin_api.sso.provisioning import find_user, only_institution, user_grants
 from admin_api.sso.registry import SSORegistry
 from admin_api.sso.service import SSOService, read_form, safe_return_to, sign_in_entry
+from admin_api.sso.sso_secrets import declared_from
 from core.db import session_scope
 from core.settings import Settings
 from core.time import utcnow
+from providers.upstream_policy import UpstreamPolicy
 
 R = TypeVar("R", bound=Response)
 
@@ -61,12 +64,16 @@ def make_sso_router(
     """The SSO routes, to mount under `/auth` with `mount_sso`.
 
     `settings.public_base_url` is what IdPs see (ACS, callbacks, audience); `settings.session_secret`
-    signs cookies (required unless `dev_mode`, which also enables `/auth/dev/login`).
+    signs cookies (required unless `dev_mode`, which also enables `/auth/dev/login`). IdPs are reached under
+    the operator's upstream address policy and the EDUAIQ_SSO_IDP_* limits, and SSO secrets are read only
+    as EDUAIQ_SSO_SECRET_VARS declares them (`http`, when given, brings its own address rules).
     """
     svc = SSOService(
         registry=registry, db=db, redis=redis, public_base_url=settings.public_base_url,
         session_secret=settings.session_secret, dev_mode=dev_mode, session_ttl_seconds=session_ttl_seconds,
         cookie_secure=cookie_secure, allowed_origins=allowed_origins, http=http,
+        address_policy=UpstreamPolicy.from_settings(settings), secret_vars=declared_from(settings),
+        idp_limits=IdpLimits(settings.sso_idp_max_response_bytes, settings.sso_idp_timeout_seconds),
     )  # fmt: skip
     router = SSORouter(tags=["auth"])
     router.service = svc
@@ -78,7 +85,7 @@ def make_sso_router(
     async def saml_metadata(institution: str, request: Request) -> Response:
         cfg = await svc.config(institution, "saml")
         urls = svc.saml_urls(request, cfg)
-        xml = saml.metadata_xml(saml.settings_for(cfg, urls))
+        xml = saml.metadata_xml(saml.settings_for(cfg, urls, svc.secret_vars))
         return Response(xml, media_type="application/samlmetadata+xml")
 
     @router.get("/saml/{institution}/login", name="sso_saml_login")
@@ -87,7 +94,7 @@ def make_sso_router(
         cfg = await svc.config(institution, "saml")
         urls = svc.saml_urls(request, cfg)
         flow_id = svc.flows.new_id()
-        url, request_id = saml.login_redirect(saml.settings_for(cfg, urls), urls, flow_id)
+        url, request_id = saml.login_redirect(saml.settings_for(cfg, urls, svc.secret_vars), urls, flow_id)
         await svc.flows.put(flow_id, {"kind": "saml", "institution": institution, "request_id": request_id,
                                       "return_to": safe_return_to(return_to)})  # fmt: skip
         response = RedirectResponse(url, status_code=302)
@@ -110,7 +117,9 @@ def make_sso_router(
         flow = await svc.take_flow(relay_state, "saml", institution)
         svc.check_flow_cookie(request, relay_state, cross_site_post=True)
         urls = svc.saml_urls(request, cfg)
-        assertion = saml.accept_response(saml.settings_for(cfg, urls), urls, message, flow["request_id"])
+        assertion = saml.accept_response(
+            saml.settings_for(cfg, urls, svc.secret_vars), urls, message, flow["request_id"]
+        )
         keep = 3600
         if assertion.not_on_or_after is not None:
             keep = max(keep, int(assertion.not_on_or_after.timestamp() - utcnow().timestamp()) + 600)
@@ -136,7 +145,7 @@ def make_sso_router(
         binding: saml.Binding = "post" if request.method == "POST" else "redirect"
         params = await read_form(request) if binding == "post" else dict(request.query_params)
         urls = svc.saml_urls(request, cfg)
-        settings_ = saml.settings_for(cfg, urls)
+        settings_ = saml.settings_for(cfg, urls, svc.secret_vars)
         if params.get("SAMLResponse"):
             flow = await svc.take_flow(params.get("RelayState"), "saml-logout", institution)
             saml.accept_logout_response(settings_, cfg.saml, urls, binding, params, flow["request_id"])
@@ -201,8 +210,8 @@ def make_sso_router(
         if not code:
             raise SSOError(400, "oidc_code_missing", "the callback carries no authorization code")
         redirect_uri = svc.url(request, "sso_oidc_callback", institution=institution)
-        claims, id_token = await oidc.complete(svc.oidc, cfg.oidc, redirect_uri, code, flow["verifier"],
-                                               flow["nonce"])  # fmt: skip
+        claims, id_token = await oidc.complete(svc.oidc, institution, cfg.oidc, redirect_uri, code,
+                                               flow["verifier"], flow["nonce"])  # fmt: skip
         return await svc.finish_login(cfg, "oidc", claims, str(claims.get("sub") or ""), flow["return_to"],
                                       logout={"id_token": id_token})  # fmt: skip
 
@@ -239,7 +248,7 @@ def make_sso_router(
         svc.check_flow_cookie(request, flow_id, cross_site_post=False)
         if not await svc.flows.first_use("cas", ticket, 24 * 3600):
             raise SSOError(401, "cas_ticket_reused", "this CAS ticket has already been used")
-        user, attributes = await cas.validate(svc.http, cfg.cas, flow["service"], ticket)
+        user, attributes = await cas.validate(svc.http, svc.idp_limits, cfg.cas, flow["service"], ticket)
         return await svc.finish_login(cfg, "cas", attributes, user, flow["return_to"])
 
     # --- sessions -----------------------------------------------------------------------------
@@ -365,7 +374,9 @@ async def _idp_logout(
     if method == "saml" and cfg.saml and cfg.saml.slo_url and hints.get("name_id"):
         urls = svc.saml_urls(request, cfg)
         flow_id = svc.flows.new_id()
-        url, request_id = saml.logout_redirect(saml.settings_for(cfg, urls), urls, hints, flow_id)
+        url, request_id = saml.logout_redirect(
+            saml.settings_for(cfg, urls, svc.secret_vars), urls, hints, flow_id
+        )
         await svc.flows.put(flow_id, {"kind": "saml-logout", "institution": institution,
                                       "request_id": request_id, "return_to": "/"})  # fmt: skip
         return url

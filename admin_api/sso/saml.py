@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -34,8 +35,10 @@ from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
 
+from admin_api.sso import sso_secrets
 from admin_api.sso.config import InstitutionSSO, SamlIdP
 from admin_api.sso.errors import SSOError
+from core.declared import SecretVar
 
 V = OneLogin_Saml2_ValidationError
 TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
@@ -93,11 +96,13 @@ def _pem_body(cert: str) -> str:
     return OneLogin_Saml2_Utils.format_cert(cert, heads=False)
 
 
-def settings_for(cfg: InstitutionSSO, urls: SpUrls) -> OneLogin_Saml2_Settings:
+def settings_for(cfg: InstitutionSSO, urls: SpUrls, declared: Sequence[SecretVar]) -> OneLogin_Saml2_Settings:
+    """`declared`: the operator's EDUAIQ_SSO_SECRET_VARS, which the SP key's variable must be in."""
     idp = cfg.saml
     if idp is None:
         raise ValueError("institution has no SAML IdP")
-    key = idp.sp_private_key()
+    name = idp.sp_private_key_env
+    key = sso_secrets.read(declared, cfg.institution_id, name, sso_secrets.saml_hosts(cfg)) if name else None
     signing = bool(idp.sp_cert and key)
     idp_data: dict[str, Any] = {
         "entityId": idp.entity_id,

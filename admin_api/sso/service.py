@@ -20,17 +20,22 @@ from fastapi.responses import RedirectResponse, Response
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from admin_api.sso import idp_http
 from admin_api.sso.config import InstitutionSSO
 from admin_api.sso.errors import SSOError, bad_state, not_configured
 from admin_api.sso.flows import FLOW_TTL_SECONDS, FlowStore
+from admin_api.sso.idp_http import IdpLimits
 from admin_api.sso.mapping import map_identity, normalize
 from admin_api.sso.oidc import ProviderCache
 from admin_api.sso.provisioning import provision
 from admin_api.sso.registry import SSORegistry
 from admin_api.sso.saml import SpUrls
 from admin_api.sso.sessions import Method, SessionRecord, SessionStore, resolve_secret
+from admin_api.sso.sso_secrets import SETTING, section_problems
 from core.db import session_scope
+from core.declared import SecretVar
 from core.models import AuditEntry
+from providers.upstream_policy import UpstreamPolicy
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,13 @@ class SSOService:
         cookie_secure: bool | None = None,
         allowed_origins: Sequence[str] = (),
         http: httpx.AsyncClient | None = None,
+        address_policy: UpstreamPolicy | None = None,
+        secret_vars: Sequence[SecretVar] = (),
+        idp_limits: IdpLimits | None = None,
     ) -> None:
+        """`address_policy`: where IdPs may be (make_sso_router passes the operator's; None here is no check,
+        for a caller that brings its own `http`). `secret_vars`: EDUAIQ_SSO_SECRET_VARS, which every secret
+        a configuration names must be declared in (none declared: no secret may be read)."""
         self.registry = registry
         self.db = db
         self.public_base_url = public_base_url.rstrip("/")
@@ -108,8 +119,10 @@ class SSOService:
         self.sessions = SessionStore(redis, resolve_secret(session_secret, dev_mode), session_ttl_seconds)
         self.flows = FlowStore(redis)
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
-        self.oidc = ProviderCache(self.http)
+        self.idp_limits = idp_limits or IdpLimits()
+        self.secret_vars = tuple(secret_vars)
+        self.http = http or idp_http.client(address_policy, self.idp_limits)
+        self.oidc = ProviderCache(self.http, limits=self.idp_limits, secret_vars=self.secret_vars)
         origins = [origin_of(self.public_base_url), *(origin_of(o) for o in allowed_origins)]
         self.allowed_origins = {o for o in origins if o}
 
@@ -123,6 +136,13 @@ class SSOService:
         cfg = await self.registry.get(institution)
         if cfg is None or getattr(cfg, method) is None:
             raise not_configured(institution, method)
+        # The parse-time check once more (a registry may be filled without parsing): a section naming a
+        # secret it may not read offers no sign-in at all, whichever method is asked for.
+        refused = section_problems(cfg, self.secret_vars)
+        if refused:
+            log.error("institution %s: sso settings refused: %s", institution, refused)
+            raise SSOError(502, "sso_secret_refused", "the institution's sign-in settings name a secret they "
+                           "may not use; the operator declares SSO secrets", {"setting": SETTING})  # fmt: skip
         return cfg
 
     def url(self, request: Request, name: str, **params: str) -> str:

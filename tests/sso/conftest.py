@@ -8,6 +8,7 @@ the shared fixtures.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -40,6 +41,9 @@ from tests.sso import idps
 from tests.sso.support import SP, org_document
 
 SECRET = "test-session-secret-" + "x" * 40
+# The operator's declaration of the OIDC client secrets the test institutions name (EDUAIQ_SSO_SECRET_VARS;
+# the IdPs on loopback are allowed by tests/conftest.py's EDUAIQ_UPSTREAM_ALLOWED_CIDRS).
+os.environ.setdefault("EDUAIQ_SSO_SECRET_VARS", "TEST_OIDC_SECRET_*")
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +169,7 @@ async def oidc_op(
     op = idps.start_oidc_op(sso_workdir, SP, {"eduaiq-sp": [inst], "rogue": [rogue]}, rogue_client="rogue")
     monkey = pytest.MonkeyPatch()
     for client_id, i in (("eduaiq-sp", inst), ("rogue", rogue)):
-        env_name = f"EDUAIQ_TEST_OIDC_SECRET_{i.upper()}"
+        env_name = f"TEST_OIDC_SECRET_{i.upper()}"
         monkey.setenv(env_name, op.secrets[client_id])
         registry.put(InstitutionSSO(
             institution_id=i,

@@ -154,13 +154,25 @@ self-hosted models' Services, and what upstream.* lists). Names, not secrets. */
 {{- end }}
 - name: EDUAIQ_PROVIDER_SECRET_VARS
   value: {{ $secretVars | uniq | join "," | quote }}
+{{- /* The same for the institution file's sso: section (admin_api/sso/sso_secrets.py): the variables the
+chart maps from Secrets through ssoKeys, each `[institution:]env[@host]`; the import and the admin API
+refuse any other name. */}}
+{{- $ssoVars := list }}
+{{- range .Values.ssoKeys }}
+{{- $entry := .env }}
+{{- if .host }}{{ $entry = printf "%s@%s" $entry .host }}{{ end }}
+{{- if .institution }}{{ $entry = printf "%s:%s" .institution $entry }}{{ end }}
+{{- $ssoVars = append $ssoVars $entry }}
+{{- end }}
+- name: EDUAIQ_SSO_SECRET_VARS
+  value: {{ $ssoVars | uniq | join "," | quote }}
 - name: EDUAIQ_UPSTREAM_ALLOWED_HOSTS
   value: {{ concat (include "eduaiq.vllmHosts" . | fromYamlArray) .Values.upstream.allowedHosts | uniq | join "," | quote }}
 - name: EDUAIQ_UPSTREAM_ALLOWED_CIDRS
   value: {{ .Values.upstream.allowedCidrs | join "," | quote }}
 {{- range $name, $value := .Values.settings }}
-{{- if has (lower $name) (list "provider_secret_vars" "upstream_allowed_hosts" "upstream_allowed_cidrs") }}
-{{- fail (printf "settings.%s is set by the chart: use providerKeys, selfHosted.apiKey and upstream.allowedHosts/allowedCidrs" $name) }}
+{{- if has (lower $name) (list "provider_secret_vars" "sso_secret_vars" "upstream_allowed_hosts" "upstream_allowed_cidrs") }}
+{{- fail (printf "settings.%s is set by the chart: use providerKeys, ssoKeys, selfHosted.apiKey and upstream.allowedHosts/allowedCidrs" $name) }}
 {{- end }}
 - name: {{ printf "EDUAIQ_%s" (upper $name) }}
   value: {{ ternary $value (toJson $value) (kindIs "string" $value) | quote }}
