@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     # quick start's one-origin server applies the same): the head's bytes (the request line, and each
     # header value too) and header lines (431), seconds for the head and for the body, neither restarting
     # with each byte (408), bytes read ahead behind a request being answered (reading pauses), request
-    # bytes held before the app has them (503) and requests in progress (503), per worker.
+    # bytes held before the app has them (heads too; 503), requests in progress (503) and open connections
+    # (503), per worker.
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     max_header_count: int = Field(default=100, ge=10)
     header_timeout_seconds: float = Field(default=20.0, gt=0)
@@ -112,6 +113,12 @@ class Settings(BaseSettings):
     max_connection_buffer_bytes: int = Field(default=1024 * 1024, ge=0)
     max_worker_buffer_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     max_concurrent_requests: int = Field(default=1000, ge=1)
+    # Open connections per worker: each costs a file descriptor and memory before it sends a byte (and its
+    # unfinished head counts in max_worker_buffer_bytes); beyond it a new one gets 503 with Retry-After
+    # before any request and is closed. 4096: about four times max_concurrent_requests, room for idle
+    # keep-alive clients; a worker uses at most half its file descriptor limit (the rest is for upstream
+    # connections and the data stores).
+    max_connections: int = Field(default=4096, ge=1)
 
     @field_validator("provider_secret_vars")
     @classmethod

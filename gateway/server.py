@@ -32,8 +32,10 @@ so this server speaks ASGI too, the part of it the gateway uses:
   place: the bytes fed while a head stays open are counted), a deadline for
   the body as for the head (408), the bytes a connection reads ahead behind
   the request being answered (reading pauses), the request bytes one worker
-  holds before the app has them (503) and the requests in progress (503);
-  both 503s carry Retry-After;
+  holds before the app has them, unfinished and queued heads as well as
+  bodies (503), the requests in progress (503) and the open connections (a
+  new one beyond gets 503 before any request and is closed); every 503
+  carries Retry-After;
 - the response head goes out with the first body bytes, in one write;
   chunked responses when the app gives no length; back-pressure on writes;
 - `http.disconnect` as soon as the client hangs up (a stream's upstream is
@@ -60,6 +62,7 @@ import http
 import logging
 import math
 import os
+import resource
 import signal
 import socket
 import time
@@ -109,8 +112,9 @@ class Limits:
     header_timeout: float  # seconds from a head's first byte to its end (408)
     body_timeout: float  # seconds from the end of a head to the end of its body (408)
     connection_buffer: int  # bytes read ahead behind the request being answered; reading pauses beyond
-    worker_buffer: int  # request bytes the worker holds before the app has them (503 beyond)
+    worker_buffer: int  # request bytes (heads, bodies) the worker holds before the app has them (503 beyond)
     max_concurrent: int  # requests the app is working on in this worker (503 beyond)
+    max_connections: int = 4096  # open connections in this worker (a new one beyond: 503 before any request)
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
@@ -123,6 +127,7 @@ class Limits:
             connection_buffer=s.max_connection_buffer_bytes,
             worker_buffer=s.max_worker_buffer_bytes,
             max_concurrent=s.max_concurrent_requests,
+            max_connections=s.max_connections,
         )
 
 
@@ -138,7 +143,14 @@ class _Shared:
         self.connections: set[_Connection] = set()
         self.closing = False
         self.answering = 0  # app calls in progress on all connections, their work after the response included
-        self.buffered = 0  # request body bytes held on all connections, not yet given to the app
+        self.buffered = 0  # request bytes (heads, bodies) held on all connections, not yet given to the app
+        self.max_connections = _connection_cap(limits.max_connections)
+        full = _busy("the gateway has too many open connections; retry shortly")
+        self.full_body = full.body()  # the answer to a connection beyond the cap, its date aside
+        self.full_head = (
+            _STATUS_LINES[503] + b"content-type: application/json\r\nretry-after: %s\r\nconnection: close\r\n"
+            b"content-length: %d\r\n" % (full.headers["retry-after"].encode(), len(self.full_body))
+        )
         self.quiet = asyncio.Event()  # set when closing and nothing is in progress
         self._date_at = 0
         self._date = b""
@@ -182,6 +194,7 @@ class _Exchange:
         "finished",
         "head_only",
         "headers",
+        "held",
         "keep_alive",
         "scope",
         "started",
@@ -195,6 +208,7 @@ class _Exchange:
         self.scope = scope
         self.keep_alive = keep_alive
         self.body = b""
+        self.held = 0  # the head's bytes, held (with the body's) until the app has the request
         self.body_given = False
         self.error: ApiError | None = None  # a request refused before the app sees it
         self.started = False  # the app sent its response's start
@@ -332,6 +346,7 @@ class _Connection(asyncio.Protocol):
         self._head_open = False  # a head has begun and not ended
         self._chunk_open = False  # a chunk of a chunked body has begun and not ended
         self._fields_fed = 0  # bytes of the reads that arrived wholly inside an open head or trailer
+        self._head_held = 0  # bytes of the reads that ended inside the open head or trailer, until it ends
         # the request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -345,6 +360,15 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        shared = self.shared
+        if len(shared.connections) >= shared.max_connections:
+            # Refused before it sends a byte: waiting for its request would let idle connections hold the
+            # descriptors the cap is for. The 503 is what uvicorn's --limit-concurrency answers; a client
+            # whose request crossed it may see a reset instead, which the SDKs retry as they retry a 503.
+            self.refused = True
+            transport.write(shared.full_head + shared.date() + b"\r\n" + shared.full_body)  # type: ignore[attr-defined]
+            transport.close()
+            return
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)  # type: ignore[union-attr]
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
@@ -371,16 +395,37 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed HTTP request: {exc}", "bad_http_request")
             return
-        if inside and self._fields_open() and self._messages == begun and self._body_size == body_before:
-            # httptools hands a header to on_header only once it is whole, and grows its value in place
-            # until then (one 96 MiB value was taken whole): a read that began and ended inside an open
-            # head (or trailer section) is all header bytes, which bounds what no callback has counted.
-            self._fields_fed += len(data)
-            if self._fields_fed > self.limits.max_header_bytes:
-                self._too_large_head()
+        if self._head_open or (
+            self._chunk_open and self._chunk_empty
+        ):  # the read ended inside a head/trailer
+            size = len(data)
+            if inside and self._messages == begun and self._body_size == body_before:
+                # httptools hands a header to on_header only once it is whole, and grows its value in place
+                # until then (one 96 MiB value was taken whole): a read that began and ended inside an open
+                # head (or trailer section) is all header bytes, which bounds what no callback has counted.
+                self._fields_fed += size
+                if self._fields_fed > self.limits.max_header_bytes:
+                    self._too_large_head()
+                    return
+            elif self._head_held:  # the fields it was held for have ended (a chunk's size line, say)
+                self._hold_head(-self._head_held)
+            # Until the head ends, its bytes are held (httptools' open field, the URL and headers so far):
+            # they count against the worker's budget as bodies do, or 4000 connections each holding a 60 KB
+            # head under the 431 limit took 300 MB from one worker. A read in which the head began counts
+            # whole (what came before the head in it is not told apart): at most one read too many.
+            self._hold_head(size)
+            if self.shared.buffered > self.limits.worker_buffer:
+                self._refuse(
+                    503, "the gateway is holding too many request heads; retry shortly", "server_busy"
+                )
                 return
+        elif self._head_held:
+            self._hold_head(-self._head_held)
         if self.exchange is not None or self.queue:
             self._flow()
+            if self.queue and self.shared.buffered > self.limits.worker_buffer:
+                # requests read ahead hold their heads (and bodies) until their turn: none more is read
+                self._refuse(503, "the gateway is holding too many requests; retry shortly", "server_busy")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -388,7 +433,8 @@ class _Connection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.hang_up()
         self.queue.clear()
-        self._hold(-self.buffered)
+        self._hold(-self.buffered)  # the open head's bytes, queued requests' heads and bodies
+        self._head_held = 0
         self._body = []
         self._body_size = 0
         if self._drain is not None and not self._drain.done():
@@ -417,6 +463,11 @@ class _Connection(asyncio.Protocol):
 
     # -- what the connection holds --------------------------------------------------------------------
     def _hold(self, size: int) -> None:
+        self.buffered += size
+        self.shared.buffered += size
+
+    def _hold_head(self, size: int) -> None:
+        self._head_held += size
         self.buffered += size
         self.shared.buffered += size
 
@@ -516,7 +567,14 @@ class _Connection(asyncio.Protocol):
             "headers": self._headers,
             "state": {},
         }
-        self._current = _Exchange(self, scope, parser.should_keep_alive())
+        self._current = current = _Exchange(self, scope, parser.should_keep_alive())
+        # What was held for the open head gives way to its exact size, held until the app has the request
+        # (pipelined requests wait in the queue with their heads).
+        current.held = held = self._header_bytes
+        held -= self._head_held
+        self.buffered += held
+        self.shared.buffered += held
+        self._head_held = 0
         expects = False
         for name, value in self._headers:
             if name == b"content-length" and value.strip().isdigit() and int(value) > self.shared.max_body:
@@ -550,6 +608,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.body_since = None
+        if self._head_held:  # a trailer section held
+            self._hold_head(-self._head_held)
         exchange = self._current
         if exchange is None:  # pragma: no cover - llhttp always reports the headers first
             return
@@ -587,7 +647,8 @@ class _Connection(asyncio.Protocol):
         exchange = self.exchange = self.queue.popleft()
         shared = self.shared
         if exchange.scope is not None:
-            self._hold(-len(exchange.body))  # the app's from here on: bounded by max_concurrent below
+            # the app's from here on: bounded by max_concurrent below
+            self._hold(-exchange.held - len(exchange.body))
             if shared.answering >= self.limits.max_concurrent and exchange.error is None:
                 exchange.error = _busy(f"the gateway is answering {shared.answering} requests; retry shortly")
         shared.answering += 1
@@ -651,6 +712,18 @@ class _Connection(asyncio.Protocol):
 def _busy(message: str) -> ApiError:
     """503 with Retry-After, as OpenAI's SDKs expect of an overloaded server (they retry it)."""
     return ApiError(503, message, code="server_busy", headers={"retry-after": "1"})
+
+
+def _connection_cap(configured: int) -> int:
+    """At most half the worker's file descriptors: the other half stays for what every request needs
+    (upstream connections, Redis, Kafka, log files); out of descriptors, upstream connects would fail
+    and the accept loop would retry on EMFILE instead of refusing anything."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft // 2 >= configured:
+        return configured
+    log.warning("at most %d connections per worker (half the file descriptor limit %d), not %d",
+                max(1, soft // 2), soft, configured)  # fmt: skip
+    return max(1, soft // 2)
 
 
 def _what(exchange: _Exchange) -> str:

@@ -8,7 +8,7 @@ extensions and trailers), malformed request lines, headers and chunk sizes (400 
 Connection: close, HEAD, 204, upgrades, early client close, an app that misbehaves (no response, a
 partial one, two starts, a body first, a message after the end), a response after the client left,
 and the limits: one header value, header lines, trailers, the body deadline, read-ahead per connection,
-request bytes per worker and requests in progress.
+request bytes per worker (unfinished and queued heads too), requests in progress and open connections.
 """
 
 from __future__ import annotations
@@ -459,3 +459,136 @@ async def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after_an
         assert again.status == 200 and server.rec.seen == ["/held", "/echo"]
         for w in (held_w, writer):
             w.close()
+
+
+def _unfinished_head(size: int) -> bytes:
+    """A request head of about `size` bytes that never ends: whole header lines of 1 KB, no blank line."""
+    line = b"X-Pad: " + b"p" * 1000 + b"\r\n"
+    return b"GET /echo HTTP/1.1\r\nHost: t\r\n" + line * (size // len(line))
+
+
+async def _whole_request_answered(server: Server) -> None:
+    """A whole request on a fresh connection is answered (it holds nothing while it waits); by then the
+    server has also read what was written on the other connections before it."""
+    [answer], _ = await ask(server, request("/echo", method="GET"))
+    assert answer["status"] == 200
+
+
+async def test_unfinished_heads_beyond_the_worker_limit_get_503_and_close_and_are_let_go_when_they_end() -> (
+    None
+):
+    """Heads count against the worker's budget as bodies do (4000 connections each holding a 60 KB head,
+    every one under the 431 limit, took a worker from 120 MB to 419 MB): three 30 kB heads fit in 100 kB,
+    a fourth gets 503 with Retry-After and is closed; a head that ends, or whose connection closes, is let go."""
+    head = _unfinished_head(30_000)
+    async with running(worker_buffer=100_000) as server:
+        held = []
+        for _ in range(3):
+            reader, writer = await server.connect()
+            writer.write(head)
+            held.append((reader, writer))
+            await _whole_request_answered(server)
+        reader, writer = await server.connect()
+        writer.write(head)
+        busy = await read_answer(reader)
+        assert (
+            busy.status == 503
+            and busy.headers["retry-after"] == "1"
+            and busy.headers["connection"] == "close"
+        )
+        assert error_of({"body": busy.body})["code"] == "server_busy"
+        assert await closed(reader)
+        writer.close()
+        # the first head ends: it is answered, and its bytes are let go, so another unfinished head fits
+        first_r, first_w = held.pop(0)
+        first_w.write(b"\r\n")
+        assert (await read_answer(first_r)).status == 200
+        reader, writer = await server.connect()
+        writer.write(head)
+        await _whole_request_answered(server)
+        writer.write(b"\r\n")
+        assert (await read_answer(reader)).status == 200  # not refused: it would have had its 503 already
+        held.append((reader, writer))
+        # every connection closes: their heads are let go, and three unfinished heads fit again
+        for _, w in [*held, (first_r, first_w)]:
+            w.close()
+        await _whole_request_answered(server)
+        again = []
+        for _ in range(3):
+            reader, writer = await server.connect()
+            writer.write(head)
+            again.append((reader, writer))
+            await _whole_request_answered(server)
+        for reader, writer in again:
+            writer.write(b"\r\n")
+            assert (await read_answer(reader)).status == 200
+            writer.close()
+
+
+async def test_complete_heads_queued_behind_a_request_being_answered_count_against_the_worker_limit() -> None:
+    """Pipelined requests read ahead of the one being answered hold their heads too (16 of 64 KiB each
+    per connection, and nothing bounded them worker-wide): with them queued, an unfinished head elsewhere
+    no longer fits and gets 503."""
+    big = "".join(f"X-Pad-{i}: {'p' * 1000}\r\n" for i in range(25))  # ~25 kB a head
+    async with running(worker_buffer=100_000) as server:
+        held_r, held_w = await server.connect()
+        held_w.write(request("/held") + b"".join(request("/echo", extra=big) for _ in range(4)))
+        await _whole_request_answered(server)
+        reader, writer = await server.connect()
+        writer.write(_unfinished_head(5_000))
+        busy = await read_answer(reader)
+        assert busy.status == 503 and busy.headers["retry-after"] == "1"
+        assert await closed(reader)
+        writer.close()
+        server.rec.release.set()  # the queued requests are answered in turn: their heads are let go
+        for _ in range(5):
+            assert (await read_answer(held_r)).status == 200
+        reader, writer = await server.connect()
+        writer.write(_unfinished_head(30_000))
+        await _whole_request_answered(server)
+        writer.write(b"\r\n")
+        assert (await read_answer(reader)).status == 200
+        for w in (held_w, writer):
+            w.close()
+
+
+async def test_connections_beyond_the_worker_limit_get_503_at_once_and_one_is_taken_once_another_closes() -> (
+    None
+):
+    """A connection costs a file descriptor and memory before it sends a byte: beyond the cap a new one is
+    answered 503 with Retry-After before any request and closed at once (uvicorn's --limit-concurrency
+    answers 503 too); the connections already taken are served as before."""
+    async with running(max_connections=3) as server:
+        taken = []
+        for _ in range(3):
+            reader, writer = await server.connect()
+            writer.write(request("/echo", method="GET"))
+            assert (await read_answer(reader)).status == 200
+            taken.append((reader, writer))
+        reader, writer = await server.connect()  # sends nothing: the answer comes first
+        raw = await asyncio.wait_for(reader.read(), 5)  # to the close
+        writer.close()
+        assert raw.startswith(b"HTTP/1.1 503 "), raw[:200]
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"\r\nretry-after: 1\r\n" in head and b"\r\nconnection: close\r\n" in head
+        assert orjson.loads(body)["error"]["code"] == "server_busy"
+        for reader, writer in taken:  # untouched
+            writer.write(request("/echo", method="GET"))
+            assert (await read_answer(reader)).status == 200
+        taken.pop(0)[1].close()
+        statuses = []
+        for _ in range(100):  # until the server has seen that close
+            reader, writer = await server.connect()
+            writer.write(request("/echo", method="GET"))
+            try:
+                statuses.append((await read_answer(reader)).status)
+            except ConnectionError:
+                statuses.append(0)  # refused, and the 503 lost to the reset our request caused
+            if statuses[-1] == 200:
+                taken.append((reader, writer))
+                break
+            writer.close()
+            await asyncio.sleep(0.05)
+        assert statuses[-1] == 200 and set(statuses[:-1]) <= {0, 503}, statuses
+        for _, writer in taken:
+            writer.close()

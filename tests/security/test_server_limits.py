@@ -12,6 +12,10 @@ demo model server streaming slowly), with small limits so the attacks stay small
   (six connections each sending 30 MiB held 186 MB in the gateway);
 - large bodies pipelined behind a streaming answer: the server stops reading (it read 16 whole bodies);
 - more requests in progress than the limit: 503 with Retry-After in the OpenAI shape;
+- request heads left unfinished on many connections, each under the 431 limit: beyond the worker's limit
+  (heads count with bodies), 503 with Retry-After (4000 connections each holding a 60 KB head took a worker
+  from 120 MB to 419 MB, kept after they closed);
+- more connections than the limit: the next one gets 503 with Retry-After at once and is closed;
 - and no Authorization value in the server's log after its error path ran.
 """
 
@@ -37,14 +41,17 @@ from tests.gateway.harness import Stack, _wait_ready, gateway_stack
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY = 4 * 1024 * 1024
+WORKER_BUFFER = 1024 * 1024
+MAX_CONNECTIONS = 128
 LIMITS_ENV = {
     "EDUAIQ_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
     "EDUAIQ_MAX_HEADER_COUNT": "50",
     "EDUAIQ_BODY_TIMEOUT_SECONDS": "10",
     "EDUAIQ_MAX_BODY_BYTES": str(MAX_BODY),
     "EDUAIQ_MAX_CONNECTION_BUFFER_BYTES": str(64 * 1024),
-    "EDUAIQ_MAX_WORKER_BUFFER_BYTES": str(8 * 1024 * 1024),
+    "EDUAIQ_MAX_WORKER_BUFFER_BYTES": str(WORKER_BUFFER),
     "EDUAIQ_MAX_CONCURRENT_REQUESTS": "2",
+    "EDUAIQ_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
 }
 ATTACKER = "sk-attacker-f00dfeedf00dfeed"  # sent as Authorization in every attack: never to be logged
 
@@ -175,7 +182,7 @@ def test_a_body_trickled_a_byte_at_a_time_gets_408_at_the_body_deadline(any_port
 
 
 def test_unfinished_bodies_beyond_the_worker_limit_get_503_with_retry_after(any_port: int) -> None:
-    """Six connections each send 3 MiB of a 4 MiB body and stop: the worker holds 8 MiB of them at most."""
+    """Six connections each send 3 MiB of a 4 MiB body and stop: the worker holds 1 MiB of them at most."""
     head = HEAD + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % MAX_BODY
     socks = [socket.create_connection(("127.0.0.1", any_port)) for _ in range(6)]
     answers: list[bytes] = []
@@ -197,6 +204,109 @@ def test_unfinished_bodies_beyond_the_worker_limit_get_503_with_retry_after(any_
     for answer in busy:
         assert b"\r\nretry-after: 1\r\n" in answer.lower()
         assert body_of(answer)["error"]["type"] == "service_unavailable_error"  # type: ignore[index]
+
+
+PAD = b"X-Pad: " + b"p" * 1000 + b"\r\n"
+UNFINISHED = HEAD + PAD * 14  # 14.4 kB, 17 lines: under the 16 KiB and 50-line head limits, never ended
+
+
+def answered(port: int, path: str = "/readyz") -> int | None:
+    """The status of a whole request on a fresh connection (it holds nothing while it waits); by then the
+    server has also read what was written on the other connections before it."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        return status_of(_read_rest(sock))
+
+
+def waiting(sock: socket.socket) -> bytes:
+    """What the server has sent on `sock` so far, and b"<closed>" after it if it closed; no waiting."""
+    sock.setblocking(False)
+    got = b""
+    try:
+        while data := sock.recv(65536):
+            got += data
+        return got + b"<closed>"
+    except BlockingIOError:
+        return got
+    except ConnectionError:
+        return got + b"<closed>"
+
+
+def test_unfinished_heads_beyond_the_worker_limit_get_503_and_a_whole_request_still_gets_through(
+    any_port: int,
+) -> None:
+    """A hundred connections each send a 14 kB head and stop: about 72 fit in the worker's 1 MiB, the rest
+    get 503 with Retry-After and are closed; meanwhile, and once they close, whole requests are answered."""
+    socks = []
+    try:
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", any_port))
+            sock.sendall(UNFINISHED)
+            socks.append(sock)
+        assert answered(any_port) == 200
+        seen = [waiting(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    busy = [a for a in seen if status_of(a) == 503]
+    fit = WORKER_BUFFER // len(UNFINISHED)
+    assert len(busy) >= 100 - fit - 1, [a[:100] for a in seen]
+    assert all(a == b"" for a in seen if status_of(a) != 503), [a[:100] for a in seen]  # still waiting
+    for answer in busy:
+        head = answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+        assert b"\r\nretry-after: 1\r\n" in head and b"\r\nconnection: close\r\n" in head
+        assert answer.endswith(b"<closed>")
+        assert (
+            orjson.loads(answer.partition(b"\r\n\r\n")[2][: -len(b"<closed>")])["error"]["code"]
+            == "server_busy"
+        )
+    # they closed: their heads were let go, and as many unfinished heads fit again
+    assert answered(any_port) == 200
+    socks = []
+    try:
+        for _ in range(fit - 2):
+            sock = socket.create_connection(("127.0.0.1", any_port))
+            sock.sendall(UNFINISHED)
+            socks.append(sock)
+        assert answered(any_port) == 200
+        assert [waiting(sock) for sock in socks] == [b""] * len(socks)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_connections_beyond_the_worker_limit_get_503_at_once_and_are_taken_again_once_one_closes(
+    any_port: int,
+) -> None:
+    assert answered(any_port) == 200  # the earlier tests' connections are gone from the server
+    socks = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            sock = socket.create_connection(("127.0.0.1", any_port))
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")  # answered: the server took it
+            sock.settimeout(30)
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            socks.append(sock)
+        with socket.create_connection(("127.0.0.1", any_port)) as extra:  # it sends nothing: refused first
+            refused = _read_rest(extra)
+        assert status_of(refused) == 503, refused[:300]
+        head = refused.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+        assert b"\r\nretry-after: 1\r\n" in head and b"\r\nconnection: close\r\n" in head
+        assert body_of(refused)["error"]["type"] == "service_unavailable_error"  # type: ignore[index]
+        socks.pop().close()
+        statuses = []
+        for _ in range(100):  # until the server has seen that close
+            try:
+                statuses.append(answered(any_port))
+            except ConnectionError:
+                statuses.append(0)  # refused, its 503 lost to the reset our request caused
+            if statuses[-1] == 200:
+                break
+            time.sleep(0.05)
+        assert statuses[-1] == 200 and set(statuses[:-1]) <= {0, 503}, statuses
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 class Stream(threading.Thread):
