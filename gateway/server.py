@@ -37,7 +37,13 @@ so this server speaks ASGI too, the part of it the gateway uses:
   new one beyond gets 503 before any request and is closed); every 503
   carries Retry-After;
 - the response head goes out with the first body bytes, in one write;
-  chunked responses when the app gives no length; back-pressure on writes;
+  chunked responses when the app gives no length; back-pressure on writes:
+  while the client lets its answers pile up (the write buffer above its
+  high-water mark) nothing more is read, the next pipelined request is not
+  started and a stream's send waits, so a client that never reads holds one
+  answer past the mark, not every answer it asked for; answers that have
+  not drained for `write_timeout` seconds end the connection (a close
+  waiting for its last bytes too), as nginx's send_timeout does;
 - `http.disconnect` as soon as the client hangs up (a stream's upstream is
   cancelled at once); writes after that are dropped, as uvicorn drops them;
 - the ASGI lifespan; graceful shutdown on SIGTERM or SIGINT (stop accepting,
@@ -102,9 +108,10 @@ _EXIT_MARGIN = 15.0
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What one client can make a worker hold before the app (and authentication) sees its request.
+    """What one client can make a worker hold before the app (and authentication) sees its request, and
+    how long its answers may wait for it to read them.
 
-    Each is an EDUAIQ_ setting (core/settings.py), documented in docs/operations.md."""
+    Each but `write_timeout` is an EDUAIQ_ setting (core/settings.py), documented in docs/operations.md."""
 
     max_body: int  # bytes of one request's body (413)
     max_header_bytes: int  # bytes of the request line, and of the headers (414, 431)
@@ -115,6 +122,9 @@ class Limits:
     worker_buffer: int  # request bytes (heads, bodies) the worker holds before the app has them (503 beyond)
     max_concurrent: int  # requests the app is working on in this worker (503 beyond)
     max_connections: int = 4096  # open connections in this worker (a new one beyond: 503 before any request)
+    # seconds answers may wait for a client that reads none of them (the connection is then ended); not a
+    # setting: a client that reads nothing for a minute is gone or hostile (nginx's send_timeout, 60 s)
+    write_timeout: float = 60.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
@@ -166,13 +176,23 @@ class _Shared:
         """Close keep-alive connections idle for longer than `keep_alive` (and half-sent requests
         that stalled as long); refuse a request whose head or body has taken longer than its deadline.
         Neither deadline restarts with each byte: a trickle cannot hold a connection (or the body it
-        has sent so far) for ever. Their clocks stop while the server itself is not reading."""
+        has sent so far) for ever. Their clocks stop while the server itself is not reading, which it
+        does not while answers wait for the client: those connections (and closes waiting for their
+        last bytes) end once their answers have not drained for `write_timeout` seconds."""
         now = self.loop.time()
         limits = self.limits
         cutoff = now - self.keep_alive
         head_cutoff, body_cutoff = now - limits.header_timeout, now - limits.body_timeout
+        write_cutoff = now - limits.write_timeout
         for conn in list(self.connections):
-            if conn.transport is None or conn.transport.is_closing():
+            if conn.transport is None:
+                continue
+            if conn.write_since is not None and conn.write_since < write_cutoff:
+                # Not close(): it would wait for the buffer to drain, which the client does not let happen
+                # (a zero window is probed for ever). What was buffered for it is dropped.
+                conn.transport.abort()
+                continue
+            if conn.transport.is_closing():
                 continue  # already on its way out (a close waiting for its last bytes to drain)
             if conn.head_since is not None and conn.head_since < head_cutoff and not conn.read_paused:
                 conn.too_slow("headers", limits.header_timeout)
@@ -332,7 +352,8 @@ class _Connection(asyncio.Protocol):
         self.queue: deque[_Exchange] = deque()  # parsed and waiting for their turn
         self.exchange: _Exchange | None = None  # being answered
         self.lost = False
-        self.write_paused = False
+        self.write_paused = False  # the write buffer is above its high-water mark: the client is not reading
+        self.write_since: float | None = None  # when answers began to wait for the client (pause or close)
         self._drain: asyncio.Future[None] | None = None
         self.last_active = self.loop.time()
         self.client: tuple[str, int] | None = None
@@ -441,12 +462,28 @@ class _Connection(asyncio.Protocol):
             self._drain.set_result(None)
 
     def pause_writing(self) -> None:
+        """The client lets its answers pile up: read nothing more and start no queued request until it
+        reads (a stream's send waits in `drained`); otherwise a pipelining client that never reads made
+        the worker buffer every answer it asked for (400 GETs of 45 bytes: 23 MB of answers in the transport)."""
         self.write_paused = True
+        if self.write_since is None:
+            self.write_since = self.loop.time()
+        self._flow()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        # the client reads again; a close still waiting for its last bytes keeps a clock, restarted
+        transport = self.transport
+        self.write_since = self.loop.time() if transport is not None and transport.is_closing() else None
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        if self.exchange is None and self.queue and not self.lost:
+            if self.shared.closing:
+                self.close()
+            else:
+                self._next()
+        if self.read_paused:
+            self._flow()
 
     async def drained(self) -> None:
         if self.write_paused and not self.lost:
@@ -455,7 +492,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self.transport.close()  # waits for the buffered answers to drain: bounded by `write_timeout`
+            if self.write_since is None:
+                self.write_since = self.loop.time()
 
     def too_slow(self, part: str, limit: float) -> None:
         self.head_since = self.body_since = None
@@ -474,12 +513,13 @@ class _Connection(asyncio.Protocol):
     def _flow(self) -> None:
         """Read ahead behind the request being answered only so far (a pipelining client could otherwise
         make the worker hold many whole bodies per connection); read again once the answers caught up.
-        With nothing being answered the request being parsed is next, so reading never pauses then."""
+        With nothing being answered the request being parsed is next, so reading never pauses then,
+        unless the client is not reading its answers (nothing more is read until it does)."""
         if self.refused or self.transport is None:
             return
         ahead = self.exchange is not None or bool(self.queue)
         over = len(self.queue) > _MAX_QUEUED or self.buffered > self.limits.connection_buffer
-        if ahead and over:
+        if (ahead and over) or self.write_paused:
             if not self.read_paused:
                 self.read_paused = True
                 self.transport.pause_reading()
@@ -642,8 +682,8 @@ class _Connection(asyncio.Protocol):
             self._next()
 
     def _next(self) -> None:
-        if self.exchange is not None or not self.queue or self.lost:
-            return
+        if self.exchange is not None or not self.queue or self.lost or self.write_paused:
+            return  # (write paused: resume_writing starts it)
         exchange = self.exchange = self.queue.popleft()
         shared = self.shared
         if exchange.scope is not None:

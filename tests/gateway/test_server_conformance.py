@@ -8,21 +8,27 @@ extensions and trailers), malformed request lines, headers and chunk sizes (400 
 Connection: close, HEAD, 204, upgrades, early client close, an app that misbehaves (no response, a
 partial one, two starts, a body first, a message after the end), a response after the client left,
 and the limits: one header value, header lines, trailers, the body deadline, read-ahead per connection,
-request bytes per worker (unfinished and queued heads too), requests in progress and open connections.
+request bytes per worker (unfinished and queued heads too), requests in progress and open connections;
+and a client that does not read its answers (pipelined or streamed): back-pressure, and the write timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import orjson
 import pytest
 
-from tests.gateway.rawhttp import Server, closed, read_answer, request, running
+from gateway import server as server_module
+from tests.gateway.rawhttp import LIMITS, Server, closed, read_answer, request, running
 
 
 async def ask(server: Server, wire: bytes, answers: int = 1) -> tuple[list[dict[str, object]], bool]:
@@ -592,3 +598,208 @@ async def test_connections_beyond_the_worker_limit_get_503_at_once_and_one_is_ta
         assert statuses[-1] == 200 and set(statuses[:-1]) <= {0, 503}, statuses
         for _, writer in taken:
             writer.close()
+
+
+# -- answers the client does not read -------------------------------------------------------------------
+
+ANSWER = 64 * 1024  # bytes of each /big answer: a small request with a large answer, as GET /metrics
+CHUNK = 16 * 1024  # bytes of each event of the endless /flood stream
+
+
+@dataclass
+class _Slow:
+    """A server whose app answers GET /big?N with N and padding to ANSWER bytes, and streams /flood until
+    the client is gone; the connections the server made, to look at what they buffer."""
+
+    port: int
+    conns: list[server_module._Connection]
+    seen: list[str] = field(default_factory=list)
+    produced: int = 0  # bytes /flood handed to the server
+    flood_ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await receive()
+        self.seen.append(scope["query_string"].decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/big":
+            number = scope["query_string"].rjust(8, b"0")
+            await send({"type": "http.response.body", "body": number + b"b" * (ANSWER - len(number))})
+            return
+        gone = asyncio.ensure_future(receive())  # http.disconnect, once the client is gone
+        while not gone.done():
+            await send({"type": "http.response.body", "body": b"data: " + b"f" * CHUNK, "more_body": True})
+            self.produced += CHUNK
+        await send({"type": "http.response.body", "body": b""})
+        self.flood_ended.set()
+
+    def only(self) -> server_module._Connection:
+        [conn] = self.conns
+        return conn
+
+    async def accepted(self) -> server_module._Connection:
+        for _ in range(100):
+            if self.conns:
+                break
+            await asyncio.sleep(0.05)
+        return self.only()
+
+
+@contextlib.asynccontextmanager
+async def _slow_server(monkeypatch: pytest.MonkeyPatch, **limits: Any) -> AsyncIterator[_Slow]:
+    conns: list[server_module._Connection] = []
+
+    class Recorded(server_module._Connection):
+        def __init__(self, shared: Any) -> None:
+            super().__init__(shared)
+            conns.append(self)
+
+    monkeypatch.setattr(server_module, "_Connection", Recorded)
+    sock = server_module.listen("127.0.0.1", 0)
+    slow = _Slow(sock.getsockname()[1], conns)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        server_module.serve(slow.app, sock, limits=replace(LIMITS, **limits), stop=stop)
+    )
+    try:
+        yield slow
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        sock.close()
+
+
+async def _not_reading(port: int, wire: bytes) -> socket.socket:
+    """A client with a small receive buffer that sends `wire` and never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: no window scaling
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, wire)
+    return sock
+
+
+def _buffered_for_queued(conn: server_module._Connection) -> int:
+    return sum(e.held + len(e.body) for e in conn.queue)
+
+
+async def test_a_pipelining_client_that_never_reads_cannot_make_the_server_buffer_its_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """400 pipelined GETs of 45 bytes, each answered with 64 KiB, from a client that reads nothing: the
+    server buffered every answer (23 MB in the transport beyond what the kernel took) and went on taking
+    requests. Now it stops, one answer past the write buffer's high-water mark: no further request is
+    started or read until the client reads; then every answer arrives, in order."""
+    count = 400
+    wire = b"".join(b"GET /big?%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(count))
+    async with _slow_server(monkeypatch) as slow:
+        sock = await _not_reading(slow.port, wire)
+        try:
+            conn = await slow.accepted()
+            largest, before = 0, -1
+            for _ in range(600):  # until every request was answered, or the server stopped starting them
+                await asyncio.sleep(0.05)
+                largest = max(largest, conn.transport.get_write_buffer_size())  # type: ignore[union-attr]
+                stopped = conn.write_paused and conn.exchange is None and len(slow.seen) == before
+                if len(slow.seen) == count or stopped:
+                    break
+                before = len(slow.seen)
+            assert largest <= server_module._WRITE_HIGH_WATER + 2 * ANSWER, (largest, len(slow.seen))
+            assert len(slow.seen) < count and conn.read_paused
+            # what the queued requests hold is counted, and nothing else is
+            assert conn.shared.buffered == conn.buffered == _buffered_for_queued(conn)
+            # the client reads: the rest is answered, in order, and the connection stays usable
+            sock.setblocking(True)
+            sock.settimeout(30)
+            numbers = await asyncio.to_thread(_read_big_answers, sock, count)
+            assert numbers == list(range(count)) and slow.seen == [str(i) for i in range(count)]
+            sock.sendall(b"GET /big?7 HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await asyncio.to_thread(_read_big_answers, sock, 1) == [7]
+            assert conn.shared.buffered == 0
+        finally:
+            sock.close()
+
+
+def _read_big_answers(sock: socket.socket, count: int) -> list[int]:
+    data = bytearray()
+    numbers: list[int] = []
+    while len(numbers) < count:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "closed early"
+        data += chunk
+        while (end := data.find(b"\r\n\r\n")) >= 0 and len(data) >= end + 4 + ANSWER:
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n"), bytes(data[:100])
+            numbers.append(int(data[end + 4 : end + 12]))
+            del data[: end + 4 + ANSWER]
+    return numbers
+
+
+async def _lost(conn: server_module._Connection) -> bool:
+    for _ in range(200):
+        if conn.lost:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_a_pipelining_client_that_stops_reading_is_disconnected_after_the_write_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With its answers waiting and the next requests queued, such a client held them (and its
+    connection) for ever: none of the keep-alive, head or body clocks runs while answers wait to leave."""
+    wire = b"".join(b"GET /big?%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(200))
+    async with _slow_server(monkeypatch, write_timeout=1.5) as slow:
+        sock = await _not_reading(slow.port, wire)
+        try:
+            conn = await slow.accepted()
+            assert await _lost(conn)
+            assert conn.shared.buffered == 0 and not conn.shared.connections
+        finally:
+            sock.close()
+
+
+async def test_a_close_waiting_for_a_client_that_never_reads_is_ended_after_the_write_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A last answer (Connection: close) the client never reads: the close waited for it to drain for
+    ever, the connection with it."""
+    wire = b"".join(b"GET /big?%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(99))
+    wire += b"GET /big?99 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    async with _slow_server(monkeypatch, write_timeout=1.5) as slow:
+        sock = await _not_reading(slow.port, wire)
+        try:
+            conn = await slow.accepted()
+            assert await _lost(conn)
+            assert not conn.shared.connections
+        finally:
+            sock.close()
+
+
+async def test_a_stream_to_a_client_that_never_reads_stops_its_producer_and_ends_after_the_write_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the client reads nothing the stream's sends wait (so the app stops reading its upstream):
+    what it produced stays within what the kernel and the transport's high-water mark hold. After the
+    write timeout the connection ends, and the app hears the disconnect (its upstream is cancelled)."""
+    async with _slow_server(monkeypatch, write_timeout=2.0) as slow:
+        sock = await _not_reading(slow.port, b"GET /flood HTTP/1.1\r\nHost: t\r\n\r\n")
+        try:
+            conn = await slow.accepted()
+            largest = 0
+            for _ in range(1000):  # until the connection ends (or 20 s)
+                await asyncio.sleep(0.02)
+                if conn.lost:
+                    break
+                largest = max(largest, conn.transport.get_write_buffer_size())  # type: ignore[union-attr]
+            assert largest <= server_module._WRITE_HIGH_WATER + 2 * CHUNK, largest
+            # the kernel's buffers (up to 4 MiB of send buffer here) and the transport's: not gigabytes
+            assert slow.produced < 8 * 1024 * 1024, slow.produced
+            await asyncio.wait_for(slow.flood_ended.wait(), 5)  # the app heard the disconnect
+            assert conn.lost and not conn.shared.connections
+        finally:
+            sock.close()
