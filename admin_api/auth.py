@@ -92,8 +92,11 @@ async def _token_caller(session: AsyncSession, token: str, max_days: int) -> Cal
     expired = row.expires_at is not None and row.expires_at <= now
     if expired or row.created_at + timedelta(days=max_days) <= now:
         raise _unauthenticated("this personal access token has expired")
-    if await session.get(User, (row.institution_id, row.user_id)) is None:
+    owner = await session.get(User, (row.institution_id, row.user_id))
+    if owner is None:
         raise _unauthenticated("the owner of this token no longer exists")
+    if owner.deprovisioned_at is not None:
+        raise _unauthenticated("the owner of this token no longer has access (deprovisioned)")
     return Caller(row.institution_id, row.user_id, "pat", row.id, frozenset(row.scopes))
 
 
@@ -104,6 +107,9 @@ async def authenticate(request: Request, session: AsyncSession, pat_max_days: in
     principal = await current_principal(request)
     if principal is None:
         raise _unauthenticated("sign in first, or send 'Authorization: Bearer pat-...'")
-    if await session.get(User, (principal.institution_id, principal.user_id)) is None:
+    user = await session.get(User, (principal.institution_id, principal.user_id))
+    if user is None:
         raise _unauthenticated("your account no longer exists; sign in again")
+    if user.deprovisioned_at is not None:  # a session outlives nothing its person lost
+        raise _unauthenticated("your account no longer has access to EduAiQ at this institution")
     return Caller(principal.institution_id, principal.user_id, principal.method)

@@ -13,6 +13,8 @@ import csv
 import io
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
+from types import EllipsisType
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, or_
@@ -235,18 +237,28 @@ async def members_of(ctx: Ctx, unit_id: str) -> dict[str, Membership]:
     return {m.user_id: m for m in (await ctx.session.execute(stmt)).scalars().all()}
 
 
-async def set_role(ctx: Ctx, unit_id: str, user_id: str, role: str, current: Membership | None) -> str:
-    """Add or change one membership; returns 'added', 'changed' or 'unchanged'."""
+async def set_role(
+    ctx: Ctx,
+    unit_id: str,
+    user_id: str,
+    role: str,
+    current: Membership | None,
+    ends_at: datetime | EllipsisType | None = ...,
+) -> str:
+    """Add or change one membership; returns 'added', 'changed' or 'unchanged'. `ends_at`: when it ends
+    (its keys stop then, plus the operator's grace), None for no end; `...` leaves it as it is."""
     if current is None:
         row = Membership(institution_id=ctx.institution_id, unit_id=unit_id, user_id=user_id, role=role,
-                         source="api")  # fmt: skip
+                         source="api", ends_at=None if ends_at is ... else ends_at)  # fmt: skip
         ctx.session.add(row)
         ctx.audit_row("member.add", None, row)
         return "added"
-    if current.role == role:
+    if current.role == role and (ends_at is ... or ends_at == current.ends_at):
         return "unchanged"
     before = current.model_copy()
     current.role = role
+    if ends_at is not ...:
+        current.ends_at = ends_at
     ctx.audit_row("member.update", before, current)
     return "changed"
 

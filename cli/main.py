@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from cli.usageops import usage_app
+from cli.userops import user_app
 from core.settings import Settings, SettingsError, get_settings
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(quota_app, name="quota")
 selfhost_app = typer.Typer(no_args_is_help=True, help="Open-weight models on campus GPUs (vLLM).")
 app.add_typer(selfhost_app, name="selfhost")
 app.add_typer(usage_app, name="usage")
+app.add_typer(user_app, name="user")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

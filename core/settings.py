@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     limit_lease_seconds: int = Field(default=30, ge=3, le=600)
     min_clamp_tokens: int = Field(default=16, ge=1)
     key_cache_seconds: float = Field(default=2.0, ge=0, le=5)
+    # How long a key keeps working after its membership's end (a term's last day: time to fetch a last
+    # answer is not worth a course's worth of access). 0: it stops at the end. A deprovisioned person
+    # gets no grace.
+    membership_grace_seconds: int = Field(default=0, ge=0, le=90 * 86400)
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_read_timeout: float = Field(default=300.0, gt=0)
     # What institution admins' provider entries may make the gateway read and reach (providers/

@@ -3,8 +3,10 @@
 Keys are looked up by their SHA-256 and the answer, found or not, is cached
 per replica for `key_cache_seconds` (at most 5): the hot path touches
 PostgreSQL once per key per few seconds, and a revoked or expired key stops
-working on every replica within that time. Concurrent misses for one key share
-one query.
+working on every replica within that time. So does the key of a person who was
+deprovisioned (they left: SCIM `active: false`) and, after the operator's grace,
+the key of a membership that has ended (a course's term). Concurrent misses for
+one key share one query.
 
 While PostgreSQL cannot answer (a restart, a failover), a key seen in the last
 `_STALE_SECONDS` keeps the answer it had (issue 16 item 13: the data plane stays
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -34,10 +36,12 @@ _DB_DOWN = (DBAPIError, OSError, TimeoutError)
 
 _QUERY = text(
     """
-    select k.id, k.institution_id, k.user_id, k.unit_id, k.expires_at, k.revoked_at, m.role, u.archived
+    select k.id, k.institution_id, k.user_id, k.unit_id, k.expires_at, k.revoked_at, m.role, u.archived,
+           m.ends_at, p.deprovisioned_at
     from api_key k
     join membership m on m.institution_id = k.institution_id and m.unit_id = k.unit_id and m.user_id = k.user_id
     join unit u on u.institution_id = k.institution_id and u.id = k.unit_id
+    join app_user p on p.institution_id = k.institution_id and p.id = k.user_id
     where k.key_hash = :h
     """
 )
@@ -58,6 +62,8 @@ class _KeyRow:
     expires_at: datetime | None
     revoked: bool
     archived: bool
+    ends_at: datetime | None  # the membership's end (the key works until the grace after it)
+    deprovisioned: bool
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -76,9 +82,10 @@ def bearer_token(header: str | None) -> str:
 
 
 class KeyCache:
-    def __init__(self, engine: AsyncEngine, ttl: float) -> None:
+    def __init__(self, engine: AsyncEngine, ttl: float, *, grace: float = 0.0) -> None:
         self._engine = engine
         self._ttl = ttl
+        self._grace = timedelta(seconds=grace)
         self._entries: dict[str, tuple[float, _KeyRow | None]] = {}
         self._pending: dict[str, asyncio.Future[_KeyRow | None]] = {}
 
@@ -88,7 +95,8 @@ class KeyCache:
         if row is None:
             return None
         principal = Principal(row.id, row.institution_id, row.user_id, row.unit_id, row.role)
-        return _KeyRow(principal, row.expires_at, row.revoked_at is not None, bool(row.archived))
+        return _KeyRow(principal, row.expires_at, row.revoked_at is not None, bool(row.archived), row.ends_at,
+                       row.deprovisioned_at is not None)  # fmt: skip
 
     async def _lookup(self, digest: str) -> _KeyRow | None:
         now = time.monotonic()
@@ -130,10 +138,18 @@ class KeyCache:
             raise _unauthorized(
                 "invalid API key: check the key in your client's settings, or create a new one"
             )
+        if row.deprovisioned:
+            raise _unauthorized("this API key's owner no longer has access to EduAiQ at this institution")
         if row.revoked:
             raise _unauthorized("this API key has been revoked; create a new one in the EduAiQ dashboard")
-        if row.expires_at is not None and row.expires_at <= utcnow():
+        now = utcnow()
+        if row.expires_at is not None and row.expires_at <= now:
             raise _unauthorized("this API key has expired; create a new one in the EduAiQ dashboard")
+        if row.ends_at is not None and row.ends_at + self._grace <= now:
+            raise _unauthorized(
+                f"this API key belonged to your membership of {row.principal.unit_id}, which ended on "
+                f"{row.ends_at:%Y-%m-%d %H:%M} UTC"
+            )
         if row.archived:
             raise ApiError(403, "the unit this key belongs to has been archived", code="unit_archived")
         return row.principal

@@ -42,7 +42,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = make_async_engine(settings.database_url)
-        self.keys = KeyCache(self.db, settings.key_cache_seconds)
+        self.keys = KeyCache(self.db, settings.key_cache_seconds, grace=settings.membership_grace_seconds)
         # Blocking pool: a burst waits a moment for a connection instead of failing with "too many".
         # Timeouts from the settings (EDUAIQ_REDIS_*): redis-py's defaults wait for ever on a silent Redis.
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10,

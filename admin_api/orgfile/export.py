@@ -7,8 +7,10 @@ left out, as they would be in a file someone wrote by hand.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 from sqlalchemy import select
@@ -38,10 +40,17 @@ def _amount(metric: str, value: int) -> int | float:
     return plain_number(from_micro(value)) if metric == "cost" else value
 
 
+def last_day(ends_at: datetime, tz: ZoneInfo) -> date:
+    """The file's `until` for a membership's end: the local day whose end it is (an end inside a day, set
+    through the admin API, exports as that day: re-imported, it ends as that day closes)."""
+    return (ends_at.astimezone(tz) - timedelta(microseconds=1)).date()
+
+
 async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
     inst = await session.get(Institution, inst_id)
     if inst is None:
         raise LookupError(f"no institution {inst_id!r}")
+    tz = ZoneInfo(inst.timezone)
     units = sorted(
         (u for u in await _rows(session, Unit, inst_id) if not u.archived), key=lambda u: u.position
     )
@@ -98,7 +107,14 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
                 for e in extras[u.id]
             ]  # fmt: skip
         if members[u.id]:
-            doc["members"] = [{"user": m.user_id, "role": m.role} for m in members[u.id]]
+            doc["members"] = [
+                {
+                    "user": m.user_id,
+                    "role": m.role,
+                    **({"until": last_day(m.ends_at, tz)} if m.ends_at else {}),
+                }
+                for m in members[u.id]
+            ]
         for field_name, role in SCOPE_FIELDS.items():
             if scopes[(u.id, role)]:
                 doc[field_name] = scopes[(u.id, role)]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlmodel import SQLModel
 
@@ -81,7 +83,7 @@ def desired_rows(org: OrgFile) -> Desired:
             )
         )
     for root in org.units:
-        _add_unit(out, inst_id, root, None, 0)
+        _add_unit(out, inst_id, root, None, 0, ZoneInfo(org.institution.timezone))
     for key in org.keys:
         out.add(ApiKey(id=imported_key_id(key), key_hash=key.digest, prefix=imported_key_prefix(key), institution_id=inst_id,
                        user_id=key.user, unit_id=key.unit, name="institution file", created_by="org-file"))  # fmt: skip
@@ -135,7 +137,9 @@ def unit_limits_doc(node: UnitNode) -> dict[str, Any] | None:
     return doc or None
 
 
-def _add_unit(out: Desired, inst: str, node: UnitNode, parent: str | None, position: int) -> None:
+def _add_unit(
+    out: Desired, inst: str, node: UnitNode, parent: str | None, position: int, tz: ZoneInfo
+) -> None:
     budget = node.budget
     out.add(
         Unit(institution_id=inst, id=node.id, parent_id=parent, kind=node.kind, name=node.name,
@@ -167,19 +171,32 @@ def _add_unit(out: Desired, inst: str, node: UnitNode, parent: str | None, posit
     for member in node.members:
         out.add(
             Membership(
-                institution_id=inst, unit_id=node.id, user_id=member.user, role=member.role, source="file"
+                institution_id=inst,
+                unit_id=node.id,
+                user_id=member.user,
+                role=member.role,
+                source="file",
+                ends_at=membership_end(member.until, tz),
             )
         )
     for field_name, role in SCOPE_FIELDS.items():
         for uid in getattr(node, field_name):
             out.add(AdminScope(institution_id=inst, unit_id=node.id, user_id=uid, role=role, source="file"))
     for pos, child in enumerate(node.children):
-        _add_unit(out, inst, child, node.id, pos)
+        _add_unit(out, inst, child, node.id, pos, tz)
+
+
+def membership_end(until: date | None, tz: ZoneInfo) -> datetime | None:
+    """`until` is the last day of access, in the institution's time zone: the membership ends as it closes."""
+    if until is None:
+        return None
+    return datetime.combine(until + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC)
 
 
 def comparable(row: SQLModel) -> dict[str, Any]:
-    """Column values that matter for "did it change" (timestamps are bookkeeping, not content)."""
+    """Column values that matter for "did it change" (timestamps are bookkeeping, not content; whether a
+    person was deprovisioned is not the file's to say: an import must never bring a leaver back)."""
     values = row.model_dump()
-    for name in ("created_at", "updated_at"):
+    for name in ("created_at", "updated_at", "deprovisioned_at"):
         values.pop(name, None)
     return {k: (Decimal(v) if isinstance(v, Decimal) else v) for k, v in values.items()}

@@ -96,6 +96,9 @@ class ExtraFunds(Strict):
 class Member(Strict):
     user: str
     role: str = Field(pattern=r"^[a-z][a-z_\-]{0,31}$")
+    # The last day of access (a term's end), in the institution's time zone: the keys issued for this
+    # membership stop when the day ends, plus the operator's grace. Omitted: until removed from the file.
+    until: date | None = None
 
 
 Limits = LimitsConfig  # one definition for units, providers and models

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from admin_api.context import Ctx, reader, writer
@@ -30,6 +30,10 @@ class MemberOut(BaseModel):
     source: str  # file | sso | api: who granted it (an org import only removes its own)
     email: str | None
     name: str | None
+    ends_at: AwareDatetime | None = Field(description="when the membership ends: its keys stop working then")
+    deprovisioned: bool = Field(
+        description="the person left: every key, token and session of theirs is refused"
+    )
 
 
 class MemberPut(BaseModel):
@@ -37,6 +41,11 @@ class MemberPut(BaseModel):
 
     role: str = Field(pattern=ROLE_PATTERN)
     profile: Profile | None = Field(default=None, description="creates the user when they do not exist yet")
+    ends_at: AwareDatetime | None = Field(
+        default=None,
+        description="when the membership ends (a term's end, with its time zone): the keys issued for it stop "
+        "working then, after the operator's grace (EDUAIQ_MEMBERSHIP_GRACE_SECONDS); omitted: no end",
+    )
 
 
 class ImportOut(BaseModel):
@@ -62,6 +71,8 @@ async def _listing(ctx: Ctx, unit_id: str) -> list[MemberOut]:
             source=m.source,
             email=users[m.user_id].email,
             name=users[m.user_id].name,
+            ends_at=m.ends_at,
+            deprovisioned=users[m.user_id].deprovisioned_at is not None,
         )
         for m in sorted(members.values(), key=lambda m: m.user_id)
     ]
@@ -99,7 +110,7 @@ async def put_member(
         if body.profile is None:
             raise not_found("user", user_id)
         await ensure_users(ctx, unit_id, {user_id: body.profile})
-    await set_role(ctx, unit_id, user_id, body.role, current)
+    await set_role(ctx, unit_id, user_id, body.role, current, body.ends_at)
     await ctx.commit()
     return next(m for m in await _listing(ctx, unit_id) if m.user_id == user_id)
 

@@ -100,6 +100,9 @@ async def provision(
             "sso.user.create", _label("app_user", institution_id, user_id), None, user.model_dump(mode="json")
         )
     else:
+        if user.deprovisioned_at is not None:  # they left: signing in again gives them nothing back
+            raise SSOError(403, "user_deprovisioned", "this account no longer has access at this institution",
+                           {"subject": identity.subject})  # fmt: skip
         before = user.model_dump(mode="json")
         if identity.email and identity.email != user.email:
             user.email = identity.email

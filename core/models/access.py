@@ -23,6 +23,9 @@ class User(SQLModel, table=True):
     name: str | None = None
     sso_subject: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    # Set when the person left (SCIM `active: false`, an admin): their keys, tokens and sessions stop at
+    # once; the row stays because the ledger and the audit log name it.
+    deprovisioned_at: datetime | None = None
 
 
 class Membership(SQLModel, table=True):
@@ -41,6 +44,9 @@ class Membership(SQLModel, table=True):
     role: str = Field(max_length=32)  # student | ta | instructor | researcher | ...
     # Who granted it: "file" rows are synced by `org import`; "sso" and "api" rows are never touched by it.
     source: str = Field(default="api", max_length=8)
+    # When the membership ends (a term's end, a contract's): its keys stop working then, plus the
+    # operator's grace (EDUAIQ_MEMBERSHIP_GRACE_SECONDS). None: until removed.
+    ends_at: datetime | None = None
 
 
 class AdminScope(SQLModel, table=True):
