@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     upstream_max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     upstream_max_event_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     upstream_max_stream_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # Whole (non-stream) answers one gateway process holds at once, together (each is capped above).
+    upstream_max_buffered_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     # After SIGTERM the gateway stops accepting and lets requests in flight finish for this long, streams
     # included (a student's answer is not cut by a rolling update); a second SIGTERM or Ctrl-C cuts them.
     shutdown_grace_seconds: float = Field(default=300.0, ge=0)

@@ -116,7 +116,8 @@ class Runtime:
         policy = UpstreamPolicy.from_settings(self.settings)
         s = self.settings
         limits = PoolLimits(s.upstream_max_connections_per_host, s.upstream_max_response_bytes,
-                            s.upstream_max_event_bytes, s.upstream_max_stream_bytes)  # fmt: skip
+                            s.upstream_max_event_bytes, s.upstream_max_stream_bytes,
+                            s.upstream_max_buffered_bytes)  # fmt: skip
         self.http = UpstreamPool(limits=limits, policy=policy)
         self.catalog = Catalog(self.db, self.http, policy)
         # An institution whose budgets are not in Redis yet (first start, or Redis lost its data) is
