@@ -23,7 +23,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("membership", sa.Column("ends_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
-    op.add_column("app_user", sa.Column("deprovisioned_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
+    op.add_column(
+        "app_user", sa.Column("deprovisioned_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True)
+    )
 
 
 def downgrade() -> None:
