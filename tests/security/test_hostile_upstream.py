@@ -10,12 +10,15 @@ reframed or rerouted the request.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 
 from admin_api.orgfile import OrgFileError, parse_document
+from providers import upstream_errors
 from providers.config import compile_deployments
 from providers.router import Router
 from tests.admin_api.conftest import Env, drop_env, make_env, stateu_document
@@ -108,3 +111,32 @@ def test_a_plain_extra_header_is_still_sent() -> None:
                                         "headers": {"X-Org": "stateu", "X-Note": "a b\tc"},
                                         "models": [{"id": "m", "price": {"input_per_mtok": 1, "output_per_mtok": 1}}]}])  # fmt: skip
     assert dict(deployments[0].headers) == {"X-Org": "stateu", "X-Note": "a b\tc"}
+
+
+# -- error messages: the scrubber's patterns run over a bounded text --------------------------------
+
+
+def test_the_error_scrubber_never_runs_its_patterns_over_more_than_a_bounded_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the attack review: a 64 KB `a.a.a...1` message from an upstream's 4xx made the host-name
+    patterns backtrack for minutes on the event loop (2.5 s at 10 KB). Now secrets are cut from the whole
+    text (a plain replace) and the patterns see at most 2 x MAX_MESSAGE characters (and start only where a
+    run starts, so even that prefix is linear). Counted, not timed: every pattern's input is recorded."""
+    seen: list[int] = []
+
+    class Counting:
+        def __init__(self, pattern: re.Pattern[str]) -> None:
+            self.pattern = pattern
+
+        def sub(self, repl: object, text: str) -> str:
+            seen.append(len(text))
+            return self.pattern.sub(repl, text)  # type: ignore[arg-type]
+
+    for name in ("_URL", "_BEARER", "_KEYLIKE", "_GOOGLE_KEY", "_IPV6", "_IPV4", "_HOST_PORT", "_DOTTED"):
+        monkeypatch.setattr(upstream_errors, name, Counting(getattr(upstream_errors, name)))
+    secret = "S3CRET-at-the-end-of-64k"
+    message = "a." * 32_000 + "1 " + secret
+    body = upstream_errors.public_error(400, orjson.dumps({"error": {"message": message}}), (secret,))
+    assert seen and max(seen) <= 2 * upstream_errors.MAX_MESSAGE, max(seen)
+    assert secret.encode() not in body
