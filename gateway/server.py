@@ -42,7 +42,7 @@ so this server speaks ASGI too, the part of it the gateway uses:
   high-water mark) nothing more is read, the next pipelined request is not
   started and a stream's send waits, so a client that never reads holds one
   answer past the mark, not every answer it asked for; answers that have
-  not drained for `write_timeout` seconds end the connection (a close
+  not moved for `write_timeout` seconds end the connection (a close
   waiting for its last bytes too), as nginx's send_timeout does;
 - `http.disconnect` as soon as the client hangs up (a stream's upstream is
   cancelled at once); writes after that are dropped, as uvicorn drops them;
@@ -178,7 +178,8 @@ class _Shared:
         Neither deadline restarts with each byte: a trickle cannot hold a connection (or the body it
         has sent so far) for ever. Their clocks stop while the server itself is not reading, which it
         does not while answers wait for the client: those connections (and closes waiting for their
-        last bytes) end once their answers have not drained for `write_timeout` seconds."""
+        last bytes) end once their answers have not moved for `write_timeout` seconds (the clock restarts
+        whenever the write buffer shrank since the previous sweep: slow but steady readers are served)."""
         now = self.loop.time()
         limits = self.limits
         cutoff = now - self.keep_alive
@@ -187,11 +188,18 @@ class _Shared:
         for conn in list(self.connections):
             if conn.transport is None:
                 continue
-            if conn.write_since is not None and conn.write_since < write_cutoff:
-                # Not close(): it would wait for the buffer to drain, which the client does not let happen
-                # (a zero window is probed for ever). What was buffered for it is dropped.
-                conn.transport.abort()
-                continue
+            if conn.write_since is not None:
+                # The clock runs between two signs of progress (nginx's send_timeout), not for the whole
+                # wait: a client reading a large answer slowly but steadily drains the buffer all along.
+                size = conn.transport.get_write_buffer_size()
+                if size < conn.write_seen:
+                    conn.write_since = now
+                conn.write_seen = size
+                if conn.write_since < write_cutoff:
+                    # Not close(): it would wait for the buffer to drain, which the client does not let
+                    # happen (a zero window is probed for ever). What was buffered for it is dropped.
+                    conn.transport.abort()
+                    continue
             if conn.transport.is_closing():
                 continue  # already on its way out (a close waiting for its last bytes to drain)
             if conn.head_since is not None and conn.head_since < head_cutoff and not conn.read_paused:
@@ -353,7 +361,9 @@ class _Connection(asyncio.Protocol):
         self.exchange: _Exchange | None = None  # being answered
         self.lost = False
         self.write_paused = False  # the write buffer is above its high-water mark: the client is not reading
-        self.write_since: float | None = None  # when answers began to wait for the client (pause or close)
+        self.write_since: float | None = None  # when answers began to wait for the client (pause or close),
+        # or last drained (the sweep's restart); write_seen: their bytes the sweep saw last (-1: not yet)
+        self.write_seen = -1
         self._drain: asyncio.Future[None] | None = None
         self.last_active = self.loop.time()
         self.client: tuple[str, int] | None = None
@@ -468,6 +478,7 @@ class _Connection(asyncio.Protocol):
         self.write_paused = True
         if self.write_since is None:
             self.write_since = self.loop.time()
+            self.write_seen = -1
         self._flow()
 
     def resume_writing(self) -> None:
@@ -475,6 +486,7 @@ class _Connection(asyncio.Protocol):
         # the client reads again; a close still waiting for its last bytes keeps a clock, restarted
         transport = self.transport
         self.write_since = self.loop.time() if transport is not None and transport.is_closing() else None
+        self.write_seen = -1
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
         if self.exchange is None and self.queue and not self.lost:
@@ -495,6 +507,7 @@ class _Connection(asyncio.Protocol):
             self.transport.close()  # waits for the buffered answers to drain: bounded by `write_timeout`
             if self.write_since is None:
                 self.write_since = self.loop.time()
+                self.write_seen = -1
 
     def too_slow(self, part: str, limit: float) -> None:
         self.head_since = self.body_since = None

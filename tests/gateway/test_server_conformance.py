@@ -626,6 +626,9 @@ class _Slow:
         await receive()
         self.seen.append(scope["query_string"].decode())
         await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/huge":  # one answer of N bytes, written at once
+            await send({"type": "http.response.body", "body": b"h" * int(scope["query_string"])})
+            return
         if scope["path"] == "/big":
             number = scope["query_string"].rjust(8, b"0")
             await send({"type": "http.response.body", "body": number + b"b" * (ANSWER - len(number))})
@@ -801,5 +804,49 @@ async def test_a_stream_to_a_client_that_never_reads_stops_its_producer_and_ends
             assert slow.produced < 8 * 1024 * 1024, slow.produced
             await asyncio.wait_for(slow.flood_ended.wait(), 5)  # the app heard the disconnect
             assert conn.lost and not conn.shared.connections
+        finally:
+            sock.close()
+
+
+def _read_steadily(sock: socket.socket, size: int, rate: int) -> int:
+    """Read an answer's `size` body bytes at about `rate` bytes a second; the bytes of the body read."""
+    sock.settimeout(10)
+    data = bytearray()
+    while (end := data.find(b"\r\n\r\n")) < 0:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return 0
+        data += chunk
+    got = len(data) - end - 4
+    start = time.monotonic()
+    while got < size:
+        chunk = sock.recv(min(32 * 1024, size - got))
+        if not chunk:
+            break  # cut
+        got += len(chunk)
+        ahead = got / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    return got
+
+
+async def test_a_client_reading_a_large_answer_slowly_but_steadily_is_not_cut_by_the_write_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The write timeout bounds the time between two signs of progress (nginx's send_timeout), not how long
+    an answer takes to leave: its clock only restarted once the buffer fell below its low-water mark, so a
+    client reading 24 MB at 1 MB/s was cut after 7 s (write_timeout 2 s). Here 12 MB at 3 MB/s, with a
+    write timeout of 1 s: the answer waits in the transport's buffer for several seconds, draining all along."""
+    size, rate = 12 * 1024 * 1024, 3 * 1024 * 1024
+    async with _slow_server(monkeypatch, write_timeout=1.0) as slow:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        try:
+            sock.connect(("127.0.0.1", slow.port))
+            sock.sendall(b"GET /huge?%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+            got = await asyncio.to_thread(_read_steadily, sock, size, rate)
+            assert got == size
+            conn = slow.only()
+            assert not conn.lost and conn.write_since is None
         finally:
             sock.close()
