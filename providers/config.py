@@ -61,13 +61,15 @@ class PriceConfig(BaseModel):
 
 class TimeoutConfig(BaseModel):
     """Seconds. `first_byte` bounds connect + headers + first event of a stream: the window in which
-    falling back is safe. `read` bounds each wait between stream chunks, and a whole non-stream answer."""
+    falling back is safe. `read` bounds each wait between stream chunks, and a whole non-stream answer.
+    Each is bounded (a minute, ten minutes, an hour): an upstream holds a request, and what the worker
+    reads of it, no longer than this, whoever set it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    connect: float = Field(default=5.0, gt=0)
-    first_byte: float = Field(default=60.0, gt=0)
-    read: float = Field(default=300.0, gt=0)
+    connect: float = Field(default=5.0, gt=0, le=60)
+    first_byte: float = Field(default=60.0, gt=0, le=600)
+    read: float = Field(default=300.0, gt=0, le=3600)
 
 
 # Contract ceilings are held in micro-units in Lua numbers: 9e9 currency units stays below 2^53 micro-units.

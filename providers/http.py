@@ -48,6 +48,7 @@ import httptools
 from providers.upstream_policy import UpstreamPolicy
 
 _HIGH_WATER = 1 << 20
+_MAX_HEAD = 64 * 1024  # PoolLimits.max_head_bytes
 _USER_AGENT = b"eduaiq"
 
 
@@ -72,14 +73,23 @@ class PoolLimits:
     # broken model server). Beyond it the answer being read is dropped (lost after its 200: billed at its
     # bound, as any answer lost after the model ran).
     max_buffered_bytes: int = 512 * 1024 * 1024
+    # The status line and headers of one answer: httptools grows a header value by concatenation (20 MiB
+    # in 64 KB reads cost 2.9 s of the event loop), for as long as the provider's first_byte timeout allows.
+    max_head_bytes: int = _MAX_HEAD
 
 
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; one exchange at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_lost: Callable[[], None] | None = None,
+        max_head: int = _MAX_HEAD,
+    ) -> None:
         self.loop = loop
         self.on_lost = on_lost
+        self.max_head = max_head
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.lost = False
@@ -93,6 +103,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.received = False  # any byte of the answer
         self.headers_done = False
+        self.head_bytes = 0  # bytes of the reads that ended inside the head
         self.complete = False
         self.keep_alive = False
         self.error: BaseException | None = None
@@ -111,6 +122,17 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamConnectionError(f"malformed HTTP response from upstream: {exc}"))
             if self.transport is not None:
                 self.transport.close()
+            return
+        if not self.headers_done:  # the whole read was head: bounded before the parser's copies grow
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head:
+                self._fail(
+                    UpstreamTooLarge(
+                        f"upstream answer's status line and headers larger than {self.max_head} bytes"
+                    )
+                )
+                if self.transport is not None:
+                    self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -430,7 +452,8 @@ class UpstreamPool:
         for target in targets:
             try:
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, lambda: self._lost(key)), target, port, ssl=tls,
+                    lambda: _Connection(loop, lambda: self._lost(key), self.limits.max_head_bytes), target, port,
+                    ssl=tls,
                     server_hostname=host if tls else None,
                 )  # fmt: skip
                 return conn

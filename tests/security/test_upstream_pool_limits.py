@@ -221,3 +221,57 @@ async def test_whole_answers_held_at_once_are_capped_per_worker() -> None:
         finally:
             await router.close()
             await pool.close()
+
+
+async def test_an_endless_header_value_fails_the_request_at_the_head_cap_and_closes_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 200 status line and then one header value that never ends: the pool read it for as long as the
+    provider's first_byte timeout allowed, and httptools grows a value by concatenation (20 MiB in 64 KB
+    reads cost 2.9 s of the event loop). Now the head is capped (PoolLimits.max_head_bytes)."""
+    cap = 64 * 1024
+    fed: list[int] = []
+    sent = 0
+
+    class Counted(upstream_http._Connection):
+        def data_received(self, data: bytes) -> None:
+            fed.append(len(data))
+            super().data_received(data)
+
+    monkeypatch.setattr(upstream_http, "_Connection", Counted)
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        nonlocal sent
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        while True:
+            writer.write(b"a" * 16384)
+            sent += 16384
+            await writer.drain()
+
+    async with raw_server(endless) as (url, _):
+        pool = UpstreamPool(limits=upstream_http.PoolLimits(max_head_bytes=cap))
+        try:
+            with pytest.raises(upstream_http.UpstreamTooLarge, match=str(cap)):
+                await pool.request("GET", url + "/x", connect_timeout=5, read_timeout=5, overall_timeout=5)
+        finally:
+            await pool.close()
+    assert cap < sum(fed) <= cap + max(fed), fed  # stopped reading within one read past the cap
+    for _ in range(100):  # the connection was closed, its slot given back
+        if not pool._open:
+            break
+        await asyncio.sleep(0.01)
+    assert pool._open == {}
+
+
+def test_provider_timeouts_are_bounded() -> None:
+    """An admin-set first_byte (or read) of days let an upstream hold a request, and a worker's parser,
+    that long."""
+    from pydantic import ValidationError
+
+    from providers.config import TimeoutConfig
+
+    TimeoutConfig(connect=60, first_byte=600, read=3600)
+    for field, value in (("connect", 61), ("first_byte", 601), ("read", 3601)):
+        with pytest.raises(ValidationError):
+            TimeoutConfig(**{field: value})
