@@ -374,9 +374,9 @@ def compile_deployments(
         if policy is not None:
             problems.extend(policy.provider_problems(p, path))
         urls = [base_url, *p.replicas]
-        literal_headers = {k: v for k, v in p.headers.items() if not ENV_REF.match(v)}
+        literal_headers = {k: v for k, v in p.headers.items() if not ENV_REF.fullmatch(v)}
         header_env = tuple(
-            (k, ref.group(1)) for k, v in p.headers.items() if (ref := ENV_REF.match(v)) is not None
+            (k, ref.group(1)) for k, v in p.headers.items() if (ref := ENV_REF.fullmatch(v)) is not None
         )
         seen_models: set[str] = set()
         for j, m in enumerate(p.models):

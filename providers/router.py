@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from providers.adapters import Adapter, Endpoint, StreamProcessor, adapter_for
-from providers.adapters.base import secret_values
+from providers.adapters.base import env_secret, secret_values
 from providers.breaker import CircuitBreaker, State
 from providers.config import DeploymentConfig, QueueConfig, RoutingConfig
 from providers.errors import (
@@ -749,7 +748,7 @@ class Router:
         session = self._session
         assert session is not None and server.probe_url is not None
         headers: dict[str, str] = {}
-        key = os.environ.get(server.key_env) if server.key_env else None
+        key = env_secret(server.key_env)
         if key:
             headers["Authorization"] = "Bearer " + key
         inflight = server.inflight

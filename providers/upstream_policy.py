@@ -50,8 +50,10 @@ if TYPE_CHECKING:
     from core.settings import Settings
     from providers.config import ProviderConfig
 
-# A header value `env:NAME` is read from that (declared) variable at request time.
-ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
+# A header value `env:NAME` is read from that (declared) variable at request time. Used with fullmatch, as
+# are the header patterns below: `$` also matches before a final newline, and `X-Title: |` in YAML ends
+# with one (a bare LF ends the request head at a lenient upstream: the rest of it becomes a second request).
+ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 # Header names whose values are credentials: they may only come from declared variables, and a stored
 # literal (written before this rule existed) is redacted wherever providers are read back.
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|credential|signature", re.IGNORECASE)
@@ -68,6 +70,13 @@ def secret_header(name: str) -> bool:
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 HEADER_VALUE = r"^[\t\x20-\x7e]{0,2000}$"
 _HEADER_NAME, _HEADER_VALUE = re.compile(HEADER_NAME), re.compile(HEADER_VALUE)
+
+
+def header_value_ok(value: str) -> bool:
+    """A value that may be written into a request head as it is (one line of printable ASCII)."""
+    return _HEADER_VALUE.fullmatch(value) is not None
+
+
 MAX_HEADERS = 32
 # Headers the pool writes itself or that change how a message is framed, routed or kept: set by an admin
 # they would desynchronise a connection other institutions' requests share.
@@ -81,11 +90,11 @@ def header_problems(headers: Mapping[str, str]) -> list[str]:
     """What is wrong with a provider's `headers` (empty: they may be sent)."""
     problems = [f"at most {MAX_HEADERS} headers"] if len(headers) > MAX_HEADERS else []
     for name, value in headers.items():
-        if not _HEADER_NAME.match(name):
+        if not _HEADER_NAME.fullmatch(name):
             problems.append(f"header name {name[:64]!r} is not an HTTP token")
         elif name.lower() in _RESERVED_HEADERS or name.lower().startswith("proxy-"):
             problems.append(f"header {name!r} is set by the gateway itself and cannot be configured")
-        if not isinstance(value, str) or not _HEADER_VALUE.match(value):
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
             problems.append(
                 f"header {name[:64]!r}: the value must be printable ASCII without line breaks, at most 2000 characters"
             )
@@ -99,7 +108,7 @@ def redact_headers(options: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(headers, Mapping):
         return dict(options)
     clean = {
-        k: (REDACTED if secret_header(k) and not ENV_REF.match(str(v)) else v) for k, v in headers.items()
+        k: (REDACTED if secret_header(k) and not ENV_REF.fullmatch(str(v)) else v) for k, v in headers.items()
     }
     return {**options, "headers": clean}
 
@@ -263,7 +272,7 @@ class UpstreamPolicy:
             if problem:
                 problems.append(problem)
         for name, value in p.headers.items():
-            ref = ENV_REF.match(value)
+            ref = ENV_REF.fullmatch(value)
             if ref:
                 problem = self._secret_problem(f"{path}.headers.{name}", ref.group(1), hosts, plain)
                 if problem:

@@ -7,6 +7,7 @@ usage on the way. The router owns the network; adapters never do I/O.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ import orjson
 
 from providers.config import DeploymentConfig
 from providers.errors import InvalidRequest
+from providers.upstream_policy import header_value_ok
 from providers.usage import NormalisedUsage
+
+log = logging.getLogger(__name__)
 
 Endpoint = Literal["chat/completions", "completions", "embeddings"]
 
@@ -78,22 +82,43 @@ class Adapter(Protocol):
         ...
 
 
+_refused_vars: set[str] = set()
+
+
+def env_secret(name: str | None) -> str | None:
+    """A declared variable's value as it may go into a request head: surrounding whitespace dropped (a
+    Kubernetes Secret made with --from-file ends in a newline), None when what is left is not one line of
+    printable ASCII (it would end the head early at the upstream: header injection). Read at request time
+    so a rotated key takes effect without a restart; never stored."""
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if header_value_ok(value):
+        return value or None
+    if name not in _refused_vars:  # once per variable: the operator learns it, the log is not flooded
+        _refused_vars.add(name)
+        log.error("variable %s holds line breaks or non-printable characters: not sent to any upstream", name)
+    return None
+
+
 def api_key(dep: DeploymentConfig) -> str | None:
-    """Read at request time so a rotated key takes effect without a restart; never stored."""
-    return os.environ.get(dep.api_key_env) if dep.api_key_env else None
+    return env_secret(dep.api_key_env)
 
 
 def secret_values(dep: DeploymentConfig) -> tuple[str, ...]:
     """Every secret the gateway sends this deployment (its key and `env:` headers): cut out of anything
     the upstream answers before a student sees it (a server may echo what it was sent)."""
     names = ([dep.api_key_env] if dep.api_key_env else []) + [var for _, var in dep.header_env]
-    return tuple(v for v in (os.environ.get(n) for n in names) if v)
+    return tuple(v for v in (env_secret(n) for n in names) if v)
 
 
 def add_env_headers(dep: DeploymentConfig, headers: dict[str, str]) -> None:
     """Headers the provider reads from declared variables (`env:NAME`), at request time like the key."""
     for name, var in dep.header_env:
-        value = os.environ.get(var)
+        value = env_secret(var)
         if value:
             headers[name] = value
 

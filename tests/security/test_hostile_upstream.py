@@ -78,6 +78,9 @@ INJECTIONS = [
     {"Connection": "close"},
     {"Proxy-Authorization": "Basic eDp5"},
     {"X Bad Name": "v"},
+    {"X-Title": "EduAiQ\n"},  # a final newline: `$` matched before it (YAML's `X-Title: |` writes one)
+    {"X-Org\n": "a"},
+    {"Content-Length\n": "0"},
 ]
 
 
@@ -140,3 +143,30 @@ def test_the_error_scrubber_never_runs_its_patterns_over_more_than_a_bounded_pre
     body = upstream_errors.public_error(400, orjson.dumps({"error": {"message": message}}), (secret,))
     assert seen and max(seen) <= 2 * upstream_errors.MAX_MESSAGE, max(seen)
     assert secret.encode() not in body
+
+
+async def test_a_declared_variable_with_line_breaks_is_never_written_into_a_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator's variables are read at request time: one holding a line break (a header split in two)
+    is not sent at all; a trailing newline, as a Kubernetes Secret made with --from-file has, is dropped."""
+    monkeypatch.setenv("TEST_HDR_SPLIT", "ok\r\nX-Injected: yes")
+    monkeypatch.setenv("TEST_KEY_NEWLINE", "sk-test-key-123\n")
+    with capture_server() as upstream:
+        upstream.answer(200, orjson.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))  # fmt: skip
+        router = Router(compile_deployments([{
+            "id": "p", "type": "openai-compatible", "base_url": upstream.url, "health_check": False,
+            "api_key_env": "TEST_KEY_NEWLINE", "headers": {"X-Campus": "env:TEST_HDR_SPLIT"},
+            "models": [{"id": "m", "price": {"input_per_mtok": 1, "output_per_mtok": 1}}]}]))  # fmt: skip
+        await router.start()
+        try:
+            await router.open(
+                "m", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, stream=False
+            )
+        finally:
+            await router.close()
+    (seen,) = upstream.requests
+    assert "X-Injected" not in seen.headers and "X-Campus" not in seen.headers, seen.headers
+    assert seen.headers.get("Authorization") == "Bearer sk-test-key-123", seen.headers
