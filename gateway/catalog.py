@@ -9,23 +9,28 @@ a request sees either the old configuration or the new one, never a mix.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.models import BudgetRule, Extra, Institution, ModelOffer, Provider, Unit
 from providers.build import build_router
+from providers.config import ProviderConfig
 from providers.http import UpstreamPool
 from providers.policy import effective_models
 from providers.router import Router
 from providers.upstream_policy import UpstreamPolicy
 from quota.model import InstitutionSpec
 from quota.sources import member_counts, spec_from_rows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,22 @@ def _unit_infos(units: list[Unit], catalogue: tuple[str, ...]) -> dict[str, Unit
     return out
 
 
+def _loadable(inst_id: str, docs: list[tuple[str, dict[str, Any]]]) -> list[ProviderConfig]:
+    """The stored providers that still pass the checks. A row written before a check existed (a header
+    value, a timeout, a URL the current release refuses) is left out with one log line, not allowed to stop
+    the gateway: refusing it at load crash-looped every gateway of every institution after an upgrade.
+    The institution's other providers keep serving; the admin fixes the row by importing the file again."""
+    out: list[ProviderConfig] = []
+    for provider_id, doc in docs:
+        try:
+            out.append(ProviderConfig.model_validate(doc))
+        except ValidationError as exc:
+            reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            log.error("institution %s: provider %s not loaded, its stored settings fail the checks: %s",
+                      inst_id, provider_id, reasons[:1000])  # fmt: skip
+    return out
+
+
 async def load_institution(
     session: AsyncSession, inst_id: str, http: UpstreamPool | None, policy: UpstreamPolicy | None = None
 ) -> InstitutionView | None:
@@ -166,7 +187,7 @@ async def load_institution(
     offers: dict[str, list[ModelOffer]] = defaultdict(list)
     for o in sorted(await _rows(session, ModelOffer, inst_id), key=lambda o: o.position):
         offers[o.provider_id].append(o)
-    configs = [p.to_config(offers[p.id], default_prices=True) for p in providers]
+    configs = _loadable(inst_id, [(p.id, p.to_config(offers[p.id], default_prices=True)) for p in providers])
     catalogue = tuple(dict.fromkeys(o.id for p in providers for o in offers[p.id]))
     spec = spec_from_rows(
         inst,

@@ -200,3 +200,28 @@ async def test_a_url_may_not_carry_a_password(env_a: Env, field_name: str) -> No
     assert response.status_code == 422, response.text
     listed = await (await env_a.login("uadmin")).get("/api/v1/providers")
     assert "hunter2" not in listed.text
+
+
+async def test_a_stored_provider_the_checks_now_refuse_is_left_out_and_the_rest_still_load(
+    env_a: Env,
+) -> None:
+    """Found by the attack review: a row stored before a check existed (here a header value that is not
+    ASCII, a URL with a password, a timeout past its bound) made the gateway's load raise, so after an
+    upgrade every gateway of every institution crash-looped. Now that provider alone is left out."""
+    inst = env_a.inst
+    bad = {"legacy-hdr": ({"headers": {"X-Title": "Université de l'État"}}, "https://h.example.com/v1"),
+           "legacy-url": ({}, "https://svc:pw@u.example.com/v1"),
+           "legacy-timeout": ({"timeouts": {"first_byte": 100000}}, "https://t.example.com/v1")}  # fmt: skip
+    async with env_a.db() as session, session.begin():
+        for n, (pid, (options, url)) in enumerate(bad.items()):
+            session.add(Provider(institution_id=inst, id=pid, type="openai-compatible", base_url=url,
+                                 options=options, position=20 + n))  # fmt: skip
+            await session.flush()
+            session.add(ModelOffer(institution_id=inst, provider_id=pid, id=f"{pid}-chat", upstream="x",
+                                   input_price=1, output_price=1, position=20 + n))  # fmt: skip
+    async with env_a.db() as session:
+        view = await load_institution(session, inst, None, UpstreamPolicy.from_settings(env_a.state.settings))
+    assert view is not None
+    loaded = {d.cfg.provider_id for d in view.router._deployments.values()}
+    assert not loaded & set(bad), loaded
+    assert {"openai", "campus-vllm"} <= loaded, loaded
