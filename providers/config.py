@@ -173,7 +173,7 @@ class ProviderConfig(BaseModel):
     id: str = Field(pattern=_ID)
     type: ProviderType
     base_url: str | None = None
-    replicas: list[str] = Field(default_factory=list)
+    replicas: list[str] = Field(default_factory=list, max_length=64)  # each is probed: bounded
     api_key_env: str | None = None
     priority: int | None = None
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)

@@ -266,7 +266,12 @@ class UpstreamPolicy:
         # to a metrics URL on the same host; one on another host is probed without the key).
         servers = [u for u in (p.resolved_base_url, *p.replicas) if u]
         hosts = {h for u in servers if (h := hostname(u))}
-        plain = {h for u in servers if u.lower().startswith("http://") and (h := hostname(u))}
+        # (the health probe sends the key to a metrics URL on the same host: its scheme counts too)
+        plain = {
+            h
+            for u in (*servers, p.metrics_url or "")
+            if u.lower().startswith("http://") and (h := hostname(u))
+        }
         if p.api_key_env is not None:
             problem = self._secret_problem(f"{path}.api_key_env", p.api_key_env, hosts, plain)
             if problem:

@@ -186,6 +186,11 @@ async def test_a_key_bound_to_a_host_goes_there_over_https_only(env_a: Env) -> N
     assert response.status_code == 422, response.text
     problem = next(p for p in _problems(response) if p["path"].endswith("api_key_env"))
     assert "https" in problem["message"], problem
+    # The health probe sends the key to a metrics URL on the same host: over http it is refused too.
+    probe = await _put(env_a, "cleartext", {"type": "openai", "base_url": "https://api.openai.com/v1",
+                                            "metrics_url": "http://api.openai.com:9090/metrics",
+                                            "api_key_env": "OPENAI_API_KEY"})  # fmt: skip
+    assert probe.status_code == 422, probe.text
     ok = await _put(env_a, "cleartext", {"type": "openai", "base_url": "https://api.openai.com/v1",
                                          "api_key_env": "OPENAI_API_KEY"})  # fmt: skip
     assert ok.status_code == 200, ok.text
