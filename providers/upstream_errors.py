@@ -123,7 +123,8 @@ def public_stream_error(event: bytes) -> bytes:
         doc = orjson.loads(event[start:])
     except orjson.JSONDecodeError:
         return event
-    if not isinstance(doc, dict) or "error" not in doc:
+    # An error event has an error and no answer: `"error": null` beside choices is an ordinary chunk.
+    if not isinstance(doc, dict) or not doc.get("error") or doc.get("choices"):
         return event
     err = doc["error"] if isinstance(doc["error"], dict) else {}
     clean = {"message": STREAM_ERROR_MESSAGE, "type": _short(err.get("type")) or "upstream_error",

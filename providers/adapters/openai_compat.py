@@ -94,18 +94,18 @@ class PassthroughStream:
             return self._pick_usage(data)  # whole events: pass them on, looking only at usage events
         out: list[bytes] = []
         for ev in self._split.feed(data):
-            if _ERROR in ev:  # an error event mid-answer: its text is the server's, not for students
-                clean = public_stream_error(ev)
-                if clean is not ev:
-                    log.warning("upstream error event mid-stream: %s", ev[:300].decode(errors="replace"))
-                    ev = clean
             if self._count:
                 if ev.startswith(b"data: [DONE]") and self.usage is None:
                     out.append(self._counted_usage())
                 else:
                     self._count_event(ev)
             if _next_usage(ev, 0) >= 0 and not self._keep_usage_event(ev):
-                continue
+                continue  # (usage is taken from the event as the server sent it, error or not)
+            if _ERROR in ev:  # an error event mid-answer: its text is the server's, not for students
+                clean = public_stream_error(ev)
+                if clean is not ev:
+                    log.warning("upstream error event mid-stream: %s", ev[:300].decode(errors="replace"))
+                    ev = clean
             out.append(ev)
             out.append(b"\n\n")
         return b"".join(out)

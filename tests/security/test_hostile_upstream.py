@@ -19,6 +19,7 @@ import pytest
 
 from admin_api.orgfile import OrgFileError, parse_document
 from providers import upstream_errors
+from providers.adapters.openai_compat import PassthroughStream
 from providers.config import compile_deployments
 from providers.router import Router
 from tests.admin_api.conftest import Env, drop_env, make_env, stateu_document
@@ -170,3 +171,17 @@ async def test_a_declared_variable_with_line_breaks_is_never_written_into_a_requ
     (seen,) = upstream.requests
     assert "X-Injected" not in seen.headers and "X-Campus" not in seen.headers, seen.headers
     assert seen.headers.get("Authorization") == "Bearer sk-test-key-123", seen.headers
+
+
+def test_an_error_event_keeps_its_usage_and_a_null_error_is_an_ordinary_chunk() -> None:
+    """Found by the attack review: `"error": null` beside choices (an ordinary chunk some servers send) was
+    replaced by the error sentence, losing the student's text; an error event that carried usage lost it
+    to the bill (which fell back to an estimate)."""
+    stream = PassthroughStream(include_usage_chunk=True)
+    chunk = b'data: {"choices":[{"index":0,"delta":{"content":"Hello"}}],"error":null}\n\n'
+    failed = (b'data: {"error":{"message":"worker at 10.1.2.3:8000 died"},'
+              b'"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}\n\n')  # fmt: skip
+    out = stream.feed(chunk + failed)
+    assert out.startswith(chunk), out
+    assert b"10.1.2.3" not in out and b"reported an error mid-answer" in out
+    assert stream.usage is not None and (stream.usage.input, stream.usage.output) == (3, 5)
