@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
@@ -34,6 +35,7 @@ from admin_api.auth import Caller
 from admin_api.errors import forbidden, not_found
 from admin_api.tree import UnitTree, load_tree
 from core.models import AdminScope, Membership, Unit
+from core.time import utcnow
 
 SCOPE_ROLES = ("admin", "finance", "auditor")
 MEMBER_ROLES = ("student", "ta", "instructor", "researcher")
@@ -47,8 +49,13 @@ class Grants:
     memberships: dict[str, str] = field(default_factory=dict)  # unit id -> role
 
 
-async def load_grants(session: AsyncSession, institution_id: str, user_id: str) -> Grants:
+async def load_grants(
+    session: AsyncSession, institution_id: str, user_id: str, grace_seconds: float = 0
+) -> Grants:
+    """The person's roles now: a membership past its end and the operator's grace
+    (EDUAIQ_MEMBERSHIP_GRACE_SECONDS, as for its keys) grants nothing."""
     grants = Grants()
+    cutoff = utcnow() - timedelta(seconds=grace_seconds)
     scopes = await session.execute(
         select(AdminScope).where(AdminScope.institution_id == institution_id, AdminScope.user_id == user_id)
     )
@@ -58,7 +65,8 @@ async def load_grants(session: AsyncSession, institution_id: str, user_id: str) 
         select(Membership).where(Membership.institution_id == institution_id, Membership.user_id == user_id)
     )
     for m in members.scalars():
-        grants.memberships[m.unit_id] = m.role
+        if m.ends_at is None or m.ends_at > cutoff:
+            grants.memberships[m.unit_id] = m.role
     return grants
 
 
@@ -161,5 +169,7 @@ class Access:
 
 async def load_access(session: AsyncSession, caller: Caller) -> Access:
     tree = await load_tree(session, caller.institution_id)
-    grants = await load_grants(session, caller.institution_id, caller.user_id)
+    grants = await load_grants(
+        session, caller.institution_id, caller.user_id, caller.membership_grace_seconds
+    )
     return Access(caller, tree, grants)

@@ -21,6 +21,7 @@ from sqlmodel import select
 
 from admin_api.errors import ApiError
 from admin_api.sso import current_principal
+from admin_api.state import admin_state
 from core.keys import hash_secret
 from core.models import PersonalAccessToken, User
 from core.time import utcnow
@@ -48,6 +49,8 @@ class Caller:
     method: str  # saml | oidc | cas | dev | pat
     token_id: str | None = None
     token_scopes: frozenset[str] | None = None  # None for a browser session
+    # How long after a membership's end it still grants (EDUAIQ_MEMBERSHIP_GRACE_SECONDS, as for its keys).
+    membership_grace_seconds: float = 0
 
     @property
     def via_token(self) -> bool:
@@ -80,7 +83,7 @@ def _bearer(request: Request) -> str | None:
     return token
 
 
-async def _token_caller(session: AsyncSession, token: str, max_days: int) -> Caller:
+async def _token_caller(session: AsyncSession, token: str, max_days: int, grace: float) -> Caller:
     stmt = select(PersonalAccessToken).where(PersonalAccessToken.token_hash == hash_secret(token))
     row = (await session.execute(stmt)).scalar_one_or_none()
     if row is None:
@@ -97,13 +100,18 @@ async def _token_caller(session: AsyncSession, token: str, max_days: int) -> Cal
         raise _unauthenticated("the owner of this token no longer exists")
     if owner.deprovisioned_at is not None:
         raise _unauthenticated("the owner of this token no longer has access (deprovisioned)")
-    return Caller(row.institution_id, row.user_id, "pat", row.id, frozenset(row.scopes))
+    return Caller(row.institution_id, row.user_id, "pat", row.id, frozenset(row.scopes), grace)
+
+
+def _membership_grace(request: Request) -> float:
+    return float(admin_state(request).settings.membership_grace_seconds)
 
 
 async def authenticate(request: Request, session: AsyncSession, pat_max_days: int) -> Caller:
     token = _bearer(request)
+    grace = _membership_grace(request)
     if token is not None:
-        return await _token_caller(session, token, pat_max_days)
+        return await _token_caller(session, token, pat_max_days, grace)
     principal = await current_principal(request)
     if principal is None:
         raise _unauthenticated("sign in first, or send 'Authorization: Bearer pat-...'")
@@ -112,4 +120,6 @@ async def authenticate(request: Request, session: AsyncSession, pat_max_days: in
         raise _unauthenticated("your account no longer exists; sign in again")
     if user.deprovisioned_at is not None:  # a session outlives nothing its person lost
         raise _unauthenticated("your account no longer has access to EduAiQ at this institution")
-    return Caller(principal.institution_id, principal.user_id, principal.method)
+    return Caller(
+        principal.institution_id, principal.user_id, principal.method, membership_grace_seconds=grace
+    )

@@ -5,9 +5,12 @@ does it the same way and writes the same audit entry.
 Deprovisioning keeps every row: the ledger, rollups and audit log name the person, and amounts must stay
 what they were. It stamps `deprovisioned_at`, which every credential check reads: the gateway's key lookup
 (within its key cache, at most `EDUAIQ_KEY_CACHE_SECONDS`), the admin API's personal access tokens and
-sessions (at once) and SSO sign-in. Erasure (a GDPR or FERPA request) blanks the personal fields (name,
-e-mail, SSO subject) on the person and in the audit log's snapshots of them, and keeps the user id and
-every amount: ids should be opaque (the README says why).
+sessions (at once) and SSO sign-in. Erasure (a GDPR or FERPA request) blanks the name and e-mail on the
+person and the personal fields (the sign-in's `subject` too) in the audit log's snapshots of them, and keeps
+the user id and every amount: ids should be opaque (the README says why). The SSO subject is replaced by a
+pseudonym (`erased_subject`) rather than blanked, so the same person signing in again is recognised and
+refused instead of created anew; `erased_at` keeps an institution file that still names them from writing
+their fields back.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from sqlmodel import col
 
 from admin_api.context import row_label, snapshot
 from core.models import AuditEntry, User
+from core.models.access import USER_PERSONAL_FIELDS, erased_subject
 from core.time import utcnow
 
 # What identifies a person, as opposed to what they did.
-PERSONAL_FIELDS = ("email", "name", "sso_subject")
+PERSONAL_FIELDS = USER_PERSONAL_FIELDS
+# ... and the audit log's other names for them (a sign-in's entry keeps the subject as "subject").
+_AUDIT_PERSONAL_KEYS = frozenset(PERSONAL_FIELDS) | {"subject"}
 
 
 class PersonError(Exception):
@@ -69,18 +75,21 @@ async def reinstate(session: AsyncSession, institution_id: str, user_id: str, ac
 def _blank(doc: Any) -> Any:
     if not isinstance(doc, dict):
         return doc
-    return {k: (None if k in PERSONAL_FIELDS and v is not None else v) for k, v in doc.items()}
+    return {k: (None if k in _AUDIT_PERSONAL_KEYS and v is not None else v) for k, v in doc.items()}
 
 
 async def erase(session: AsyncSession, institution_id: str, user_id: str, actor: str) -> int:
-    """Blank the person's name, e-mail and SSO subject, here and in every audit snapshot of them; returns how
-    many audit entries were rewritten. Only for someone deprovisioned: erasing an active person's subject
-    would make their next sign-in a new, different user."""
+    """Blank the person's name and e-mail, pseudonymise their SSO subject (signing in with it again is
+    refused), and blank all three in every audit snapshot of them; returns how many audit entries were
+    rewritten. Only for someone deprovisioned: erasing an active person would lock them out for good."""
     user = await _person(session, institution_id, user_id)
     if user.deprovisioned_at is None:
         raise PersonError(f"{user_id!r} is still active: deprovision them first (eduaiq user deprovision)")
-    for name in PERSONAL_FIELDS:
-        setattr(user, name, None)
+    if user.sso_subject is not None and not user.sso_subject.startswith("erased:"):
+        user.sso_subject = erased_subject(institution_id, user.sso_subject)
+    user.email = user.name = None
+    if user.erased_at is None:
+        user.erased_at = utcnow()
     stmt = select(AuditEntry).where(
         col(AuditEntry.institution_id) == institution_id, col(AuditEntry.target) == row_label(user)
     )

@@ -58,8 +58,9 @@ def reinstate_cmd(user: UserId, institution: Institution) -> None:
 
 @user_app.command("erase")
 def erase_cmd(user: UserId, institution: Institution) -> None:
-    """Blank a deprovisioned person's name, e-mail and SSO subject, here and in the audit log (a GDPR or
-    FERPA request); the user id and every amount stay."""
+    """Blank a deprovisioned person's name and e-mail and replace their SSO subject with a pseudonym (signing
+    in again is refused), here and in the audit log (a GDPR or FERPA request); imports keep them blank; the
+    user id and every amount stay."""
     from admin_api.people import erase
 
     entries = _run(lambda s: erase(s, institution, user, "cli"))

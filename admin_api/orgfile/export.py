@@ -16,7 +16,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_api.orgfile.rows import SCOPE_FIELDS
+from admin_api.orgfile.rows import SCOPE_FIELDS, membership_end
 from core.models import (
     AdminScope,
     BudgetRule,
@@ -41,8 +41,14 @@ def _amount(metric: str, value: int) -> int | float:
 
 
 def last_day(ends_at: datetime, tz: ZoneInfo) -> date:
-    """The file's `until` for a membership's end: the local day whose end it is (an end inside a day, set
-    through the admin API, exports as that day: re-imported, it ends as that day closes)."""
+    """The file's `until` for a membership's end: the day whose close (`membership_end`) it is, so an export
+    imports back to the same end, also where a day starts at 01:00 (DST beginning at midnight, as in
+    America/Santiago); an end inside a day, set through the admin API, exports as that day: re-imported, it
+    ends as that day closes."""
+    local = ends_at.astimezone(tz).date()
+    for day in (local - timedelta(days=1), local):
+        if membership_end(day, tz) == ends_at:
+            return day
     return (ends_at.astimezone(tz) - timedelta(microseconds=1)).date()
 
 

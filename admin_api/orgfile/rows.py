@@ -24,6 +24,7 @@ from core.models import (
     Unit,
     User,
 )
+from core.models.access import USER_PERSONAL_FIELDS
 from core.money import to_micro
 from providers.config import ProviderConfig, compile_deployments
 
@@ -195,8 +196,17 @@ def membership_end(until: date | None, tz: ZoneInfo) -> datetime | None:
 
 def comparable(row: SQLModel) -> dict[str, Any]:
     """Column values that matter for "did it change" (timestamps are bookkeeping, not content; whether a
-    person was deprovisioned is not the file's to say: an import must never bring a leaver back)."""
+    person was deprovisioned or erased is not the file's to say: an import must never bring a leaver back,
+    nor an erased person's name, e-mail or SSO subject: `without_erased`)."""
     values = row.model_dump()
-    for name in ("created_at", "updated_at", "deprovisioned_at"):
+    for name in ("created_at", "updated_at", "deprovisioned_at", "erased_at"):
         values.pop(name, None)
     return {k: (Decimal(v) if isinstance(v, Decimal) else v) for k, v in values.items()}
+
+
+def without_erased(current: SQLModel, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` less what an import may not write to `current`: an erased person's personal fields (the
+    file that still names them is older than the erasure)."""
+    if isinstance(current, User) and current.erased_at is not None:
+        return {k: v for k, v in values.items() if k not in USER_PERSONAL_FIELDS}
+    return values

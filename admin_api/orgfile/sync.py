@@ -3,7 +3,8 @@
 The file is declarative for what it names. Rows it no longer names are removed,
 with three exceptions finance and IT would insist on: units are archived, not
 deleted (their usage history stays readable); users are never deleted (the
-ledger names them); and API keys are only ever added: a key the database already
+ledger names them), and an erased user's name, e-mail and SSO subject are never
+written back; and API keys are only ever added: a key the database already
 has is left exactly as it is, so an import never revokes, un-revokes or extends
 one (revoking is an explicit act in the admin API, and the chart re-imports the
 file on every upgrade), and a key deleted since it was imported is not made
@@ -25,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlmodel import SQLModel, col
 
-from admin_api.orgfile.rows import comparable, desired_rows
+from admin_api.orgfile.rows import comparable, desired_rows, without_erased
 from admin_api.orgfile.schema import OrgFile
 from core.models import (
     AdminScope,
@@ -212,7 +213,10 @@ async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-impor
                 session.add(row)
                 record("create", row, None, _snapshot(row))
             else:
-                before, after = comparable(current), comparable(row)
+                before, after = (
+                    without_erased(current, comparable(current)),
+                    without_erased(current, comparable(row)),
+                )
                 if before != after:
                     snapshot = _snapshot(current)
                     for name, value in after.items():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from types import EllipsisType
+
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlmodel import col, select
@@ -19,7 +22,7 @@ from admin_api.roster import (
     require_instructor_reach,
     set_role,
 )
-from core.models import User
+from core.models import Membership, User
 
 router = APIRouter(tags=["members"])
 
@@ -44,7 +47,9 @@ class MemberPut(BaseModel):
     ends_at: AwareDatetime | None = Field(
         default=None,
         description="when the membership ends (a term's end, with its time zone): the keys issued for it stop "
-        "working then, after the operator's grace (EDUAIQ_MEMBERSHIP_GRACE_SECONDS); omitted: no end",
+        "working then, after the operator's grace (EDUAIQ_MEMBERSHIP_GRACE_SECONDS); null: no end; omitted: "
+        "as it is. Only an admin of the unit sets or clears it, and not on a membership from the institution "
+        "file (its `until:` is the end)",
     )
 
 
@@ -89,6 +94,28 @@ def _writable(ctx: Ctx, unit_id: str, roles: set[str]) -> None:
         raise conflict("unit_archived", f"unit {unit_id!r} is archived: its roster is history", unit=unit_id)
 
 
+def _ends_at_change(
+    ctx: Ctx, unit_id: str, body: MemberPut, current: Membership | None
+) -> datetime | EllipsisType | None:
+    """The end to write (`...`: leave it). An end is a decision about a person's access, so only an admin of
+    the unit makes it: an instructor cannot clear or extend the end an admin set. A membership from the
+    institution file takes its end from the file's `until:` (the next import would undo an edit here)."""
+    if "ends_at" not in body.model_fields_set:
+        return ...
+    if body.ends_at == (current.ends_at if current else None):
+        return body.ends_at  # as it is: nothing decided
+    if current is not None and current.source == "file":
+        raise conflict("membership_from_file", f"{current.user_id!r}'s membership of {unit_id!r} comes from the "
+                       "institution file: set its end there (the member's 'until:', the last day)",
+                       unit=unit_id, user=current.user_id)  # fmt: skip
+    ctx.access.require(
+        ctx.access.scope_covers(("admin",), unit_id),
+        "only an admin of the unit sets or clears a membership's end",
+        unit_id,
+    )
+    return body.ends_at
+
+
 @router.get("/units/{unit_id}/members", response_model=list[MemberOut], summary="A unit's roster")
 async def list_members(unit_id: UnitId, ctx: Ctx = Depends(reader("org:read"))) -> list[MemberOut]:
     ctx.access.unit(unit_id)
@@ -110,7 +137,8 @@ async def put_member(
         if body.profile is None:
             raise not_found("user", user_id)
         await ensure_users(ctx, unit_id, {user_id: body.profile})
-    await set_role(ctx, unit_id, user_id, body.role, current, body.ends_at)
+    ends_at = _ends_at_change(ctx, unit_id, body, current)
+    await set_role(ctx, unit_id, user_id, body.role, current, ends_at)
     await ctx.commit()
     return next(m for m in await _listing(ctx, unit_id) if m.user_id == user_id)
 

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, text
+from sqlalchemy import func, or_, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from admin_api.sso.errors import SSOError
 from admin_api.sso.mapping import Identity
 from core.models import AdminScope, AuditEntry, Institution, Membership, Unit, User
+from core.models.access import erased_subject
+from core.time import utcnow
 
 SOURCE = "sso"
 
@@ -87,6 +90,15 @@ async def provision(
     ).scalar_one_or_none()
     created = False
     if user is None:
+        # An erased person's subject is a pseudonym of it: they left and asked to be forgotten, so signing in
+        # again is refused rather than taken for a newcomer.
+        pseudonym = erased_subject(institution_id, identity.subject)
+        erased = await session.execute(
+            select(User.id).where(User.institution_id == institution_id, User.sso_subject == pseudonym)
+        )
+        if erased.first() is not None:
+            raise SSOError(403, "user_deprovisioned", "this account no longer has access at this institution",
+                           {"subject": identity.subject})  # fmt: skip
         if not create_users:
             raise SSOError(403, "user_not_provisioned", "this institution only admits users it has imported",
                            {"subject": identity.subject})  # fmt: skip
@@ -194,12 +206,18 @@ async def provision(
 
 
 async def user_grants(
-    session: AsyncSession, institution_id: str, user_id: str
+    session: AsyncSession, institution_id: str, user_id: str, grace_seconds: float = 0
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """What `/auth/session` shows: the person's memberships and admin scopes as they are now."""
+    """What `/auth/session` shows: the person's memberships and admin scopes as they are now (a membership
+    past its end and the operator's grace, EDUAIQ_MEMBERSHIP_GRACE_SECONDS, is no longer held)."""
+    cutoff = utcnow() - timedelta(seconds=grace_seconds)
     members = await session.execute(
         select(Membership.unit_id, Membership.role, Membership.source)
-        .where(Membership.institution_id == institution_id, Membership.user_id == user_id)
+        .where(
+            Membership.institution_id == institution_id,
+            Membership.user_id == user_id,
+            or_(col(Membership.ends_at).is_(None), col(Membership.ends_at) > cutoff),
+        )
         .order_by(Membership.unit_id)
     )
     scopes = await session.execute(

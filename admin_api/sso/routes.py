@@ -262,7 +262,14 @@ def make_sso_router(
         sid, record = found
         p = record.principal
         async with session_scope(db) as session:
-            memberships, scopes = await user_grants(session, p.institution_id, p.user_id)
+            person = await find_user(session, p.institution_id, p.user_id)
+            if person is None or person.deprovisioned_at is not None:  # the session outlived their access
+                raise SSOError(
+                    401, "not_authenticated", "this account no longer has access at this institution"
+                )
+            memberships, scopes = await user_grants(
+                session, p.institution_id, p.user_id, settings.membership_grace_seconds
+            )
         body = {"principal": p.model_dump(mode="json"), "memberships": memberships, "admin_scopes": scopes,
                 "csrf_token": svc.sessions.csrf_token(sid)}  # fmt: skip
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
@@ -303,6 +310,9 @@ def make_sso_router(
             row = await find_user(session, inst, user)
             if row is None:
                 raise SSOError(404, "unknown_user", "no such user in this institution",
+                               {"institution": inst, "user": user})  # fmt: skip
+            if row.deprovisioned_at is not None:  # as an SSO sign-in: a leaver gets no session
+                raise SSOError(403, "user_deprovisioned", "this account no longer has access at this institution",
                                {"institution": inst, "user": user})  # fmt: skip
             session.add(sign_in_entry(inst, row.id, "dev", row.sso_subject))
         sid, _ = await svc.sessions.create(institution_id=inst, user_id=row.id, method="dev",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from sqlalchemy import JSON, Column, ForeignKeyConstraint, UniqueConstraint
@@ -26,6 +27,19 @@ class User(SQLModel, table=True):
     # Set when the person left (SCIM `active: false`, an admin): their keys, tokens and sessions stop at
     # once; the row stays because the ledger and the audit log name it.
     deprovisioned_at: datetime | None = None
+    # Set when the person's personal fields were erased (a GDPR or FERPA request): an institution file that
+    # still names them does not write their name, e-mail or SSO subject back.
+    erased_at: datetime | None = None
+
+
+# What identifies a person, as opposed to what they did: erasure blanks these (the subject it pseudonymises).
+USER_PERSONAL_FIELDS = ("email", "name", "sso_subject")
+
+
+def erased_subject(institution_id: str, subject: str) -> str:
+    """What an erased person's SSO subject becomes: not the subject, yet what it was can be recognised, so
+    signing in again with it is refused rather than taken for a newcomer."""
+    return "erased:" + hashlib.sha256(f"{institution_id}\0{subject}".encode()).hexdigest()
 
 
 class Membership(SQLModel, table=True):

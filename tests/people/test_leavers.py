@@ -64,7 +64,7 @@ def _alice(doc: dict[str, Any]) -> dict[str, Any]:
         for u in units:
             for m in u.get("members", []):
                 if m["user"] == "alice":
-                    return m  # type: ignore[no-any-return]
+                    return m
             found = walk(u.get("children", []))
             if found is not None:
                 return found
