@@ -17,6 +17,8 @@ userinfo answer must be about the same `sub`.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +39,8 @@ from admin_api.sso.errors import SSOError
 from admin_api.sso.idp_http import IdpLimits, exchange
 from core.declared import SecretVar
 from providers.upstream_policy import hostname
+
+log = logging.getLogger(__name__)
 
 ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 LEEWAY_SECONDS = 60
@@ -125,7 +129,23 @@ class ProviderCache:
         if cfg.client_secret_env is None:
             return None
         host = hostname(token_endpoint) or token_endpoint
+        if token_endpoint.lower().startswith("http://") and not _loopback(host):
+            # The secret goes as Basic auth: over plain http it would cross the network readable.
+            log.error("institution %s: OIDC token endpoint %s is not https; client secret not sent", institution,
+                      token_endpoint[:200])  # fmt: skip
+            raise SSOError(502, "sso_secret_refused", "the identity provider's token endpoint is not https, so "
+                           "the client secret is not sent to it", {"token_endpoint": token_endpoint[:200]})  # fmt: skip
         return sso_secrets.read(self.secret_vars, institution, cfg.client_secret_env, (host,))
+
+
+def _loopback(host: str) -> bool:
+    """This machine (an IdP in development or a test): nothing crosses a network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def authorization_url(

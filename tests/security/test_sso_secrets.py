@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 import pytest
 from aiohttp import web
 from pydantic import ValidationError
@@ -27,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from admin_api.orgfile import OrgFileError, parse_document
 from admin_api.sso import InstitutionSSO, OidcProvider, SSOConfigError, StaticRegistry, parse_sso_section
+from admin_api.sso.errors import SSOError
+from admin_api.sso.oidc import ProviderCache
 from core.declared import parse_secret_vars
 from core.settings import Settings, SettingsError, load_settings
 from tests.sso.conftest import (  # noqa: F401  (fixtures: PostgreSQL and Redis for the SP app)
@@ -243,3 +246,22 @@ def test_the_setting_shares_the_provider_grammar() -> None:
         ("stateu", "STATEU_OIDC_SECRET", False, "login.stateu.edu"),
         ("tech", "TECH_", True, None),
     ]
+
+
+async def test_an_oidc_client_secret_goes_to_a_token_endpoint_over_https_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the attack review: the binding named a host, not a scheme, so a discovery document naming
+    `http://` for its token endpoint got the client secret as Basic auth in clear text."""
+    monkeypatch.setenv("STATEU_OIDC_SECRET", "s3cret")
+    cfg = OidcProvider(
+        issuer="https://login.stateu.edu", client_id="x", client_secret_env="STATEU_OIDC_SECRET"
+    )
+    async with httpx.AsyncClient() as http:
+        cache = ProviderCache(
+            http, secret_vars=parse_secret_vars("stateu:STATEU_OIDC_SECRET@login.stateu.edu")
+        )
+        with pytest.raises(SSOError) as refused:
+            cache.client_secret("stateu", cfg, "http://login.stateu.edu/token")
+        assert refused.value.code == "sso_secret_refused"
+        assert cache.client_secret("stateu", cfg, "https://login.stateu.edu/token") == "s3cret"
