@@ -66,6 +66,8 @@ async def reinstate(session: AsyncSession, institution_id: str, user_id: str, ac
     user = await _person(session, institution_id, user_id)
     if user.deprovisioned_at is None:
         return False
+    if user.erased_at is not None:  # who they were is gone: a returning person is a new user
+        raise PersonError(f"{user_id!r} was erased and cannot be reinstated; give them a new user id")
     before = snapshot(user)
     user.deprovisioned_at = None
     session.add(_audit(user, "user.reinstate", actor, before))

@@ -18,7 +18,7 @@ from admin_api.orgfile.export import last_day
 from admin_api.orgfile.parse import parse_document
 from admin_api.orgfile.rows import membership_end
 from admin_api.orgfile.sync import apply_org
-from admin_api.people import deprovision, erase
+from admin_api.people import PersonError, deprovision, erase, reinstate
 from admin_api.sso.errors import SSOError
 from admin_api.sso.mapping import Identity
 from admin_api.sso.provisioning import provision
@@ -92,6 +92,9 @@ async def test_erasure_blanks_the_sign_in_subject_and_an_import_does_not_write_i
 
 async def test_an_erased_person_signing_in_again_is_refused_not_made_anew(env: Env) -> None:
     await _leave_and_erase(env, "prof-ada")
+    async with env.db() as session, session.begin():  # nor brought back by hand: who they were is gone
+        with pytest.raises(PersonError, match="erased"):
+            await reinstate(session, env.inst, "prof-ada", "test")
     for create_users in (True, False):
         async with env.db() as session, session.begin():
             with pytest.raises(SSOError) as refused:
