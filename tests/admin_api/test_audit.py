@@ -62,7 +62,7 @@ async def test_each_change_is_logged_with_before_and_after(env: Env) -> None:
         entries["extra.create"]["before"] is None and entries["extra.create"]["after"]["chargeback"] == "GR-7"
     )
     assert entries["member.add"]["after"] == {"institution_id": env.inst, "unit_id": "cs101", "user_id": "s2",
-                                              "role": "student", "source": "api"}  # fmt: skip
+                                              "role": "student", "source": "api", "ends_at": None}  # fmt: skip
     assert entries["scope.grant"]["target"] == f"admin_scope:{env.inst}/ada/r1/auditor"
     assert entries["model.create"]["unit_id"] is None  # institution-wide: the catalog
     at = datetime.fromisoformat(budget["at"])
