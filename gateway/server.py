@@ -125,6 +125,11 @@ class Limits:
     # seconds answers may wait for a client that reads none of them (the connection is then ended); not a
     # setting: a client that reads nothing for a minute is gone or hostile (nginx's send_timeout, 60 s)
     write_timeout: float = 60.0
+    # bytes of answers all the connections of a worker may hold waiting for clients that are not reading
+    # them (each holds at most one answer past the high-water mark, but an answer can be 64 MB: twenty
+    # clients asking for large answers and reading nothing held 1.3 GB); beyond it, once a second, the
+    # connections that have waited longest are ended. Not a setting, as write_timeout.
+    write_buffer: int = 256 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
@@ -185,6 +190,7 @@ class _Shared:
         cutoff = now - self.keep_alive
         head_cutoff, body_cutoff = now - limits.header_timeout, now - limits.body_timeout
         write_cutoff = now - limits.write_timeout
+        waiting: list[tuple[float, int, _Connection]] = []
         for conn in list(self.connections):
             if conn.transport is None:
                 continue
@@ -200,6 +206,7 @@ class _Shared:
                     # happen (a zero window is probed for ever). What was buffered for it is dropped.
                     conn.transport.abort()
                     continue
+                waiting.append((conn.write_since, size, conn))
             if conn.transport.is_closing():
                 continue  # already on its way out (a close waiting for its last bytes to drain)
             if conn.head_since is not None and conn.head_since < head_cutoff and not conn.read_paused:
@@ -208,6 +215,23 @@ class _Shared:
                 conn.too_slow("body", limits.body_timeout)
             elif conn.exchange is None and not conn.queue and conn.last_active < cutoff:
                 conn.close()
+        self._shed(waiting)
+
+    def _shed(self, waiting: list[tuple[float, int, _Connection]]) -> None:
+        """Past `write_buffer` bytes of answers waiting for clients, end the connections that have waited
+        longest (least progress first) until what is left fits: memory a worker holds for clients that do
+        not read stays bounded, whatever the answers' sizes."""
+        total = sum(size for _, size, _ in waiting)
+        if total <= self.limits.write_buffer:
+            return
+        for _, size, conn in sorted(waiting, key=lambda w: w[0]):
+            if total <= self.limits.write_buffer:
+                break
+            if conn.transport is not None:
+                conn.transport.abort()
+            total -= size
+        log.warning("answers waiting for clients passed %d bytes: ended the connections waiting longest",
+                    self.limits.write_buffer)  # fmt: skip
 
 
 class _Exchange:

@@ -850,3 +850,34 @@ async def test_a_client_reading_a_large_answer_slowly_but_steadily_is_not_cut_by
             assert not conn.lost and conn.write_since is None
         finally:
             sock.close()
+
+
+async def test_answers_waiting_for_clients_that_do_not_read_are_bounded_per_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the attack review: each connection holds at most one answer past the high-water mark, but
+    an answer can be 64 MB, so clients asking for large answers and reading none held gigabytes until their
+    write timeout (60 s). Past the worker's `write_buffer`, the connections that have waited longest end:
+    six clients each owed 2 MiB against a 4 MiB bound."""
+    bound, size = 4 * 1024 * 1024, 2 * 1024 * 1024
+    async with _slow_server(monkeypatch, write_timeout=60.0, write_buffer=bound) as slow:
+        socks = [await _not_reading(slow.port, b"GET /huge?%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+                 for _ in range(6)]  # fmt: skip
+        try:
+            for _ in range(200):  # every request answered (or its connection already ended)
+                if len(slow.seen) == 6:
+                    break
+                await asyncio.sleep(0.05)
+            held = -1
+            for _ in range(100):  # a sweep or two (once a second)
+                await asyncio.sleep(0.1)
+                live = [c for c in slow.conns if not c.lost and c.transport is not None]
+                held = sum(c.transport.get_write_buffer_size() for c in live if c.transport is not None)
+                if held <= bound and len(live) < 6:
+                    break
+            assert held <= bound, held
+            assert any(c.lost for c in slow.conns)  # the longest waiting were ended
+            assert not all(c.lost for c in slow.conns)  # not everyone: only what the bound needs
+        finally:
+            for sock in socks:
+                sock.close()
