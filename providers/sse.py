@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 
 class SSESplitter:
     """Feed raw network chunks, get back complete events (without their blank-line terminator).
@@ -44,3 +48,15 @@ def event_name(event: bytes) -> bytes | None:
         if ln.startswith(b"event:"):
             return ln[6:].strip()
     return None
+
+
+def event_json(event: bytes) -> tuple[int, Any] | None:
+    """Where an event's JSON object starts and the object, or None when it has none that parses (a
+    `data: [DONE]`, a comment, a broken line): what the relay reads of the few events it parses."""
+    start = event.find(b"{")
+    if start < 0:
+        return None
+    try:
+        return start, orjson.loads(event[start:])
+    except orjson.JSONDecodeError:
+        return None

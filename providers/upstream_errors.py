@@ -22,6 +22,8 @@ import re
 
 import orjson
 
+from providers.sse import event_json
+
 MAX_MESSAGE = 500
 # Each pattern starts only where a run of its characters starts (the lookbehinds) and takes runs whole
 # (possessive): without both, a 1,000-character `a.a.a...` cost milliseconds per pattern, a 64 KB one minutes.
@@ -116,13 +118,10 @@ STREAM_ERROR_MESSAGE = "the model's server reported an error mid-answer; please 
 def public_stream_error(event: bytes) -> bytes:
     """An SSE event (without its blank line) with an `error` object replaced by one a student may see;
     any other event comes back as it was. The original goes to the log (the caller's)."""
-    start = event.find(b"{")
-    if start < 0:
+    found = event_json(event)
+    if found is None:
         return event
-    try:
-        doc = orjson.loads(event[start:])
-    except orjson.JSONDecodeError:
-        return event
+    start, doc = found
     # An error event has an error and no answer: `"error": null` beside choices is an ordinary chunk.
     if not isinstance(doc, dict) or not doc.get("error") or doc.get("choices"):
         return event

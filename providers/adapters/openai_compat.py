@@ -24,7 +24,7 @@ from providers.adapters.base import (
 from providers.config import DeploymentConfig
 from providers.images import check_content_parts
 from providers.prices import SELF_HOSTED_TYPES
-from providers.sse import SSESplitter
+from providers.sse import SSESplitter, event_json
 from providers.upstream_errors import public_stream_error
 from providers.usage import NormalisedUsage, from_openai
 
@@ -132,13 +132,10 @@ class PassthroughStream:
     def _keep_usage_event(self, ev: bytes) -> bool:
         """Take the usage from an event that may carry it; False to drop it (a usage-only chunk the
         client did not ask for)."""
-        start = ev.find(b"{")
-        if start < 0:
+        found = event_json(ev)
+        if found is None:
             return True
-        try:
-            obj = orjson.loads(ev[start:])
-        except orjson.JSONDecodeError:
-            return True
+        obj = found[1]
         usage = _usage_of(obj)
         if usage is None:
             return True
@@ -147,13 +144,10 @@ class PassthroughStream:
         return not (self._drop_usage_chunk and obj.get("choices") == [])
 
     def _count_event(self, ev: bytes) -> None:
-        start = ev.find(b"{")
-        if start < 0:
+        found = event_json(ev)
+        if found is None:
             return
-        try:
-            obj = orjson.loads(ev[start:])
-        except orjson.JSONDecodeError:
-            return
+        obj = found[1]
         for choice in obj.get("choices") or () if isinstance(obj, dict) else ():
             delta = choice.get("delta") or {}
             if delta.get("content") or delta.get("tool_calls") or choice.get("text"):
