@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -54,6 +55,16 @@ class SecretVar:
         if self.institution is not None and self.institution != institution:
             return False
         return name.startswith(self.name) if self.prefix else name == self.name
+
+
+def hosts_outside(matching: Sequence[SecretVar], hosts: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The hosts the declared entries for one variable bind it to, and those of `hosts` outside them (both
+    empty when one entry binds it to no host: it may go anywhere the address policy allows). One rule for
+    provider keys and sign-in secrets."""
+    if any(v.host is None for v in matching):
+        return [], []
+    bound = {v.host for v in matching if v.host is not None}
+    return sorted(bound), sorted(set(hosts) - bound)
 
 
 _INSTITUTION = re.compile(r"^[a-z0-9][a-z0-9\-]{0,63}$")

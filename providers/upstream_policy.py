@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from core.declared import (
     IPNetwork,
     SecretVar,
+    hosts_outside,
     never_declarable,
     parse_networks,
     parse_secret_vars,
@@ -210,13 +211,12 @@ class UpstreamPolicy:
                 f"{path}: '{name}' is not a variable the operator declared for the provider secrets{whose} "
                 f"(EDUAIQ_PROVIDER_SECRET_VARS, as {scoped}); ask the operator to declare it"
             )
-        if any(v.host is None for v in declared):
+        bound, foreign = hosts_outside(declared, hosts)
+        if not bound:
             return None
-        bound = {v.host for v in declared if v.host is not None}
-        foreign = sorted(set(hosts) - bound)
         if foreign:
             return (
-                f"{path}: '{name}' may be sent only to {', '.join(sorted(bound))} (EDUAIQ_PROVIDER_SECRET_VARS "
+                f"{path}: '{name}' may be sent only to {', '.join(bound)} (EDUAIQ_PROVIDER_SECRET_VARS "
                 f"binds it there), not to {', '.join(foreign)}"
             )
         # Bound to a host, it crosses the network encrypted: plain http only to a host the operator named as
@@ -224,7 +224,7 @@ class UpstreamPolicy:
         cleartext = sorted(h for h in plain if h not in self.allowed_hosts)
         if cleartext:
             return (
-                f"{path}: '{name}' is bound to {', '.join(sorted(bound))} and goes there over https only "
+                f"{path}: '{name}' is bound to {', '.join(bound)} and goes there over https only "
                 f"(an http:// URL to {', '.join(cleartext)} would send it in clear text)"
             )
         return None

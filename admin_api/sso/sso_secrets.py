@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from admin_api.sso.errors import SSOError
-from core.declared import SecretVar, never_declarable, parse_secret_vars
+from core.declared import SecretVar, hosts_outside, never_declarable, parse_secret_vars
 from providers.upstream_policy import hostname
 
 if TYPE_CHECKING:
@@ -52,13 +52,10 @@ def secret_problem(
             f"'{name}' is not a variable the operator declared for the sign-in secrets of institution "
             f"'{institution}' ({SETTING}, as {institution}:{name}); ask the operator to declare it"
         )
-    if any(v.host is None for v in matching):
-        return None
-    bound = {v.host for v in matching if v.host is not None}
-    foreign = sorted(set(hosts) - bound)
+    bound, foreign = hosts_outside(matching, hosts)
     if not foreign:
         return None
-    return f"'{name}' may be sent only to {', '.join(sorted(bound))} ({SETTING} binds it there), not to {', '.join(foreign)}"
+    return f"'{name}' may be sent only to {', '.join(bound)} ({SETTING} binds it there), not to {', '.join(foreign)}"
 
 
 def saml_hosts(cfg: InstitutionSSO) -> set[str]:
