@@ -77,7 +77,7 @@ def operator_errors(fn: F) -> F:
 
 @app.command()
 @operator_errors
-def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "heads") -> None:
     """Bring the database schema to the latest version (or to REVISION)."""
     from cli.services.postgres import ensure_database
     from core.migrate import upgrade

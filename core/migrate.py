@@ -19,7 +19,8 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "heads") -> None:
+    """`heads`: every branch, so revisions written side by side (before their merge revision) all apply."""
     command.upgrade(alembic_config(database_url), revision)
 
 

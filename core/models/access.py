@@ -30,6 +30,10 @@ class User(SQLModel, table=True):
     # Set when the person's personal fields were erased (a GDPR or FERPA request): an institution file that
     # still names them does not write their name, e-mail or SSO subject back.
     erased_at: datetime | None = None
+    # Where the person came from: file | sso | api | scim | roster (None: written before this was kept).
+    source: str | None = Field(default=None, max_length=8)
+    # The id the source system knows them by (SCIM externalId, OneRoster sourcedId), for its next push.
+    external_id: str | None = Field(default=None, max_length=255)
 
 
 # What identifies a person, as opposed to what they did: erasure blanks these (the subject it pseudonymises).
