@@ -14,6 +14,7 @@ from core.models.audit import AuditEntry
 from core.models.catalog import ModelOffer, Provider
 from core.models.ledger import ExportSnapshot, UsageEvent, UsageRollup
 from core.models.org import BudgetRule, Extra, Institution, Unit
+from core.models.scim import ScimGroup, ScimGroupMember, ScimSettings, ScimToken, ScimUser
 
 metadata = SQLModel.metadata
 
@@ -29,6 +30,11 @@ __all__ = [
     "ModelOffer",
     "PersonalAccessToken",
     "Provider",
+    "ScimGroup",
+    "ScimGroupMember",
+    "ScimSettings",
+    "ScimToken",
+    "ScimUser",
     "Unit",
     "UsageEvent",
     "UsageRollup",
