@@ -14,6 +14,7 @@ from core.models.audit import AuditEntry
 from core.models.catalog import ModelOffer, Provider
 from core.models.ledger import ExportSnapshot, UsageEvent, UsageRollup
 from core.models.org import BudgetRule, Extra, Institution, Unit
+from core.models.roster import RosterRecord, RosterSettings
 from core.models.scim import ScimGroup, ScimGroupMember, ScimSettings, ScimToken, ScimUser
 
 metadata = SQLModel.metadata
@@ -30,6 +31,8 @@ __all__ = [
     "ModelOffer",
     "PersonalAccessToken",
     "Provider",
+    "RosterRecord",
+    "RosterSettings",
     "ScimGroup",
     "ScimGroupMember",
     "ScimSettings",

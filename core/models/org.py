@@ -51,6 +51,9 @@ class Unit(SQLModel, table=True):
     limits: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     archived: bool = False
     position: int = 0
+    # Who made it: None for the institution file and the admin API; "roster" for a OneRoster class, which
+    # `org import` neither archives nor exports (the registrar's roster, not the file, owns it).
+    source: str | None = Field(default=None, max_length=8)
 
 
 class BudgetRule(SQLModel, table=True):
