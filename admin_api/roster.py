@@ -207,7 +207,8 @@ async def ensure_users(ctx: Ctx, unit_id: str, wanted: dict[str, Profile]) -> li
     Whoever holds a user's sign-in subject signs in as that user, so: an instructor never sets one (an
     admin of the unit or the institution file binds it, or a person signing in for the first time gets a
     user of their own); an admin binds one only as the institution's SSO settings would admit it, and
-    never one already known to another person."""
+    never one already known to another person. A user created here records `source = "api"`; an existing
+    one keeps the source of the path that created them (first source wins)."""
     inst = ctx.institution_id
     ids = list(wanted)
     stmt = select(User).where(User.institution_id == inst, col(User.id).in_(ids))
@@ -223,7 +224,8 @@ async def ensure_users(ctx: Ctx, unit_id: str, wanted: dict[str, Profile]) -> li
         await _known_subjects(ctx, bound)
     for uid in missing:
         p = wanted[uid]
-        user = User(institution_id=inst, id=uid, email=p.email, name=p.name, sso_subject=p.sso_subject)
+        user = User(institution_id=inst, id=uid, email=p.email, name=p.name, sso_subject=p.sso_subject,
+                    source="api")
         ctx.session.add(user)
         ctx.audit_row("user.create", None, user, org=False)
     await ctx.session.flush()

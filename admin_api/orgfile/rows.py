@@ -29,6 +29,8 @@ from core.money import to_micro
 from providers.config import ProviderConfig, compile_deployments
 
 SCOPE_FIELDS = {"admins": "admin", "finance": "finance", "auditors": "auditor"}
+# A person's provenance: set by whichever path created them, never by a later import (`comparable`).
+USER_PROVENANCE_FIELDS = ("source", "external_id")
 
 
 @dataclass
@@ -81,6 +83,7 @@ def desired_rows(org: OrgFile) -> Desired:
                 email=user.email,
                 name=user.name,
                 sso_subject=user.sso_subject,
+                source="file",
             )
         )
     for root in org.units:
@@ -197,10 +200,17 @@ def membership_end(until: date | None, tz: ZoneInfo) -> datetime | None:
 def comparable(row: SQLModel) -> dict[str, Any]:
     """Column values that matter for "did it change" (timestamps are bookkeeping, not content; whether a
     person was deprovisioned or erased is not the file's to say: an import must never bring a leaver back,
-    nor an erased person's name, e-mail or SSO subject: `without_erased`)."""
+    nor an erased person's name, e-mail or SSO subject: `without_erased`; nor where they came from)."""
     values = row.model_dump()
     for name in ("created_at", "updated_at", "deprovisioned_at", "erased_at"):
         values.pop(name, None)
+    if isinstance(row, User):
+        # Where a person came from is written once, by the path that created them (first source wins): a
+        # file that later names someone SCIM, SSO or the API created does not claim them, and a row older
+        # than provenance keeps its unknown source rather than being credited to the file. The id another
+        # source knows them by (`external_id`) is that source's to keep.
+        for name in USER_PROVENANCE_FIELDS:
+            values.pop(name, None)
     return {k: (Decimal(v) if isinstance(v, Decimal) else v) for k, v in values.items()}
 
 

@@ -3,7 +3,9 @@
 Rules, so the institution file and the admin API stay the authorities for what
 they granted:
 - the user is found by (institution, sso_subject) and created on first sign-in
-  (unless the institution turned that off); name and e-mail follow the IdP;
+  (unless the institution turned that off), with `source = "sso"`; name and
+  e-mail follow the IdP, but a person another path created keeps that source
+  (first source wins);
 - memberships and admin scopes the IdP asserts are added for units that exist
   and are not archived, with `source = "sso"`;
 - a row from the file or the API (`source` "file" / "api") is never changed or
@@ -104,7 +106,7 @@ async def provision(
                            {"subject": identity.subject})  # fmt: skip
         user_id = await _user_id_for(session, institution_id, identity.subject)
         user = User(institution_id=institution_id, id=user_id, email=identity.email, name=identity.name,
-                    sso_subject=identity.subject)  # fmt: skip
+                    sso_subject=identity.subject, source=SOURCE)  # fmt: skip
         session.add(user)
         await session.flush()
         created = True

@@ -335,6 +335,12 @@ MATRIX: dict[tuple[str, str], Route] = {
     ("POST", f"{V1}/units/{{unit_id}}/members/import"): Route("org:write", [
         Scenario("course CSV", roster_csv("cs102"), CS102_ROSTER_WRITERS),
     ]),
+    ("GET", f"{V1}/units/{{unit_id}}/people"): Route("org:read", [
+        Scenario("cs101 people", fixed(f"{V1}/units/cs101/people"), CS101_ROSTER_READERS),
+    ]),
+    ("GET", f"{V1}/units/{{unit_id}}/leavers"): Route("usage:read", [
+        Scenario("cs leavers", fixed(f"{V1}/units/cs/leavers"), {"uadmin", "eadmin", "csadmin", "fin", "aud"}),
+    ]),
     ("GET", f"{V1}/units/{{unit_id}}/admins"): Route("org:read", [
         Scenario("cs admins", fixed(f"{V1}/units/cs/admins"), {"uadmin", "eadmin", "csadmin", "aud"}),
     ]),
