@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from cli.rosterops import roster_app
 from cli.usageops import usage_app
 from cli.userops import user_app
 from core.settings import Settings, SettingsError, get_settings
@@ -36,6 +37,7 @@ selfhost_app = typer.Typer(no_args_is_help=True, help="Open-weight models on cam
 app.add_typer(selfhost_app, name="selfhost")
 app.add_typer(usage_app, name="usage")
 app.add_typer(user_app, name="user")
+app.add_typer(roster_app, name="roster")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -150,6 +150,17 @@ def cross_checks(doc: dict[str, Any]) -> list[Problem]:
     problems += _duplicates(
         [(f"keys[{i}]", _key_digest(k)) for i, k in enumerate(_list(doc.get("keys")))], "key (SHA-256)"
     )
+    problems += roster_checks(_dict(doc.get("roster")), unit_ids)
+    return problems
+
+
+def roster_checks(roster: dict[str, Any], unit_ids: set[Any]) -> list[Problem]:
+    """The `roster:` section places classes under units of this file only."""
+    problems = [(f"roster.orgs.{org}", f"unknown unit {unit!r}")
+                for org, unit in _dict(roster.get("orgs")).items() if unit not in unit_ids]  # fmt: skip
+    default = roster.get("default_unit")
+    if default is not None and default not in unit_ids:
+        problems.append(("roster.default_unit", f"unknown unit {default!r}"))
     return problems
 
 

@@ -25,6 +25,7 @@ from core.models import (
     Membership,
     ModelOffer,
     Provider,
+    RosterSettings,
     Unit,
     User,
 )
@@ -57,8 +58,9 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
     if inst is None:
         raise LookupError(f"no institution {inst_id!r}")
     tz = ZoneInfo(inst.timezone)
-    units = sorted(
-        (u for u in await _rows(session, Unit, inst_id) if not u.archived), key=lambda u: u.position
+    units = sorted(  # a roster's classes are the registrar's, not the file's (eduaiq roster import)
+        (u for u in await _rows(session, Unit, inst_id) if not u.archived and u.source != "roster"),
+        key=lambda u: u.position,
     )
     rules: dict[str, list[BudgetRule]] = defaultdict(list)
     for r in await _rows(session, BudgetRule, inst_id):
@@ -147,6 +149,9 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
     }  # fmt: skip
     if inst.sso:
         doc["sso"] = inst.sso
+    roster = await session.get(RosterSettings, inst_id)
+    if roster is not None:
+        doc["roster"] = roster.config
     return doc
 
 

@@ -21,6 +21,7 @@ from core.models import (
     Membership,
     ModelOffer,
     Provider,
+    RosterSettings,
     Unit,
     User,
 )
@@ -73,6 +74,9 @@ def desired_rows(org: OrgFile) -> Desired:
             fair_share=fair_share_doc(org.fair_share),
         )
     )
+    if org.roster is not None:
+        roster = org.roster.model_dump(mode="json", exclude_defaults=True)
+        out.add(RosterSettings(institution_id=inst_id, config=roster))
     for row in provider_rows(inst_id, org.providers, org.institution.currency):
         out.add(row)
     for user in org.users:

@@ -179,6 +179,22 @@ class Key(Strict):
         return self.key_sha256.lower() if self.key_sha256 else hash_secret(str(self.key))
 
 
+class Roster(Strict):
+    """How `eduaiq roster import` places a registrar's OneRoster classes and recognises its people
+    (docs/oneroster.md). A class becomes a course unit under the unit its school maps to: the school's own
+    entry in `orgs`, else its nearest mapped parent org, else `default_unit`; with none of them the import
+    is refused, naming the class."""
+
+    orgs: dict[str, str] = {}  # OneRoster org sourcedId -> unit id
+    default_unit: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    # Which roster field is what the IdP asserts as the SSO subject (eduPersonPrincipalName by default), so a
+    # rostered student who signs in later is the same user: `username` (with `subject_domain` appended when
+    # it has no "@"), `email`, or `none` (people are matched by e-mail only and sign-in subjects are bound
+    # by SSO or the file).
+    sso_subject: Literal["username", "email", "none"] = "username"
+    subject_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,252}$")
+
+
 class OrgFile(Strict):
     institution: Institution
     providers: list[ProviderConfig] = []  # one definition of the section, shared with the router
@@ -187,3 +203,4 @@ class OrgFile(Strict):
     users: list[User] = []
     keys: list[Key] = []
     sso: dict[str, object] = {}
+    roster: Roster | None = None

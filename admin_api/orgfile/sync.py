@@ -38,6 +38,7 @@ from core.models import (
     Membership,
     ModelOffer,
     Provider,
+    RosterSettings,
     Unit,
     User,
 )
@@ -55,6 +56,7 @@ ORDER: list[type[SQLModel]] = [
     Membership,
     AdminScope,
     ApiKey,
+    RosterSettings,
 ]
 
 
@@ -74,6 +76,7 @@ def _from_file(row: Any) -> bool:
 REMOVABLE: dict[type[SQLModel], Callable[[Any], bool]] = {
     Institution: _never, Provider: _always, ModelOffer: _always, User: _never, Unit: _never,
     BudgetRule: _always, Extra: _always, Membership: _from_file, AdminScope: _from_file, ApiKey: _never,
+    RosterSettings: _always,
 }  # fmt: skip
 
 
@@ -231,6 +234,8 @@ async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-impor
         for key, row in existing_by_table[table].items():
             if key in wanted_keys:
                 continue
+            if isinstance(row, Unit) and row.source == "roster":
+                continue  # a registrar's class (eduaiq roster import): the roster archives it, not the file
             if isinstance(row, Unit) and not row.archived:
                 snapshot = _snapshot(row)
                 row.archived = True
