@@ -7,6 +7,7 @@ import { ErrorBox, Loading } from "./components/Status";
 import { AuditPage } from "./pages/AuditPage";
 import { FinancePage } from "./pages/FinancePage";
 import { KeysPage } from "./pages/KeysPage";
+import { LeaversPage } from "./pages/LeaversPage";
 import { LoginPage } from "./pages/LoginPage";
 import { ModelsPage } from "./pages/ModelsPage";
 import { TreePage } from "./pages/TreePage";
@@ -49,6 +50,7 @@ export function App() {
             <Route path="/models" element={<ModelsPage />} />
             <Route path="/finance" element={<FinancePage />} />
             <Route path="/audit" element={<AuditPage />} />
+            <Route path="/leavers" element={<LeaversPage />} />
             <Route path="*" element={<Navigate to={home(session)} replace />} />
           </Routes>
         </Suspense>

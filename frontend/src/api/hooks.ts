@@ -17,10 +17,12 @@ import type {
   ImportOut,
   KeyCreated,
   KeyOut,
+  LeaversOut,
   LiveOut,
   MeOut,
   MemberOut,
   OfferOut,
+  PeopleOut,
   PolicyOut,
   ProviderOut,
   ScopeOut,
@@ -56,6 +58,8 @@ export const keys = {
   limits: (id: string) => ["limits", id] as const,
   live: (unit: string, user: string) => ["limits", "live", unit, user] as const,
   fairShare: ["fair-share"] as const,
+  people: (id: string, after: string | null) => ["people", id, after ?? ""] as const,
+  leavers: (id: string) => ["leavers", id] as const,
 };
 
 function noRetryOnClientError(count: number, error: unknown): boolean {
@@ -108,6 +112,25 @@ export function useMembers(id: string, enabled = true) {
     queryKey: keys.members(id),
     queryFn: () => api.get<MemberOut[]>(`${API}/units/${enc(id)}/members`),
     enabled,
+  });
+}
+
+/** A unit's people with where they came from, their memberships with dates and last use; a page at a time. */
+export function usePeople(id: string, after: string | null, enabled = true) {
+  return useQuery({
+    queryKey: keys.people(id, after),
+    queryFn: () => api.get<PeopleOut>(`${API}/units/${enc(id)}/people`, { limit: 100, ...(after ? { after } : {}) }),
+    enabled,
+  });
+}
+
+/** Keys of a subtree that worked after their membership ended: should be none. */
+export function useLeavers(id: string, enabled = true) {
+  return useQuery({
+    queryKey: keys.leavers(id),
+    queryFn: () => api.get<LeaversOut>(`${API}/units/${enc(id)}/leavers`),
+    enabled: enabled && !!id,
+    refetchInterval: LIVE_MS * 6,
   });
 }
 

@@ -411,3 +411,60 @@ export interface FairShare {
   default_weight: number | string;
   windows: FairShareWindow[];
 }
+
+/** A person's provenance: file | sso | api | scim | roster; null for people created before it was recorded. */
+export type PersonSource = "file" | "sso" | "api" | "scim" | "roster" | null;
+
+export interface PersonMembershipOut {
+  unit_id: string;
+  unit_name: string | null;
+  role: string;
+  source: string;
+  ends_at: string | null;
+  ended: boolean;
+  last_used_at: string | null;
+}
+
+export interface PersonOut {
+  user_id: string;
+  name: string | null;
+  email: string | null;
+  source: PersonSource;
+  external_id: string | null;
+  created_at: string;
+  deprovisioned_at: string | null;
+  erased: boolean;
+  memberships: PersonMembershipOut[];
+  last_used_at: string | null;
+}
+
+export interface PeopleOut {
+  unit_id: string;
+  people: PersonOut[];
+  next_after: string | null;
+}
+
+export interface LeaverOut {
+  key_id: string;
+  key_prefix: string;
+  user_id: string;
+  name: string | null;
+  unit_id: string;
+  unit_name: string | null;
+  ends_at: string | null;
+  deprovisioned_at: string | null;
+  stopped_at: string;
+  key_revoked_at: string | null;
+  first_event_at: string;
+  last_event_at: string;
+  events: number;
+  cost_micro: number;
+}
+
+export interface LeaversOut {
+  unit_id: string;
+  grace_seconds: number;
+  tolerance_seconds: number;
+  leavers: LeaverOut[];
+  truncated: boolean;
+}

@@ -1,5 +1,5 @@
 import { useQueryClient } from "@tanstack/react-query";
-import { BarChart3, Boxes, KeyRound, LogOut, Menu, Network, ScrollText, Wallet, X } from "lucide-react";
+import { BarChart3, Boxes, KeyRound, LogOut, Menu, Network, ScrollText, UserX, Wallet, X } from "lucide-react";
 import { useEffect, useState, type ReactNode } from "react";
 import { NavLink, useLocation } from "react-router";
 import { api } from "../api/client";
@@ -29,6 +29,7 @@ export function Layout({ children }: { children: ReactNode }) {
     { to: "/models", label: "Models", icon: <Boxes size={18} />, show: s.hasScope },
     { to: "/finance", label: "Finance", icon: <Wallet size={18} />, show: s.hasScope },
     { to: "/audit", label: "Audit log", icon: <ScrollText size={18} />, show: s.isAdmin || s.isAuditor },
+    { to: "/leavers", label: "Leavers", icon: <UserX size={18} />, show: s.isAdmin || s.isAuditor || s.isFinance },
   ];
 
   const signOut = async () => {

@@ -1,7 +1,7 @@
 import { Trash2, Upload, UserPlus } from "lucide-react";
 import { useState } from "react";
-import { useAdmins, useGrant, useImportRoster, useMembers, usePutMember, useRemoveMember, useRevokeUnitKey, useUnitKeys } from "../api/hooks";
-import type { ImportOut, UnitOut } from "../api/types";
+import { useAdmins, useGrant, useImportRoster, useMembers, usePeople, usePutMember, useRemoveMember, useRevokeUnitKey, useUnitKeys } from "../api/hooks";
+import type { ImportOut, PersonOut, PersonSource, UnitOut } from "../api/types";
 import { errorText, QueryState } from "../components/Status";
 import { useToast } from "../components/Toasts";
 import { dateTime } from "../lib/format";
@@ -18,6 +18,7 @@ export function PeoplePanel({ unit, path }: { unit: UnitOut; path: string[] }) {
   const isAdmin = scope(["admin"]);
   const canRoster = isAdmin || member(["instructor"]);
   const canSeeAdmins = scope(["admin", "auditor"]);
+  const canReadRoster = scope(["admin", "auditor"]) || member(["instructor", "ta"]);
   const canKeys = scope(["admin", "auditor"]) || member(["instructor"]);
   const canManageKeys = isAdmin || member(["instructor"]);
   const canGrant =
@@ -25,6 +26,7 @@ export function PeoplePanel({ unit, path }: { unit: UnitOut; path: string[] }) {
   return (
     <div className="stack-lg">
       <Roster unit={unit} canEdit={canRoster && !unit.archived} instructorOnly={!isAdmin} />
+      {canReadRoster && <Provenance unitId={unit.id} />}
       {canSeeAdmins && <Admins unitId={unit.id} canEdit={canGrant} />}
       {canKeys && <UnitKeys unitId={unit.id} canManage={canManageKeys} />}
     </div>
@@ -364,5 +366,110 @@ function UnitKeys({ unitId, canManage }: { unitId: string; canManage: boolean })
         }
       </QueryState>
     </section>
+  );
+}
+
+const SOURCE_LABELS: Record<string, string> = { file: "file", sso: "SSO", scim: "SCIM", roster: "roster", api: "API" };
+
+/** How the dashboard names a person's source; people created before it was recorded have none. */
+export function sourceLabel(source: PersonSource): string {
+  if (source === null) return "unknown (before provenance was recorded)";
+  return SOURCE_LABELS[source] ?? source;
+}
+
+function SourceBadge({ source }: { source: PersonSource }) {
+  return (
+    <span className={`badge ${source === null ? "badge-muted" : ""}`} data-testid="person-source">
+      {sourceLabel(source)}
+    </span>
+  );
+}
+
+/** Where each person came from, their memberships with dates, and when they last used them. */
+function Provenance({ unitId }: { unitId: string }) {
+  const { me } = useSession();
+  const [pages, setPages] = useState<(string | null)[]>([null]);
+  const after = pages[pages.length - 1];
+  const people = usePeople(unitId, after);
+  return (
+    <section className="card" aria-labelledby="provenance-title">
+      <h2 id="provenance-title">People: where they came from</h2>
+      <p className="muted small">
+        Source is the path that created the person (the institution file, a first SSO sign-in, SCIM, a OneRoster roster or the admin API); a later import or sign-in does
+        not change it. Last use is the latest request admitted with their keys.
+      </p>
+      <QueryState query={people} label="Loading people…">
+        {(page) =>
+          page.people.length === 0 ? (
+            <p className="muted">No members yet.</p>
+          ) : (
+            <div className="table-wrap">
+              <table className="table" aria-label="People and their provenance">
+                <thead>
+                  <tr>
+                    <th scope="col">Person</th>
+                    <th scope="col">Source</th>
+                    <th scope="col">Memberships</th>
+                    <th scope="col">Last use</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {page.people.map((p) => (
+                    <PersonRow key={p.user_id} person={p} timeZone={me.timezone} />
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          )
+        }
+      </QueryState>
+      <div className="form-actions">
+        {pages.length > 1 && (
+          <button type="button" className="btn btn-small" onClick={() => setPages(pages.slice(0, -1))}>
+            Previous people
+          </button>
+        )}
+        {people.data?.next_after && (
+          <button type="button" className="btn btn-small" onClick={() => setPages([...pages, people.data!.next_after])}>
+            More people
+          </button>
+        )}
+      </div>
+    </section>
+  );
+}
+
+function PersonRow({ person: p, timeZone }: { person: PersonOut; timeZone: string }) {
+  return (
+    <tr data-testid={`person-${p.user_id}`}>
+      <th scope="row">
+        {p.name ?? p.user_id}
+        <div className="muted small">
+          {p.user_id}
+          {p.email && ` · ${p.email}`}
+        </div>
+        {p.deprovisioned_at && <span className="badge badge-muted">left {dateTime(p.deprovisioned_at, timeZone)}</span>}
+        {p.erased && <span className="badge badge-muted">erased</span>}
+      </th>
+      <td>
+        <SourceBadge source={p.source} />
+        {p.external_id && <div className="muted small">id there: {p.external_id}</div>}
+      </td>
+      <td>
+        <ul className="plain-list">
+          {p.memberships.map((m) => (
+            <li key={m.unit_id} className="small">
+              {m.unit_name ?? m.unit_id} <span className="badge">{m.role}</span> <span className="muted">via {m.source}</span>{" "}
+              {m.ended ? (
+                <span className="badge badge-muted">ended {dateTime(m.ends_at, timeZone)}</span>
+              ) : m.ends_at ? (
+                <span className="muted">until {dateTime(m.ends_at, timeZone)}</span>
+              ) : null}
+            </li>
+          ))}
+        </ul>
+      </td>
+      <td>{p.last_used_at ? dateTime(p.last_used_at, timeZone) : <span className="muted">never</span>}</td>
+    </tr>
   );
 }
