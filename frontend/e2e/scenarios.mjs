@@ -225,6 +225,37 @@ const scenarios = {
     }
   },
 
+  /** it-admin: the Leavers page lists the key seeded as used after its membership ended; the People tab shows provenance. */
+  async "admin-leavers-and-provenance"() {
+    const keyId = process.env.E2E_LEAVER_KEY ?? "";
+    const leaver = process.env.E2E_LEAVER_USER ?? "";
+    const b = await browser();
+    try {
+      const { page, errors } = await signIn(b, "it-admin", "demo-u");
+      await page.waitForURL(`${BASE}/units`);
+      await page.getByRole("link", { name: "Leavers" }).click();
+      await page.waitForURL(`${BASE}/leavers`);
+      const row = page.getByTestId(`leaver-${keyId}`);
+      await row.waitFor();
+      const rowText = await row.innerText();
+      const rows = await page.getByRole("table", { name: "Keys used after their membership ended" }).locator("tbody tr").count();
+      const leaversShot = await shot(page, "10-admin-leavers");
+      await page.goto(`${BASE}/units/cs101/people`);
+      const alice = page.getByTestId("person-alice");
+      await alice.waitFor();
+      const aliceSource = (await alice.getByTestId("person-source").innerText()).trim();
+      const gone = page.getByTestId(`person-${leaver}`);
+      await gone.waitFor();
+      const leaverSource = (await gone.getByTestId("person-source").innerText()).trim();
+      const leaverText = await gone.innerText();
+      const peopleShot = await shot(page, "11-admin-people-provenance");
+      check(errors.length === 0, `page errors: ${errors.join("; ")}`);
+      return { leaver_rows: rows, leaver_row: rowText, alice_source: aliceSource, leaver_source: leaverSource, leaver_ended: /ended /.test(leaverText), leaver_text: leaverText, screenshots: [leaversShot, peopleShot] };
+    } finally {
+      await b.close();
+    }
+  },
+
   /** First screen (navigation start to the unit tree on screen) for a big institution's admin. */
   async "first-screen-load"() {
     const user = process.env.E2E_USER ?? "inst-admin";

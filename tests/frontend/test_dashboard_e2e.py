@@ -11,7 +11,12 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import create_engine, text
+
+from core.db import sync_url
 from tests.frontend.conftest import ROOT, Stack
 from tests.frontend.gen_institution import write
 
@@ -62,3 +67,55 @@ def test_department_admin_sets_a_member_limit_and_the_api_returns_it(dashboard_s
     assert out["saved"]["unit_id"] == "cs101"
     assert out["live_max"] == 7
     assert out["live_requests"] >= 1  # alice's request, counted in the member window the card reads
+
+
+def test_admin_sees_a_key_used_after_its_membership_ended_and_where_people_came_from(
+    dashboard_stack: Stack,
+) -> None:
+    """issue 18: the Leavers page (reached from the navigation) lists a key whose usage was admitted after
+    its membership ended, and the People tab shows each person's source and ended memberships. The gateway
+    refuses such a key, so the case is written into the stack's database and ledger, and removed after."""
+    tag = uuid.uuid4().hex[:8]
+    user, key_id, prefix, event = f"e2e-leaver-{tag}", f"e2eleaver{tag}", f"sk-e2e-{tag}", str(uuid.uuid4())
+    now = datetime.now(UTC)
+    engine = create_engine(sync_url(dashboard_stack.services["EDUAIQ_DATABASE_URL"]))
+    params = {"u": user, "k": key_id, "p": prefix, "e": event, "ends": now - timedelta(days=2),
+              "at": now - timedelta(days=1), "h": uuid.uuid4().hex + uuid.uuid4().hex}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "insert into app_user (institution_id, id, name, created_at, source) "
+                "values ('demo-u', :u, 'Lee Ver', now(), 'api')"
+            ),
+            params,
+        )
+        conn.execute(
+            text(
+                "insert into membership (institution_id, unit_id, user_id, role, source, ends_at) "
+                "values ('demo-u', 'cs101', :u, 'student', 'api', :ends)"
+            ),
+            params,
+        )
+        conn.execute(
+            text(
+                "insert into api_key (id, key_hash, prefix, institution_id, user_id, unit_id, created_at) "
+                "values (:k, :h, :p, 'demo-u', :u, 'cs101', now())"
+            ),
+            params,
+        )
+        conn.execute(text("insert into usage_event (event_id, schema_version, request_id, institution_id, started_at, "
+                          "ended_at, user_id, key_id, unit_id, path, purpose, input_tokens, output_tokens, image_tokens, "
+                          "cached_tokens, cost_micro, overage_micro, latency_ms, status, funding, extras_paid) values "
+                          "(:e, 1, 'req-e2e', 'demo-u', :at, :at, :u, :k, 'cs101', '[\"cs101\"]', 'other', 10, 5, 0, 0, "
+                          "1000, 0, 5, 'ok', '{}', '[]')"), params)  # fmt: skip
+    try:
+        out = dashboard_stack.run("admin-leavers-and-provenance", E2E_LEAVER_KEY=key_id, E2E_LEAVER_USER=user)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("delete from usage_event where event_id = :e"), params)
+            conn.execute(text("delete from app_user where institution_id = 'demo-u' and id = :u"), params)
+        engine.dispose()
+    assert out["leaver_rows"] == 1  # the demo's own keys all stopped in time
+    assert prefix in out["leaver_row"] and "Lee Ver" in out["leaver_row"]
+    assert out["alice_source"] == "file"  # the demo institution's file created her
+    assert out["leaver_source"] == "API" and out["leaver_ended"] is True

@@ -39,9 +39,10 @@ describe("LeaversPage", () => {
   });
 
   it("lists a key used after its membership ended, with its person, times, count and cost", async () => {
-    mockFetch({ "GET /api/v1/units/cs/leavers": () => report([late]) });
+    mockFetch({ "GET /api/v1/units/cs/leavers": () => ({ ...report([late]), grace_seconds: 0 }) });
     renderWith(<LeaversPage />, { user: auditor });
     const row = await screen.findByTestId("leaver-k9");
+    expect(screen.getByText(/A key stops working when its membership ends/)).toBeInTheDocument();
     expect(within(row).getByText("sk-eduaiq-9abc…")).toBeInTheDocument();
     expect(within(row).getByText("Bob Student")).toBeInTheDocument();
     expect(within(row).getByText(/membership ended/)).toBeInTheDocument();

@@ -45,8 +45,10 @@ export function LeaversPage() {
           {(out) => (
             <div className="card">
               <p className="muted small">
-                A key may be used for {seconds(out.grace_seconds)} after its membership ends (the operator&apos;s grace); requests within {seconds(out.tolerance_seconds)} after that are the gateways&apos;
-                key caches catching up and are not listed.
+                {out.grace_seconds > 0
+                  ? `A key may be used for ${seconds(out.grace_seconds)} after its membership ends (the operator's grace); requests`
+                  : "A key stops working when its membership ends; requests"}{" "}
+                within {seconds(out.tolerance_seconds)} after that are the gateways&apos; key caches catching up and are not listed.
               </p>
               {out.leavers.length === 0 ? (
                 <Empty>
