@@ -224,8 +224,9 @@ async def ensure_users(ctx: Ctx, unit_id: str, wanted: dict[str, Profile]) -> li
         await _known_subjects(ctx, bound)
     for uid in missing:
         p = wanted[uid]
-        user = User(institution_id=inst, id=uid, email=p.email, name=p.name, sso_subject=p.sso_subject,
-                    source="api")
+        user = User(
+            institution_id=inst, id=uid, email=p.email, name=p.name, sso_subject=p.sso_subject, source="api"
+        )
         ctx.session.add(user)
         ctx.audit_row("user.create", None, user, org=False)
     await ctx.session.flush()
