@@ -62,6 +62,9 @@ class Parsed:
     files: dict[str, FileRows]  # by kind, only the files the manifest gives as bulk or delta
     manifest: dict[str, str]
     problems: list[Problem]
+    # Kinds whose file the manifest gives but which could not be read (missing, not UTF-8, a bad header):
+    # references to them are not checked, so one broken file is one problem, not one per row naming it.
+    unreadable: set[str] = field(default_factory=set)
 
 
 def _text(name: str, data: bytes, problems: list[Problem]) -> str | None:
@@ -129,6 +132,7 @@ def parse_set(files: dict[str, bytes]) -> Parsed:
     problems: list[Problem] = []
     manifest, lines = read_manifest(files, problems)
     out: dict[str, FileRows] = {}
+    out_unreadable: set[str] = set()
     if not manifest:
         return Parsed(out, manifest, problems)
     for spec in FILES:
@@ -136,6 +140,7 @@ def parse_set(files: dict[str, bytes]) -> Parsed:
         mode = manifest.get(key)
         present = spec.name in files
         if mode in ("bulk", "delta") and not present:
+            out_unreadable.add(spec.kind)
             problems.append(
                 Problem(MANIFEST, lines[key], "value", f"{key} is {mode} but {spec.name} is not in the set")
             )
@@ -147,7 +152,9 @@ def parse_set(files: dict[str, bytes]) -> Parsed:
             rows = _parse_file(spec, mode, files[spec.name], problems)
             if rows is not None:
                 out[spec.kind] = rows
-    return Parsed(out, manifest, problems)
+            else:
+                out_unreadable.add(spec.kind)
+    return Parsed(out, manifest, problems, out_unreadable)
 
 
 def _parse_file(spec: FileSpec, mode: str, data: bytes, problems: list[Problem]) -> FileRows | None:

@@ -125,6 +125,9 @@ def _file_rows(parsed: Parsed, kind: str) -> list[tuple[str, int, dict[str, Any]
     return [(sid, r.line, r.data) for sid, r in fr.rows.items() if r.active] if fr else []
 
 
+_NOUNS = {"org": "org", "session": "academic session", "course": "course", "class": "class", "user": "user"}
+
+
 def _check_references(parsed: Parsed, merged: dict[str, dict[str, dict[str, Any]]], plan: Plan) -> None:
     """Every reference a file's row makes names something the merged set holds."""
     refs = {  # kind -> [(column, field, target kind)]
@@ -140,9 +143,11 @@ def _check_references(parsed: Parsed, merged: dict[str, dict[str, dict[str, Any]
         for _, line, data in _file_rows(parsed, kind):
             for column, key, target in checks:
                 value = data.get(key)
+                if target in parsed.unreadable:
+                    continue
                 for ref in value if isinstance(value, list) else [value]:
                     if ref is not None and ref not in merged[target]:
-                        plan.problems.append(Problem(name, line, column, f"unknown {BY_KIND[target].name.removesuffix('.csv')} {ref!r}"))  # fmt: skip
+                        plan.problems.append(Problem(name, line, column, f"unknown {_NOUNS[target]} {ref!r}"))
 
 
 def _parent_unit(
@@ -171,6 +176,8 @@ def _place_classes(
     for sid, data in merged["class"].items():
         line = lines.get(sid, 0)
         column = "schoolSourcedId" if line else f"class {sid!r}"
+        if data.get("school") not in merged["org"]:
+            continue  # an unknown org: a reference problem already (or its file could not be read)
         parent = _parent_unit(data.get("school"), merged["org"], roster.orgs, roster.default_unit)
         if parent is None:
             plan.problems.append(Problem("classes.csv", line, column, f"school {data.get('school')!r} (nor any "

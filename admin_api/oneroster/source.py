@@ -10,6 +10,7 @@ Only the set's top-level `*.csv` files are read; a folder's symlinks are not fol
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -92,8 +93,11 @@ def _read_zip(path: Path, limits: Limits) -> dict[str, bytes]:
             if name in out:
                 raise SourceError([f"{path.name}: {name} appears twice"])
             cap = min(limits.file_bytes, limits.total_bytes - total)
-            with archive.open(info) as stream:
-                data = stream.read(cap + 1)  # never more than the cap, whatever the directory declared
+            try:
+                with archive.open(info) as stream:
+                    data = stream.read(cap + 1)  # never more than the cap, whatever the directory declared
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # e.g. a size the directory lied about
+                raise SourceError([f"{path.name}: {name} is damaged ({exc})"]) from None
             if len(data) > cap:
                 raise SourceError([f"{path.name}: {name} inflates past {cap} bytes"])
             total += len(data)
