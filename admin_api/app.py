@@ -20,6 +20,7 @@ from admin_api.dashboard import mount_dashboard
 from admin_api.errors import ERROR_RESPONSES, install_error_handlers
 from admin_api.refusals import audit_refusals
 from admin_api.routes import ROUTERS
+from admin_api.scim.routes import mount_scim
 from admin_api.security_headers import SecurityHeaders
 from admin_api.sso import (
     InstitutionSSO,
@@ -126,6 +127,7 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     mount_sso(app, sso_router)
+    mount_scim(app)  # /scim/v2: the institution's IdP provisions people and groups
     audit_refusals(app)
 
     @app.get("/healthz", include_in_schema=False)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from cli.rosterops import roster_app
+from cli.scimops import scim_app
 from cli.usageops import usage_app
 from cli.userops import user_app
 from core.settings import Settings, SettingsError, get_settings
@@ -38,6 +39,7 @@ app.add_typer(selfhost_app, name="selfhost")
 app.add_typer(usage_app, name="usage")
 app.add_typer(user_app, name="user")
 app.add_typer(roster_app, name="roster")
+app.add_typer(scim_app, name="scim")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

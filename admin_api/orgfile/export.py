@@ -26,6 +26,7 @@ from core.models import (
     ModelOffer,
     Provider,
     RosterSettings,
+    ScimSettings,
     Unit,
     User,
 )
@@ -152,6 +153,9 @@ async def export_org(session: AsyncSession, inst_id: str) -> dict[str, Any]:
     roster = await session.get(RosterSettings, inst_id)
     if roster is not None:
         doc["roster"] = roster.config
+    scim = await session.get(ScimSettings, inst_id)
+    if scim is not None:
+        doc["scim"] = scim.config
     return doc
 
 

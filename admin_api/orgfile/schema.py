@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
+from admin_api.scim.config import ScimSection
 from core.keys import hash_secret
 from core.money import plain_number
 from providers.config import LimitsConfig, ProviderConfig
@@ -203,4 +204,5 @@ class OrgFile(Strict):
     users: list[User] = []
     keys: list[Key] = []
     sso: dict[str, object] = {}
+    scim: ScimSection | None = None  # SCIM groups -> units and roles (docs/scim.md)
     roster: Roster | None = None

@@ -28,6 +28,7 @@ from sqlmodel import SQLModel, col
 
 from admin_api.orgfile.rows import comparable, desired_rows, without_erased
 from admin_api.orgfile.schema import OrgFile
+from admin_api.scim.settings_sync import apply_scim_section
 from core.models import (
     AdminScope,
     ApiKey,
@@ -246,4 +247,5 @@ async def apply_org(session: AsyncSession, org: OrgFile, actor: str = "org-impor
         await session.flush()
     session.add_all(audit)
     await session.flush()
+    await apply_scim_section(session, org, actor, report.lines)
     return report
