@@ -13,13 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from admin_api.leavers import _LEAVERS
 from admin_api.people import deprovision
 from core.models import Membership, User
 from core.settings import Settings
 from tests.admin_api.conftest import Env, drop_env, make_env
 from tests.admin_api.helpers import add, fresh_key, fresh_user
-from tests.admin_api.usage_rows import used
+from tests.admin_api.usage_rows import busy_ledger, used
 
 GRACE = 3600  # a key works an hour past its membership's end
 CACHE = 2.0  # EDUAIQ_KEY_CACHE_SECONDS: the tolerance
@@ -132,6 +134,19 @@ async def test_the_view_is_bounded_and_says_when_it_was_cut(graced: Env) -> None
     assert len(body["leavers"]) == 2 and body["truncated"] is True
     assert _at(body["leavers"][0]["last_event_at"]) > _at(body["leavers"][1]["last_event_at"])  # latest first
     assert (await client.get("/api/v1/units/cs/leavers", params={"limit": 0})).status_code == 422
+
+
+async def test_each_candidate_key_is_one_index_descent(graced: Env) -> None:
+    """The ledger is probed through the (institution, user, unit, started_at) index of migration 0005, not
+    scanned: the view stays cheap however many events the institution has."""
+    env = graced
+    await _leaver(env, "cs101", datetime(2026, 9, 1, tzinfo=UTC))
+    await busy_ledger(env, "cs101")
+    async with env.db() as session:
+        explain = text("explain " + _LEAVERS.text).bindparams(*_LEAVERS._bindparams.values())
+        params = {"inst": env.inst, "units": ["cs101"], "grace": 0.0, "tolerance": 2.0, "limit": 10}
+        plan = "\n".join(r[0] for r in await session.execute(explain, params))
+    assert "ix_usage_event_person_started" in plan, plan
 
 
 async def test_who_is_refused_the_leavers_view(env: Env) -> None:

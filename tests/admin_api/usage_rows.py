@@ -8,6 +8,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from sqlalchemy import text
+
 from core.models import UsageEvent
 from tests.admin_api.conftest import Env
 from tests.admin_api.helpers import add
@@ -23,3 +25,19 @@ async def used(
                        cost_micro=cost_micro, status="ok")  # fmt: skip
     await add(env, event)
     return event
+
+
+async def busy_ledger(env: Env, unit: str, events: int = 20_000, people: int = 200) -> None:
+    """`events` requests by `people` others in `unit` over 30 days, and fresh planner statistics: the
+    ledger a term leaves behind, so a query plan is the one a real institution would get."""
+    async with env.db() as session, session.begin():
+        await session.execute(text(
+            "insert into usage_event (event_id, schema_version, request_id, institution_id, started_at, ended_at, "
+            "user_id, key_id, unit_id, path, purpose, input_tokens, output_tokens, image_tokens, cached_tokens, "
+            "cost_micro, overage_micro, latency_ms, status, funding, extras_paid) "
+            "select gen_random_uuid()::text, 1, 'req-' || g, :inst, now() - (g % 43200) * interval '1 minute', "
+            "now() - (g % 43200) * interval '1 minute', 'bulk-' || (g % :people), null, :unit, '[]', 'other', "
+            "10, 5, 0, 0, 1000, 0, 5, 'ok', '{}', '[]' from generate_series(1, :events) g"),
+            {"inst": env.inst, "unit": unit, "people": people, "events": events})  # fmt: skip
+    async with env.db() as session, session.begin():
+        await session.execute(text("analyze usage_event"))
