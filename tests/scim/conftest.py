@@ -51,6 +51,14 @@ class Server:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
 
+    def browser(self, institution: str, user: str) -> httpx.Client:
+        """A person signed in to the admin API (dev sign-in), sending the CSRF header."""
+        client = httpx.Client(base_url=self.url, timeout=30)
+        signed_in = client.get("/auth/dev/login", params={"user": user, "institution": institution})
+        assert signed_in.status_code == 303, signed_in.text
+        client.headers["X-CSRF-Token"] = client.cookies["eduaiq_csrf"]
+        return client
+
     def write_org(self, institution: str, mutate: Any = None) -> Path:
         def change(doc: dict[str, Any]) -> None:
             doc["units"][0]["id"] = institution
