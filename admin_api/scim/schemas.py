@@ -101,7 +101,6 @@ def resource_types(base: str) -> list[dict[str, Any]]:
 def service_provider_config(base: str) -> dict[str, Any]:
     return {
         "schemas": [SPC],
-        "documentationUri": "https://github.com/eduaiq/eduaiq/blob/main/docs/scim.md",
         "patch": {"supported": True},
         "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
         "filter": {"supported": True, "maxResults": MAX_RESULTS},

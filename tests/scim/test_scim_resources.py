@@ -237,3 +237,48 @@ def test_random_bodies_never_cause_a_500(server: Server, method: str) -> None:
             assert response.status_code < 500, (method, path, body, response.text)
             if response.status_code >= 400:
                 assert response.json()["schemas"] == [ERROR]
+
+
+def test_changing_the_files_scim_section_remaps_everyone_in_groups_and_exports(server: Server) -> None:
+    inst = server.institutions[1]
+    idp = server.scim(inst)
+    uid = _new(idp, "remapped@f.example")["id"]
+    assert (
+        idp.post("/Groups", json={"displayName": "Research crew", "members": [{"value": uid}]}).status_code
+        == 201
+    )
+    assert _memberships(server, inst, uid) == {}
+
+    def research(doc: dict[str, Any]) -> None:
+        doc["scim"] = {
+            "groups": [{"display_name": "Research crew", "unit": "turing-research", "role": "researcher"}]
+        }
+
+    imported = server.cli("org", "import", str(server.write_org(inst, research)))
+    assert imported.returncode == 0, imported.stderr
+    assert _memberships(server, inst, uid) == {"turing-research": "researcher"}
+    exported = server.cli("org", "export", "--institution", inst)
+    assert exported.returncode == 0 and "Research crew" in exported.stdout, exported.stderr
+    restored = server.cli("org", "import", str(server.write_org(inst)))  # back to the module's section
+    assert restored.returncode == 0, restored.stderr
+    assert _memberships(server, inst, uid) == {}
+
+
+def test_an_erased_person_cannot_be_changed_or_reinstated_by_scim(server: Server) -> None:
+    inst = server.institutions[1]
+    idp = server.scim(inst)
+    made = _new(
+        idp, "forget.me@f.example", displayName="Forget Me", emails=[{"value": "forget.me@f.example"}]
+    )
+    off = idp.patch(f"/Users/{made['id']}", json=_ops({"op": "replace", "path": "active", "value": False}))
+    assert off.status_code == 200, off.text
+    erased = server.cli("user", "erase", "--institution", inst, made["id"])
+    assert erased.returncode == 0, erased.stderr
+    shown = idp.get(f"/Users/{made['id']}").json()
+    assert "Forget Me" not in json.dumps(shown) and "forget.me@f.example" not in json.dumps(
+        shown.get("emails")
+    )
+    _error(idp.patch(f"/Users/{made['id']}", json=_ops({"op": "replace", "path": "active", "value": True})), 400,
+           "mutability")  # fmt: skip
+    _error(idp.put(f"/Users/{made['id']}", json={"schemas": [USER], "userName": "x@f.example", "active": True}),
+           400, "mutability")  # fmt: skip
