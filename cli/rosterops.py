@@ -44,6 +44,7 @@ def roster_import(
     """Import classes (as course units), people and enrollments (as memberships ending with their term).
     The set is checked whole first: any problem and nothing is written, each listed as file:line:column."""
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from sqlalchemy.exc import DBAPIError
 
     from admin_api.oneroster import ImportResult, RosterRefused, SourceError, UnknownInstitution, read_set
     from cli.main import fail, operator_errors, settings_or_exit
@@ -66,6 +67,8 @@ def roster_import(
         fail(f"{path}: refused, {len(exc.problems)} problem(s); nothing was written")
     except UnknownInstitution as exc:
         fail(str(exc))
+    except DBAPIError as exc:  # refused credentials, a missing database: asyncpg's are not OperationalError
+        fail(f"database: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}")
     assert isinstance(result, ImportResult)
     typer.echo(
         "files: "

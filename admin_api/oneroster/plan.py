@@ -35,9 +35,8 @@ _NOT_SLUG = re.compile(r"[^A-Za-z0-9_.\-]+")
 class Plan:
     problems: list[Problem] = field(default_factory=list)
     new_units: list[tuple[str, str, str]] = field(default_factory=list)  # id, parent, name
-    changed_units: list[tuple[str, str, str, bool]] = field(
-        default_factory=list
-    )  # id, parent, name, archived
+    # id, parent, name, archived
+    changed_units: list[tuple[str, str | None, str, bool]] = field(default_factory=list)
     new_users: list[tuple[str, str | None, str | None, str | None, str]] = field(default_factory=list)
     changed_users: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # id, email, name
     new_members: list[tuple[str, str, str, datetime | None]] = field(default_factory=list)
@@ -302,7 +301,7 @@ def _plan_units(
             plan.changed_units.append((unit_id, parent, name, False))
     for unit_id, row in cur.units.items():
         if row.source == SOURCE and unit_id not in wanted and not row.archived:
-            plan.changed_units.append((unit_id, row.parent_id or "", row.name or unit_id, True))
+            plan.changed_units.append((unit_id, row.parent_id, row.name or unit_id, True))
 
 
 def _ends(
