@@ -165,3 +165,12 @@ def query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
             return list(cur.fetchall())
     finally:
         conn.close()
+
+
+def execute(url: str, sql: str, *args: Any) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+    finally:
+        conn.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from admin_api.sso.mapping import Identity
 from admin_api.sso.provisioning import provision
 from core.db import make_async_engine, session_factory
-from tests.oneroster.conftest import enrol, query, run_cli, small_set, write_set
+from tests.oneroster.conftest import enrol, execute, query, run_cli, small_set, write_set
 
 
 def _members(url: str, inst: str) -> dict[tuple[str, str], tuple[str, datetime | None]]:
@@ -115,3 +115,33 @@ def test_a_rostered_student_who_signs_in_is_the_user_the_roster_made(
     assert asyncio.run(sign_in()) == ("bob", False)
     assert query(pg_url, "select count(*) from app_user where institution_id = %s", inst) == [(5,)]
     assert ("cs101-a", "bob") in _members(pg_url, inst)  # the IdP asserted no courses: roster rows stay
+
+
+def test_roles_disabled_people_future_enrollments_and_other_sources_follow_the_rules(
+    pg_url: str, institution: tuple[str, Path], tmp_path: Path
+) -> None:
+    inst, _ = institution
+    rows = small_set()
+    rows["users.csv"][3]["enabledUser"] = "false"  # cho: disabled, so no membership
+    later = (datetime.now(UTC) + timedelta(days=9)).date().isoformat()
+    rows["enrollments.csv"] += [
+        enrol("e7", "cs201-a", "u-teach", "administrator"),  # skipped: no EduAiQ counterpart
+        {**enrol("e8", "cs201-a", "u-aide", "student"), "beginDate": later},  # not begun yet
+        enrol("e9", "cs101-a", "u-bob", "teacher"),  # bob twice in cs101-a: the higher role
+    ]
+    out = _import(pg_url, inst, write_set(tmp_path / "set", rows))
+    assert "skipped 1 enrollment(s): role administrator" in out and "user not enabled" in out, out
+    assert "skipped 1 enrollment(s): not begun yet" in out, out
+    members = _members(pg_url, inst)
+    assert ("cs201-a", "cho") not in members and ("cs201-a", "aria") not in members
+    assert ("cs201-a", "tkay") not in members and members[("cs101-a", "bob")][0] == "instructor"
+    # an admin added aria to cs201-a through the API meanwhile: the roster leaves that membership alone
+    execute(pg_url, "insert into membership (institution_id, unit_id, user_id, role, source) "
+            "values (%s, 'cs201-a', 'aria', 'ta', 'api')", inst)  # fmt: skip
+    rows["users.csv"][3]["enabledUser"] = "true"
+    del rows["enrollments.csv"][-2]["beginDate"]  # aria's enrollment has begun
+    again = _import(pg_url, inst, write_set(tmp_path / "again", rows))
+    assert "1 memberships added" in again and "membership held by another source" in again, again
+    assert _members(pg_url, inst)[("cs201-a", "cho")][0] == "student"
+    assert query(pg_url, "select role, source, ends_at from membership where institution_id = %s "
+                 "and unit_id = 'cs201-a' and user_id = 'aria'", inst) == [("ta", "api", None)]  # fmt: skip
