@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from admin_api.scim.config import scim_checks
 from core.keys import hash_secret
 
 Problem = tuple[str, str]
@@ -151,6 +152,7 @@ def cross_checks(doc: dict[str, Any]) -> list[Problem]:
         [(f"keys[{i}]", _key_digest(k)) for i, k in enumerate(_list(doc.get("keys")))], "key (SHA-256)"
     )
     problems += roster_checks(_dict(doc.get("roster")), unit_ids)
+    problems += scim_checks(_dict(doc.get("scim")), unit_ids)
     return problems
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -94,3 +94,15 @@ def map_groups(section: ScimSection, names: Iterable[str]) -> tuple[dict[str, st
                 if current is None or rank(rule.role) < rank(current):
                     memberships[unit] = rule.role
     return memberships, scopes
+
+
+def scim_checks(section: dict[str, Any], unit_ids: set[Any]) -> list[tuple[str, str]]:
+    """The file's cross-check: a rule's fixed `unit` is a unit of this file (a typo would silently grant
+    nothing). Units a pattern captures are only known when a group arrives; those that do not exist are
+    skipped then."""
+    groups = section.get("groups") if isinstance(section, dict) else None
+    return [
+        (f"scim.groups[{i}].unit", f"unknown unit {rule['unit']!r}")
+        for i, rule in enumerate(groups if isinstance(groups, list) else [])
+        if isinstance(rule, dict) and rule.get("unit") is not None and rule["unit"] not in unit_ids
+    ]

@@ -24,6 +24,8 @@ from admin_api.scim.config import ScimSection, map_groups
 from core.models import AdminScope, AuditEntry, Membership, ScimGroup, ScimGroupMember, ScimSettings, Unit
 
 SOURCE = "scim"
+# Set in `session.info` when memberships or scopes changed, so the caller tells quota and the gateways.
+RECONCILED = "scim_reconciled"
 
 
 async def scim_section(session: AsyncSession, institution_id: str) -> ScimSection | None:
@@ -72,6 +74,8 @@ async def reconcile(session: AsyncSession, institution_id: str, user_ids: Iterab
         wanted_scopes = {(u, r) for u, r in wanted_scopes if units.get(u) is False}
         changed += await _memberships(session, institution_id, user_id, wanted, owned, units, actor)
         changed += await _scopes(session, institution_id, user_id, wanted_scopes, owned, units, actor)
+    if changed:
+        session.info[RECONCILED] = True
     return changed
 
 

@@ -8,7 +8,7 @@ error body (errors.py) with Content-Type application/scim+json.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,6 +35,7 @@ from admin_api.scim.errors import (
 from admin_api.scim.filter import parse_filter
 from admin_api.scim.patch import apply_patch
 from admin_api.scim.query import to_sql
+from admin_api.scim.reconcile import RECONCILED
 from admin_api.scim.resources import group_resource, parse_group, parse_user, project, user_resource
 from admin_api.scim.schemas import (
     LIST,
@@ -46,7 +47,7 @@ from admin_api.scim.schemas import (
 )
 from admin_api.scim.tokens import ScimCaller, authenticate
 from admin_api.state import admin_state
-from core.models import AuditEntry, Institution, ScimGroup, ScimUser, User
+from core.models import Institution, ScimGroup, ScimUser, User
 
 PREFIX = "/scim/v2"
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -68,7 +69,8 @@ async def _open(request: Request, write: bool) -> AsyncIterator[tuple[AsyncSessi
     state = admin_state(request)
     async with state.sessions() as session:
         caller = await authenticate(request, session)
-        if write:
+        if write:  # the body is read (and bounded) before the lock: a slow client holds no institution up
+            await _raw_body(request)
             await session.execute(
                 select(Institution.id).where(col(Institution.id) == caller.institution_id).with_for_update()
             )
@@ -77,10 +79,7 @@ async def _open(request: Request, write: bool) -> AsyncIterator[tuple[AsyncSessi
 
 async def _commit(request: Request, session: AsyncSession, caller: ScimCaller) -> None:
     """Commit, then tell quota and the gateways when memberships or scopes changed."""
-    changed = any(
-        isinstance(o, AuditEntry) and (".membership." in o.action or ".admin_scope." in o.action)
-        for o in session.new
-    )
+    changed = bool(session.info.pop(RECONCILED, False))
     await session.commit()
     if changed:
         try:
@@ -89,13 +88,18 @@ async def _commit(request: Request, session: AsyncSession, caller: ScimCaller) -
             raise ScimError(503, exc.message) from None
 
 
-async def _body(request: Request) -> Any:
+async def _raw_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise ScimError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise ScimError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    return raw
+
+
+async def _body(request: Request) -> Any:
+    raw = await _raw_body(request)  # Starlette keeps the body once read
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
@@ -147,14 +151,6 @@ def _projected(params: Any, resource: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- discovery ---------------------------------------------------------------------------------------
-
-
-def _discovery(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    async def wrapped(request: Request) -> Response:
-        async with _open(request, write=False):
-            return await handler(request)
-
-    return wrapped
 
 
 @router.get("/ServiceProviderConfig")
@@ -219,12 +215,14 @@ async def list_users(request: Request) -> Response:
 @router.post("/Users/.search")
 @scim_errors
 async def search_users(request: Request) -> Response:
-    return await _users(request, await _search_params(request))
+    return await _users(request, None)
 
 
-async def _users(request: Request, params: dict[str, Any]) -> Response:
-    start, count = _paging(params)
+async def _users(request: Request, query: dict[str, Any] | None) -> Response:
+    """A list (GET, `query` from the URL) or a search (POST .../.search, `query` None: from the body)."""
     async with _open(request, write=False) as (session, caller):
+        params = query if query is not None else await _search_params(request)
+        start, count = _paging(params)
         inst = caller.institution_id
         stmt = (
             select(User, ScimUser)
@@ -253,8 +251,8 @@ async def _users(request: Request, params: dict[str, Any]) -> Response:
 @router.post("/Users")
 @scim_errors
 async def create_user(request: Request) -> Response:
-    data = parse_user(await _body(request))
     async with _open(request, write=True) as (session, caller):
+        data = parse_user(await _body(request))
         user = await user_ops.create_user(session, caller, data)
         user, row = await user_ops.load_user(session, caller.institution_id, user.id)
         doc = await _user_doc(request, session, caller.institution_id, user, row)
@@ -277,8 +275,8 @@ async def get_user(request: Request, user_id: str) -> Response:
 @router.put("/Users/{user_id}")
 @scim_errors
 async def replace_user(request: Request, user_id: str) -> Response:
-    body = await _body(request)
     async with _open(request, write=True) as (session, caller):
+        body = await _body(request)
         inst = caller.institution_id
         user, row = await user_ops.load_user(session, inst, user_id, lock=True)
         await user_ops.replace_user(session, caller, user, row, parse_user(body))
@@ -291,8 +289,8 @@ async def replace_user(request: Request, user_id: str) -> Response:
 @router.patch("/Users/{user_id}")
 @scim_errors
 async def patch_user(request: Request, user_id: str) -> Response:
-    body = await _body(request)
     async with _open(request, write=True) as (session, caller):
+        body = await _body(request)
         inst = caller.institution_id
         user, row = await user_ops.load_user(session, inst, user_id, lock=True)
         current = await _user_doc(request, session, inst, user, row)
@@ -332,12 +330,14 @@ async def list_groups(request: Request) -> Response:
 @router.post("/Groups/.search")
 @scim_errors
 async def search_groups(request: Request) -> Response:
-    return await _groups(request, await _search_params(request))
+    return await _groups(request, None)
 
 
-async def _groups(request: Request, params: dict[str, Any]) -> Response:
-    start, count = _paging(params)
+async def _groups(request: Request, query: dict[str, Any] | None) -> Response:
+    """A list (GET, `query` from the URL) or a search (POST .../.search, `query` None: from the body)."""
     async with _open(request, write=False) as (session, caller):
+        params = query if query is not None else await _search_params(request)
+        start, count = _paging(params)
         inst = caller.institution_id
         stmt = select(ScimGroup).where(col(ScimGroup.institution_id) == inst)
         text = _filter_text(params)
@@ -363,8 +363,8 @@ async def _groups(request: Request, params: dict[str, Any]) -> Response:
 @router.post("/Groups")
 @scim_errors
 async def create_group(request: Request) -> Response:
-    data = parse_group(await _body(request))
     async with _open(request, write=True) as (session, caller):
+        data = parse_group(await _body(request))
         group = await group_ops.create_group(session, caller, data)
         doc = await _group_doc(request, session, caller.institution_id, group)
         await _commit(request, session, caller)
@@ -384,8 +384,8 @@ async def get_group(request: Request, group_id: str) -> Response:
 @router.put("/Groups/{group_id}")
 @scim_errors
 async def replace_group(request: Request, group_id: str) -> Response:
-    body = await _body(request)
     async with _open(request, write=True) as (session, caller):
+        body = await _body(request)
         inst = caller.institution_id
         group = await group_ops.load_group(session, inst, group_id, lock=True)
         await group_ops.replace_group(session, caller, group, parse_group(body))
@@ -397,8 +397,8 @@ async def replace_group(request: Request, group_id: str) -> Response:
 @router.patch("/Groups/{group_id}")
 @scim_errors
 async def patch_group(request: Request, group_id: str) -> Response:
-    body = await _body(request)
     async with _open(request, write=True) as (session, caller):
+        body = await _body(request)
         inst = caller.institution_id
         group = await group_ops.load_group(session, inst, group_id, lock=True)
         current = await _group_doc(request, session, inst, group)

@@ -118,3 +118,31 @@ def test_groups_grant_an_admin_role_only_where_the_file_maps_one(server: Server)
 
     refused = server.cli("org", "import", str(server.write_org(inst, admin_by_pattern)))
     assert refused.returncode != 0 and "admin_role" in refused.stderr + refused.stdout
+
+
+def test_every_scim_route_refuses_callers_without_a_scim_token(server: Server) -> None:
+    from fastapi.routing import APIRoute
+
+    from admin_api.scim.routes import router
+
+    inst = server.institutions[0]
+    admin = server.browser(inst, "it-admin")
+    pat = admin.post("/api/v1/tokens", json={"name": "all", "scopes": ["org:read", "org:write"]}).json()[
+        "token"
+    ]
+    routes = [(m, r.path) for r in router.routes if isinstance(r, APIRoute) for m in sorted(r.methods or ())]
+    assert len(routes) >= 20
+    for method, path in routes:
+        url = path.replace("{user_id}", "x").replace("{group_id}", "x").replace("{type_id}", "User")
+        url = url.replace("{schema_id}", USER).replace("{rest:path}", "Users/x/y").removeprefix("/scim/v2")
+        for idp in (server.scim(inst, ""), server.scim(inst, pat)):
+            _scim_error(idp.request(method, url, json={}), 401)
+        _scim_error(admin.request(method, "/scim/v2" + url, json={}), 401)
+
+
+def test_a_mapping_to_a_unit_the_file_does_not_have_is_refused(server: Server) -> None:
+    def typo(doc: dict[str, object]) -> None:
+        doc["scim"] = {"groups": [{"display_name": "CS Staff", "unit": "cs-typo", "role": "instructor"}]}
+
+    refused = server.cli("org", "import", str(server.write_org(server.institutions[0], typo)))
+    assert refused.returncode != 0 and "scim.groups[0].unit" in refused.stderr + refused.stdout

@@ -282,3 +282,33 @@ def test_an_erased_person_cannot_be_changed_or_reinstated_by_scim(server: Server
            "mutability")  # fmt: skip
     _error(idp.put(f"/Users/{made['id']}", json={"schemas": [USER], "userName": "x@f.example", "active": True}),
            400, "mutability")  # fmt: skip
+
+
+def test_a_membership_change_is_published_to_quota_and_the_gateways(server: Server) -> None:
+    import time
+
+    import redis
+
+    from core.channels import CATALOG_CHANNEL
+
+    inst = server.institutions[1]
+    idp = server.scim(inst)
+    uid = _new(idp, "published@f.example")["id"]
+    client = redis.Redis.from_url(server.env["EDUAIQ_REDIS_URL"], decode_responses=True)
+    pubsub = client.pubsub()
+    pubsub.subscribe(CATALOG_CHANNEL)
+    try:
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        assert (
+            idp.post("/Groups", json={"displayName": "Unmapped", "members": [{"value": uid}]}).status_code
+            == 201
+        )
+        time.sleep(0.5)
+        assert pubsub.get_message(timeout=0.5) is None  # nothing changed, nothing published
+        made = idp.post("/Groups", json={"displayName": "CS Staff", "members": [{"value": uid}]})
+        assert made.status_code == 201, made.text
+        message = pubsub.get_message(timeout=5)
+        assert message is not None and message["data"] == inst
+    finally:
+        pubsub.close()
+        client.close()
