@@ -158,7 +158,7 @@ async def test_groups_map_to_units_at_once_and_take_over_sso_rows(server: Server
     try:
         # A person who first signed in by SSO, with an SSO-granted membership of cs101.
         async with db() as session, session.begin():
-            done = await provision(session, inst, Identity(subject="pat.sso@f.example", memberships={"cs101": "student"}),
+            done = await provision(session, inst, Identity(subject="pat.sso@f.example", memberships={"cs101": "student", "turing-research": "researcher"}),
                                    method="oidc", create_users=True)  # fmt: skip
         uid = done.user_id
         found = idp.get("/Users", params={"filter": 'userName eq "pat.sso@f.example"'}).json()
@@ -169,6 +169,8 @@ async def test_groups_map_to_units_at_once_and_take_over_sso_rows(server: Server
         async with db() as session:
             row = await session.get(Membership, (inst, "cs101", uid))
             assert row is not None and (row.role, row.source) == ("student", "scim")  # SCIM owns it now
+            # ... and an SSO row no SCIM group maps is gone (SCIM is in use: the file has a scim: section).
+            assert await session.get(Membership, (inst, "turing-research", uid)) is None
         staff = idp.post("/Groups", json={"displayName": "CS Staff", "members": [{"value": uid}]}).json()
         assert _memberships(server, inst, uid) == {"cs": "instructor", "cs101": "student"}
         # Renaming a group re-maps its members; an unmapped name grants nothing.
