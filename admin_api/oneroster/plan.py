@@ -14,6 +14,7 @@ file before is linked to the roster, not created again. E-mail is the second way
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -113,10 +114,23 @@ def build_plan(parsed: Parsed, cur: Current, now: datetime) -> Plan:
         previous = cur.records.get(spec.kind, {})
         for sid, data in merged[spec.kind].items():
             target = targets.get(spec.kind, {}).get(sid)
-            if previous.get(sid) != (target, data):
-                plan.records.append((spec.kind, sid, target, data))
+            kept = kept_form(spec.kind, data)
+            if previous.get(sid) != (target, kept):
+                plan.records.append((spec.kind, sid, target, kept))
         plan.dropped_records += [(spec.kind, sid) for sid in previous if sid not in merged[spec.kind]]
     return plan
+
+
+def kept_form(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What the database keeps of a roster row. A person's username, e-mail and name are not kept, only
+    their digest (to see that they changed): they live on the user row, where erasure blanks them, and a
+    copy here would outlive an erasure. A delta needs of a person only whether they are enabled and who
+    they became (`target`)."""
+    if kind != "user" or "digest" in data:
+        return data
+    personal = {k: data.get(k) for k in ("username", "email", "name")}
+    digest = hashlib.sha256(json.dumps(personal, sort_keys=True).encode()).hexdigest()
+    return {"enabled": bool(data.get("enabled", True)), "digest": digest}
 
 
 def _file_rows(parsed: Parsed, kind: str) -> list[tuple[str, int, dict[str, Any]]]:
@@ -237,6 +251,8 @@ def _link_people(
         uid = stored.get(sid, (None, {}))[0]
         if uid is None or uid not in cur.users:
             uid = by_external.get(sid)
+        if uid is None and sid not in lines:
+            continue  # known only from an earlier file, and their user is gone: their enrollments are skipped
         if uid is None and subject:
             uid = by_subject.get(subject.strip().lower())
             by_mail = by_email.get(email, []) if email else []
@@ -262,6 +278,7 @@ def _link_people(
                 plan.linked_users += 1
             if (
                 row.source == SOURCE
+                and sid in lines
                 and not row.erased
                 and (row.email, row.name) != (data.get("email"), data.get("name"))
             ):

@@ -64,6 +64,13 @@ def test_a_small_set_imports_and_a_second_import_writes_nothing(
     assert (counts["units_created"], counts["users_created"], counts["memberships_added"]) == (2, 4, 6)
     assert counts["rows"]["enrollments.csv"] == 6 and counts["linked_users"] == 1
 
+    kept = query(
+        pg_url, "select data::text from roster_record where institution_id = %s and kind = 'user'", inst
+    )
+    assert len(kept) == 5 and not any(
+        "@" in d or "Bob" in d for (d,) in kept
+    )  # personal fields: the user row's
+
     again = run_cli(pg_url, "roster", "import", "--institution", inst, str(roster))
     assert again.returncode == 0, again.stderr
     assert "no changes" in again.stdout, again.stdout
